@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs what pyztunnel needs on a fresh Debian machine: Debian packages that are missing, then a .venv with the
+# pinned Python dependencies. Idempotent: a second run with nothing missing does nothing but check.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages: the data plane's tools (ip, nft), the gateway (nginx), the peers and load tools of the benchmarks.
+debs=(iproute2 nftables nginx haproxy wrk iperf3 nghttp2-client hey procps psmisc)
+missing=()
+for pkg in "${debs[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "error: missing Debian packages (${missing[*]}); run 'sudo make install' once as root" >&2
+    exit 2
+  fi
+  echo "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # policy-rc.d keeps the packages' own services (nginx, haproxy) from starting in the host namespace.
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d.pyztunnel
+  chmod +x /usr/sbin/policy-rc.d.pyztunnel
+  [ -e /usr/sbin/policy-rc.d ] || ln -s /usr/sbin/policy-rc.d.pyztunnel /usr/sbin/policy-rc.d
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  [ "$(readlink /usr/sbin/policy-rc.d 2>/dev/null)" = /usr/sbin/policy-rc.d.pyztunnel ] && rm -f /usr/sbin/policy-rc.d
+  rm -f /usr/sbin/policy-rc.d.pyztunnel
+fi
+
+# Python: a .venv with exactly the pinned versions; re-synced only when requirements.lock changes.
+python=${PYTHON:-python3}
+stamp=.venv/.requirements.sha256
+want=$(sha256sum requirements.lock pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ ! -x .venv/bin/python ]; then
+  "$python" -m venv .venv
+fi
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  .venv/bin/pip install -q --disable-pip-version-check -r requirements.lock
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+  echo "$want" > "$stamp"
+fi

@@ -1,0 +1,3 @@
+from pyztunnel.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Observability: ztunnel-format logs and access logs, Prometheus metrics, the admin server."""

@@ -1,0 +1,235 @@
+"""Every setting is declared once: name, type, default, environment variable, help.
+
+A component declares its settings as a frozen dataclass whose fields are made with `setting(...)`. From that one
+declaration come the component's CLI flags (`cli_options`), its environment variables and its YAML config keys
+(`load`), and the documentation (`pyztunnel settings`). Precedence: command line > environment > YAML file > default.
+Where ztunnel has a name for a setting, the environment variable is ztunnel's name (reference/ztunnel.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import types
+import typing
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import yaml
+
+from pyztunnel.errors import UserError
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+_META_KEY = "pyztunnel.setting"
+_GROUPS: dict[str, type[Any]] = {}
+
+
+class Duration(float):
+    """Seconds. Written as ztunnel writes durations: `25s`, `100ms`, `5m`, `1h`, or a bare number of seconds."""
+
+    _UNITS: typing.ClassVar[dict[str, float]] = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    _PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+
+    @classmethod
+    def parse(cls, text: str | float | int) -> Duration:
+        if isinstance(text, int | float):
+            return cls(float(text))
+        match = cls._PATTERN.match(text)
+        if match is None:
+            raise ValueError(f"not a duration: {text!r} (write e.g. 25s, 100ms, 5m)")
+        return cls(float(match.group(1)) * cls._UNITS[match.group(2) or "s"])
+
+    def __str__(self) -> str:
+        return f"{float(self):g}s"
+
+
+@dataclasses.dataclass(frozen=True)
+class SettingInfo:
+    help: str
+    env: str | None = None
+    choices: tuple[str, ...] | None = None
+
+
+def setting(default: T, help: str, *, env: str | None = None, choices: tuple[str, ...] | None = None) -> T:
+    """Declare one setting (a dataclass field). `env` is the environment variable that sets it."""
+    info = SettingInfo(help=help, env=env, choices=choices)
+    if isinstance(default, list | dict):
+        factory: Any = lambda: type(default)(default)  # noqa: E731 - mutable defaults need a factory
+        field: Any = dataclasses.field(default_factory=factory, metadata={_META_KEY: info})
+        return typing.cast(T, field)
+    plain: Any = dataclasses.field(default=default, metadata={_META_KEY: info})
+    return typing.cast(T, plain)
+
+
+def group(name: str) -> Callable[[type[T]], type[T]]:
+    """Register a settings dataclass under a name, so `pyztunnel settings` can list it."""
+
+    def register(cls: type[T]) -> type[T]:
+        _GROUPS[name] = cls
+        return cls
+
+    return register
+
+
+@dataclasses.dataclass(frozen=True)
+class Declared:
+    name: str
+    type: Any
+    default: Any
+    info: SettingInfo
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def yaml_key(self) -> str:
+        head, *rest = self.name.split("_")
+        return head + "".join(part.capitalize() for part in rest)
+
+
+def declared(cls: type[Any]) -> list[Declared]:
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        info = f.metadata.get(_META_KEY)
+        if info is None:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]
+        out.append(Declared(f.name, hints[f.name], default, info))
+    return out
+
+
+def _base_type(tp: Any) -> Any:
+    """The non-None member of `X | None`."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        members = [a for a in typing.get_args(tp) if a is not type(None)]
+        return members[0]
+    return tp
+
+
+def convert(decl: Declared, value: Any) -> Any:
+    """Turn a raw value (a string from the environment, a YAML scalar, a CLI value) into the declared type."""
+    if value is None:
+        return None
+    tp = _base_type(decl.type)
+    if decl.info.choices is not None and str(value) not in decl.info.choices:
+        raise ValueError(f"must be one of {', '.join(decl.info.choices)}, not {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"not a boolean: {value!r} (write true or false)")
+    if tp is Duration:
+        return Duration.parse(value)
+    if tp is int:
+        if isinstance(value, bool):
+            raise ValueError(f"not an integer: {value!r}")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"not an integer: {value!r}") from None
+    if tp is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"not a number: {value!r}") from None
+    if tp is Path:
+        return Path(value)
+    if tp is str:
+        return str(value)
+    if typing.get_origin(tp) is list:
+        if isinstance(value, str):
+            return [v for v in (p.strip() for p in value.split(",")) if v]
+        return list(value)
+    return value
+
+
+def load(
+    cls: type[T],
+    cli: Mapping[str, Any] | None = None,
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> T:
+    """Build a settings object: command line > environment > YAML file > default. Bad values raise UserError."""
+    environ = os.environ if environ is None else environ
+    cli = cli or {}
+    from_file: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            loaded = yaml.safe_load(config_file.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise UserError(f"{config_file}: cannot read settings: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise UserError(f"{config_file}: settings must be a mapping of name: value")
+        from_file = loaded
+    decls = declared(cls)
+    known = {d.yaml_key for d in decls} | {d.name for d in decls}
+    unknown = sorted(set(from_file) - known)
+    if unknown:
+        raise UserError(f"{config_file}: unknown setting {unknown[0]!r} (see 'pyztunnel settings')")
+    values: dict[str, Any] = {}
+    for decl in decls:
+        source, raw = "default", decl.default
+        file_value = from_file.get(decl.yaml_key, from_file.get(decl.name))
+        if file_value is not None:
+            source, raw = f"{config_file}: {decl.yaml_key}", file_value
+        if decl.info.env and environ.get(decl.info.env) not in (None, ""):
+            source, raw = f"environment {decl.info.env}", environ[decl.info.env]
+        if cli.get(decl.name) is not None:
+            source, raw = decl.flag, cli[decl.name]
+        try:
+            values[decl.name] = convert(decl, raw)
+        except ValueError as exc:
+            raise UserError(f"{source}: {exc}") from None
+    return cls(**values)
+
+
+def cli_options(cls: type[Any]) -> Callable[[F], F]:
+    """Click options for every setting of `cls`; their values arrive as keyword arguments (None when not given)."""
+
+    def decorate(func: F) -> F:
+        for decl in reversed(declared(cls)):
+            tp = _base_type(decl.type)
+            env_note = f" [env {decl.info.env}]" if decl.info.env else ""
+            help_text = f"{decl.info.help} (default: {_show(decl.default)}){env_note}"
+            if tp is bool:
+                flag = decl.flag
+                option = click.option(f"{flag}/--no-{flag[2:]}", decl.name, default=None, help=help_text)
+            else:
+                click_type: Any = click.Choice(decl.info.choices) if decl.info.choices else click.STRING
+                if tp is int and not decl.info.choices:
+                    click_type = click.INT
+                option = click.option(decl.flag, decl.name, type=click_type, default=None, help=help_text)
+            func = option(func)
+        return func
+
+    return decorate
+
+
+def _show(value: Any) -> str:
+    if value is None or value == "":
+        return "unset"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "none"
+    return str(value)
+
+
+def groups() -> Mapping[str, type[Any]]:
+    return dict(_GROUPS)
+
+
+def describe(cls: type[Any]) -> list[tuple[str, str, str, str]]:
+    """(flag, env, default, help) rows for documentation."""
+    return [(d.flag, d.info.env or "", _show(d.default), d.info.help) for d in declared(cls)]
