@@ -10,6 +10,7 @@ import dataclasses
 import ipaddress
 from collections.abc import Callable, Iterable
 
+from pyztunnel.identity.spiffe import SCHEME, try_parse
 from pyztunnel.workloads.model import Action, Authorization, RbacMatch, ServiceAccountMatch, StringMatch
 
 
@@ -26,18 +27,13 @@ class ConnectionInfo:
     def principal(self) -> str | None:
         if self.identity is None:
             return None
-        return self.identity.removeprefix("spiffe://")
+        return self.identity.removeprefix(SCHEME)
 
     @property
     def namespace_and_sa(self) -> tuple[str, str] | None:
         """(namespace, service account) from a well-formed identity, else None."""
-        principal = self.principal
-        if principal is None:
-            return None
-        parts = principal.split("/")
-        if len(parts) != 5 or parts[1] != "ns" or parts[3] != "sa":
-            return None
-        return parts[2], parts[4]
+        parsed = try_parse(self.identity) if self.identity is not None else None
+        return None if parsed is None else (parsed.namespace, parsed.service_account)
 
 
 @dataclasses.dataclass(frozen=True)
