@@ -6,20 +6,35 @@ import asyncio
 import collections
 import contextlib
 import json
+import os
 import socket
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
+
+from pyztunnel.netns import netns_path, setns
+
+
+async def poll(condition: Callable[[], bool], within: float, what: str) -> None:
+    """Wait until `condition()` holds, checking every millisecond; TimeoutError naming `what` after `within` s."""
+    deadline = time.monotonic() + within
+    while True:
+        if condition():
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not reached within {within}s")
+        await asyncio.sleep(0.001)
 
 
 class Hammer:
     """Threads that connect() to a port as fast as they can and read the answer; counts answers and failures."""
 
-    def __init__(self, port: int, threads: int = 4, host: str = "127.0.0.1") -> None:
+    def __init__(self, port: int, threads: int = 4, host: str = "127.0.0.1", netns: str | None = None) -> None:
         self.addr = (host, port)
+        self.netns = netns
         self.answers: collections.Counter[str] = collections.Counter()
         self.errors: collections.Counter[str] = collections.Counter()
         self._stop = threading.Event()
@@ -42,6 +57,13 @@ class Hammer:
             t.join(10)
 
     def _run(self) -> None:
+        if self.netns is not None:
+            # A dedicated thread that ends with the hammer: entering the namespace here changes nothing else.
+            fd = os.open(netns_path(self.netns), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                setns(fd)
+            finally:
+                os.close(fd)
         while not self._stop.is_set():
             try:
                 with socket.create_connection(self.addr, timeout=5) as s:
@@ -55,11 +77,7 @@ class Hammer:
                 bucket[outcome] += 1
 
     async def wait_total(self, n: int, within: float = 60) -> None:
-        deadline = time.monotonic() + within
-        while self.total < n:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"only {self.total} of {n} connections in {within}s")
-            await asyncio.sleep(0.005)  # polling a counter with a deadline
+        await poll(lambda: self.total >= n, within, f"{n} connections")
 
 
 class OldInstance:
