@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+from pyztunnel.lifecycle.handoff import PodRequest
 from pyztunnel.netns import netns_path, setns
 
 
@@ -85,8 +86,11 @@ class OldInstance:
 
     def __init__(self, proc: asyncio.subprocess.Process, ready: dict[str, Any]) -> None:
         self.proc = proc
-        self.pods: dict[str, list[int]] = ready["pods"]
-        self.netns = tuple(ready["netns"])
+        self.described: dict[str, dict[str, list[int]]] = ready["pods"]
+        self.pods = {uid: pod["ports"] for uid, pod in self.described.items()}
+
+    def requests(self) -> list[PodRequest]:
+        return [PodRequest(uid, (p["netns"][0], p["netns"][1]), tuple(p["ports"])) for uid, p in self.described.items()]
 
     async def event(self, name: str, within: float = 10) -> dict[str, Any]:
         assert self.proc.stdout is not None

@@ -45,7 +45,7 @@ async def test_handoff_loses_no_connection_under_load(tmp_path: Path) -> None:
             await old.command("pause", "paused")
             queued = await old.wait_queue(at_least=2)
             assert queued >= 2
-            adoption = await handoff_io.adopt(path, [PodRequest(u, SELF, tuple(p)) for u, p in old.pods.items()])
+            adoption = await handoff_io.adopt(path, old.requests())
             assert adoption.to_bind == {} and len(adoption.sockets) == 6
             for key, sock in adoption.sockets.items():
                 new.add(key, sock)

@@ -113,7 +113,7 @@ async def test_handoff_in_a_pod_namespace_and_a_foreign_listener_is_rejected(tmp
         pod_inode = netns_inode(netns_path(pod_ns))
         # The old instance runs inside the pod namespace; the new one (this process) never enters it.
         async with old_instance(tmp_path / "handoff.sock", netns=pod_ns) as old:
-            assert tuple(old.netns) == pod_inode
+            assert old.requests()[0].netns == pod_inode
             ports = old.pods["pod-0"]
             hammer = Hammer(ports[0], netns=pod_ns).start()
             new = TaggedListeners(b"new\n", pod_inode)

@@ -20,13 +20,14 @@ import os
 import socket
 import struct
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from pyztunnel.aio import cancel_and_wait, spawn
 from pyztunnel.lifecycle import handoff_io
 from pyztunnel.lifecycle.handoff import ListenerKey, Netns, PodRequest
-from pyztunnel.netns import netns_inode
+from pyztunnel.netns import netns_inode, netns_path, socket_in_netns
 
 SELF_NETNS = Path("/proc/self/ns/net")
 
@@ -51,14 +52,16 @@ class TaggedListeners:
         self.tag = tag
         self.netns = netns
         self.sockets: dict[ListenerKey, socket.socket] = {}
+        self.pod_netns: dict[str, Netns] = {}
         self._accepting: set[ListenerKey] = set()
         self.served = 0
         self.released_keys: list[ListenerKey] = []
         self.on_released: asyncio.Event = asyncio.Event()
 
-    def add(self, key: ListenerKey, sock: socket.socket) -> None:
+    def add(self, key: ListenerKey, sock: socket.socket, netns: Netns | None = None) -> None:
         sock.setblocking(False)
         self.sockets[key] = sock
+        self.pod_netns[key.uid] = netns or self.netns
         asyncio.get_running_loop().add_reader(sock.fileno(), self._accept, sock)
         self._accepting.add(key)
 
@@ -95,7 +98,15 @@ class TaggedListeners:
     def handoff_inventory(self) -> Mapping[str, tuple[Netns, Mapping[int, socket.socket]]]:
         out: dict[str, tuple[Netns, dict[int, socket.socket]]] = {}
         for key, sock in self.sockets.items():
-            out.setdefault(key.uid, (self.netns, {}))[1][key.port] = sock
+            out.setdefault(key.uid, (self.pod_netns[key.uid], {}))[1][key.port] = sock
+        return out
+
+    def describe(self) -> dict[str, dict[str, list[int]]]:
+        """uid → {"ports", "netns"}: what a new instance asks for (and what `--adopt` reads)."""
+        out: dict[str, dict[str, list[int]]] = {}
+        for key in sorted(self.sockets):
+            pod = out.setdefault(key.uid, {"ports": [], "netns": list(self.pod_netns[key.uid])})
+            pod["ports"].append(key.port)
         return out
 
     def handoff_released(self, keys: Sequence[ListenerKey]) -> None:
@@ -108,33 +119,40 @@ class TaggedListeners:
         self.on_released.set()
 
 
-def pod_requests(pods: Mapping[str, Sequence[int]], netns: Netns) -> list[PodRequest]:
-    return [PodRequest(uid, netns, tuple(ports)) for uid, ports in pods.items()]
+def _bind_pods(server: TaggedListeners, count: int, netns_prefix: str | None) -> None:
+    for i in range(count):
+        uid = f"pod-{i}"
+        ns_name = f"{netns_prefix}{i}" if netns_prefix else None
+        netns = netns_inode(netns_path(ns_name)) if ns_name else server.netns
+        for _ in range(3):
+            if ns_name:
+                sock = socket_in_netns(ns_name)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                sock.bind(("0.0.0.0", 0))
+                sock.listen(128)
+            else:
+                sock = reuseport_listener()
+            server.add(ListenerKey(uid, sock.getsockname()[1]), sock, netns)
 
 
 async def _main(args: argparse.Namespace) -> None:
-    netns = netns_inode(SELF_NETNS)
-    server = TaggedListeners(args.tag.encode() + b"\n", netns)
-    pods: dict[str, list[int]] = {}
-    if args.adopt:
-        wanted = json.loads(args.adopt)
-        adoption = await handoff_io.adopt(Path(args.handoff), pod_requests(wanted, netns))
-        for key, sock in adoption.sockets.items():
-            server.add(key, sock)
-        await adoption.confirm()
-        pods = wanted
-    else:
-        for i in range(args.pods):
-            uid = f"pod-{i}"
-            for _ in range(3):
-                sock = reuseport_listener()
-                port = sock.getsockname()[1]
-                pods.setdefault(uid, []).append(port)
-                server.add(ListenerKey(uid, port), sock)
-    service = await handoff_io.serve(Path(args.handoff), server)
-
     def emit(**event: object) -> None:
         print(json.dumps(event), flush=True)
+
+    server = TaggedListeners(args.tag.encode() + b"\n", netns_inode(SELF_NETNS))
+    if args.adopt:
+        wanted = args.adopt_pods
+        requests = [PodRequest(uid, tuple(p["netns"]), tuple(p["ports"])) for uid, p in wanted.items()]
+        started = time.monotonic()
+        adoption = await handoff_io.adopt(Path(args.handoff), requests)
+        for key, sock in adoption.sockets.items():
+            server.add(key, sock, tuple(wanted[key.uid]["netns"]))
+        await adoption.confirm()
+        took = time.monotonic() - started
+        emit(event="adopted", adopted=len(adoption.sockets), to_bind=len(adoption.to_bind), handoff_s=took)
+    else:
+        _bind_pods(server, args.pods, args.netns_prefix)
+    service = await handoff_io.serve(Path(args.handoff), server)
 
     async def watch_released() -> None:
         while True:
@@ -143,7 +161,7 @@ async def _main(args: argparse.Namespace) -> None:
             emit(event="released", listeners=len(server.released_keys))
 
     watcher = spawn(watch_released(), "watch-released")
-    emit(event="ready", pods=pods, netns=list(netns), pid=os.getpid())
+    emit(event="ready", pods=server.describe(), pid=os.getpid())
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -170,8 +188,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--handoff", required=True)
     parser.add_argument("--pods", type=int, default=1)
     parser.add_argument("--tag", default="old")
-    parser.add_argument("--adopt", help="JSON {uid: [ports]} to adopt from --handoff instead of binding")
-    asyncio.run(_main(parser.parse_args(argv)))
+    parser.add_argument(
+        "--adopt", help="a JSON file {uid: {ports, netns}} (a ready event's pods) to adopt instead of binding"
+    )
+    parser.add_argument("--netns-prefix", help="bind pod i's listeners in the namespace PREFIX<i> (root)")
+    args = parser.parse_args(argv)
+    args.adopt_pods = json.loads(Path(args.adopt).read_text()) if args.adopt else None
+    asyncio.run(_main(args))
 
 
 if __name__ == "__main__":
