@@ -79,18 +79,23 @@ async def recv_with_fds(sock: socket.socket, bufsize: int, maxfds: int) -> tuple
             await _wait(sock, writable=False)
 
 
+def sendmsg_fds(sock: socket.socket, data: bytes, fds: Sequence[int] = ()) -> int:
+    """One non-blocking `sendmsg` with `fds` as SCM_RIGHTS; raises BlockingIOError when it would block."""
+    ancdata = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+    return sock.sendmsg([data], ancdata)
+
+
 async def send_with_fds(sock: socket.socket, data: bytes, fds: Sequence[int] = ()) -> None:
     """Send one message, with `fds` as SCM_RIGHTS ancillary data when there are any. The fds stay the caller's."""
     sock.setblocking(False)
-    ancdata = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
     while True:
         try:
-            sent = sock.sendmsg([data], ancdata)
+            sent = sendmsg_fds(sock, data, fds)
         except (BlockingIOError, InterruptedError):
             await _wait(sock, writable=True)
             continue
         if sent != len(data):
             # Stream sockets may send partially; SEQPACKET/DGRAM never do. The fds went with the first part.
-            data, ancdata = data[sent:], []
+            data, fds = data[sent:], ()
             continue
         return
