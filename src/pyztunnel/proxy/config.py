@@ -1,5 +1,9 @@
 """Settings of `pyztunnel proxy`, declared once (environment names are ztunnel's where it has them;
-docs/architecture.md "Proxy configuration")."""
+docs/architecture.md "Proxy configuration").
+
+The CA client's settings (CA_ADDRESS, CA_ROOT_CA, AUTH_TOKEN, SECRET_TTL, CLUSTER_ID, PYZTUNNEL_KEY_DIR) are the
+identity package's `CaClientSettings`; the proxy loads both groups.
+"""
 
 from __future__ import annotations
 
@@ -18,14 +22,9 @@ class ProxySettings:
     local_xds_path: Path | None = setting(
         None, "workloads/services/policies YAML (ztunnel's LOCAL_XDS_PATH)", env="LOCAL_XDS_PATH"
     )
-    ca_address: str = setting("", "Istio CA API address, e.g. https://10.240.0.254:15012", env="CA_ADDRESS")
-    ca_root_ca: Path | None = setting(None, "PEM file of the CA's root (to verify the CA server)", env="CA_ROOT_CA")
-    auth_token: Path | None = setting(None, "file holding the bearer token for the CA", env="AUTH_TOKEN")
     node_name: str = setting("", "this node's name (certificates are prefetched for its workloads)", env="NODE_NAME")
     pod_name: str = setting("", "this proxy's pod name", env="POD_NAME")
     trust_domain: str = setting("cluster.local", "the mesh's trust domain", env="TRUST_DOMAIN")
-    cluster_id: str = setting("Kubernetes", "cluster name for baggage and logs", env="CLUSTER_ID")
-    secret_ttl: Duration = setting(Duration(86400), "requested certificate lifetime", env="SECRET_TTL")
     termination_grace_period_seconds: int | None = setting(
         None, "drain = N−5 s (N > 10) or max(N−1, 1) s", env="TERMINATION_GRACE_PERIOD_SECONDS"
     )
@@ -75,4 +74,3 @@ class ProxySettings:
         "static certificates (IDENTITY-DIR/{cert-chain,key,root-cert}.pem) instead of the CA",
         env="PYZTUNNEL_CERT_DIR",
     )
-    key_dir: Path = setting(Path("/tmp/pyztunnel-keys"), "private dir for transient key files", env="PYZTUNNEL_KEY_DIR")

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -42,15 +43,15 @@ class H2Conn(asyncio.Protocol):
 
     # ------------------------------------------------------------------ asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses; they have the same interface.
+        self.transport = typing.cast(asyncio.Transport, transport)
         if self.verify is not None:
             try:
-                self.verify(transport)
+                self.verify(self.transport)
             except Exception as exc:
                 self.error = str(exc)
                 self.closing = True
-                transport.abort()
+                self.transport.abort()
                 return
         self.flush()
         self._schedule_ping()

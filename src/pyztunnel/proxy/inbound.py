@@ -133,7 +133,7 @@ async def _serve_stream(pod: PodProxy, conn: H2ServerConn, leg: StreamLeg, heade
         _reject(pod, conn, leg, record, 503, f"connect to app: {exc or type(exc).__name__}", "CONNECT", opened=True)
         return
     record.dst_addr = _addr(request.ip, request.port)
-    conn.respond(leg, hbone.response_headers(200, _baggage(workload, shared.settings.cluster_id)))
+    conn.respond(leg, hbone.response_headers(200, _baggage(workload, shared.cluster_id)))
     relay = Relay(leg, up, lambda r, e: _done(pod, r, e), record)
     pod.track(relay)
     relay.start()

@@ -151,8 +151,15 @@ class DirectNet(NetEnv):
         return _setup_listener(socket.socket(family_of(bind_ip), socket.SOCK_STREAM), (bind_ip, port), None)
 
     async def outgoing(self, family: socket.AddressFamily) -> socket.socket:
+        # Connections leave from the pod's own address, as they would from a pod.
         sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setblocking(False)
+        try:
+            if family == family_of(self.ip):
+                sock.bind((self.ip, 0))
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
         return sock
 
     def original_dst(self, sock: socket.socket, port: int) -> tuple[str, int] | None:
@@ -215,6 +222,12 @@ class Acceptor:
             result = self.handle(conn)
             if result is not None:
                 spawn(_guard(result, conn), f"conn-{self.name}")
+
+    def pause(self) -> None:
+        """Stop accepting now (sync, for signal-driven drain); the socket stays open."""
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
 
     async def stop(self) -> None:
         task, self._task = self._task, None

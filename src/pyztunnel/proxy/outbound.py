@@ -163,7 +163,7 @@ async def _hbone(
         forwarded_for=hbone.forwarded(src_ip, src_port, host),
         baggage_value=hbone.baggage(
             hbone.BaggageInfo(
-                cluster=src.cluster_id or shared.settings.cluster_id,
+                cluster=src.cluster_id or shared.cluster_id,
                 namespace=src.namespace,
                 workload_type=src.workload_type or "pod",
                 workload_name=src.workload_name or src.name,

@@ -36,12 +36,14 @@ class Ports:
 
 
 class PodProxy:
-    def __init__(self, shared: Shared, key: str, env: NetEnv, lookup: WorkloadLookup, ports: Ports = Ports()) -> None:
+    def __init__(
+        self, shared: Shared, key: str, env: NetEnv, lookup: WorkloadLookup, ports: Ports | None = None
+    ) -> None:
         self.shared = shared
         self.key = key
         self.env = env
         self.lookup = lookup
-        self.ports = ports
+        self.ports = ports or Ports()
         self.pool = Pool(idle_timeout=float(shared.settings.pool_unused_release_timeout))
         self.acceptors: list[Acceptor] = []
         self.relays: set[Relay] = set()

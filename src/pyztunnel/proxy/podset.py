@@ -20,9 +20,9 @@ RETRY_INTERVAL = 5.0
 
 
 class PodSet:
-    def __init__(self, shared: Shared, ports: Ports = Ports(), retry_interval: float = RETRY_INTERVAL) -> None:
+    def __init__(self, shared: Shared, ports: Ports | None = None, retry_interval: float = RETRY_INTERVAL) -> None:
         self.shared = shared
-        self.ports = ports
+        self.ports = ports or Ports()
         self.retry_interval = retry_interval
         self.pods: dict[str, PodProxy] = {}
         self.pending: dict[str, tuple[WorkloadInfo, int]] = {}  # uid -> (info, netns fd) not started yet

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import socket
 import struct
+import typing
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -121,8 +122,8 @@ class TcpLeg(asyncio.Protocol, Leg):
         self.lost = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses; they have the same interface.
+        self.transport = typing.cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):

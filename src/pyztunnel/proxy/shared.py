@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 from pathlib import Path
 
+from pyztunnel.identity.config import default_key_dir
 from pyztunnel.identity.tls import ContextCache
 from pyztunnel.lifecycle.drainer import ConnectionSet
 from pyztunnel.proxy.certs import CertSource
@@ -42,11 +43,13 @@ class Shared:
     telemetry: Telemetry = dataclasses.field(default_factory=Telemetry)
     connections: ConnectionSet = dataclasses.field(default_factory=ConnectionSet)
     listeners: ListenerSource = dataclasses.field(default_factory=ListenerSource)
+    key_dir: Path = dataclasses.field(default_factory=default_key_dir)
+    cluster_id: str = "Kubernetes"
     contexts: ContextCache | None = None
 
     def __post_init__(self) -> None:
         if self.contexts is None:
-            self.contexts = ContextCache(Path(self.settings.key_dir))
+            self.contexts = ContextCache(self.key_dir)
 
     @property
     def tls(self) -> ContextCache:

@@ -132,4 +132,3 @@ class ZdsClient:
                 _log.info("ZDS snapshot received", extra={"fields": {"pods": len(self.pods.pods)}})
                 self.snapshot_done.set()
                 return None, False
-        return f"unhandled event {event!r}", True

@@ -69,9 +69,8 @@ class Mesh:
         return await asyncio.open_connection(self.a_ip, self.out_port)
 
 
-def settings(tmp: Path, **overrides: str) -> ProxySettings:
-    env = {"PYZTUNNEL_KEY_DIR": str(tmp / "keys"), **overrides}
-    return load(ProxySettings, environ=env)
+def settings(**overrides: str) -> ProxySettings:
+    return load(ProxySettings, environ=overrides)
 
 
 def loopback_ips() -> tuple[str, str]:
@@ -88,8 +87,8 @@ async def start_mesh(tmp: Path, policies: str = "", **overrides: str) -> Mesh:
     for identity in (CLIENT_ID, SERVER_ID):
         certs.add(ca.issue(identity, timedelta(hours=1)))
     index = WorkloadIndex(local.parse(config_text(a_ip, b_ip, policies), "test.yaml"))
-    node_a = Shared(settings(tmp / "a", **overrides), certs, IndexHolder(index))
-    node_b = Shared(settings(tmp / "b", **overrides), certs, IndexHolder(index))
+    node_a = Shared(settings(**overrides), certs, IndexHolder(index), key_dir=tmp / "keys-a")
+    node_b = Shared(settings(**overrides), certs, IndexHolder(index), key_dir=tmp / "keys-b")
     pod_a = PodProxy(
         node_a,
         "a-1",

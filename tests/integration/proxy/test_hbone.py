@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.proxy_harness import Mesh, echo_server, start_mesh, stop_mesh
+from tests.integration.proxy.harness import Mesh, echo_server, start_mesh, stop_mesh
 
 
 @pytest.fixture
@@ -25,6 +25,7 @@ async def mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
 
 
 async def test_echo_through_two_proxies(mesh: Mesh) -> None:
+    assert type(asyncio.get_running_loop()).__module__.startswith("uvloop")
     reader, writer = await mesh.open_client()
     writer.write(b"hello mesh")
     await writer.drain()
