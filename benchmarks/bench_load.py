@@ -54,7 +54,9 @@ def run(args: list[str]) -> dict[str, object]:
         ours = _load(url, connections, duration)
         ours_rate = float(ours["ActualQPS"])  # type: ignore[arg-type]
         ratio = ours_rate / wrk_rate
-        print(f"-c {connections}: wrk {wrk_rate:,.0f} req/s, pyztunnel load {ours_rate:,.0f} req/s, ratio {ratio:.2f} (target >= 0.25)")
+        print(
+            f"-c {connections}: wrk {wrk_rate:,.0f} req/s, pyztunnel load {ours_rate:,.0f} req/s, ratio {ratio:.2f} (target >= 0.25)"
+        )
         big = _load(url, 1000, duration)
         big_codes = big["RetCodes"]
         print(

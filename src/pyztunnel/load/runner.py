@@ -285,7 +285,7 @@ class Caller:
             if gen == self.gen and self.in_flight:
                 self.connecting = False
                 kind = "timeout" if isinstance(exc, TimeoutError) else error_kind(exc)
-                self._failed(kind if kind.startswith("connect") else f"connect: {kind}")
+                self._failed(f"connect: {kind}")
             return None
         if gen != self.gen or not self.in_flight:  # the call timed out meanwhile
             transport.close()
