@@ -22,6 +22,11 @@ from pyztunnel.load.runner import Worker, connection_ids, split_calls
 from pyztunnel.load.stats import RunStats
 
 
+# ^C, and SIGTERM too: `-t 0` runs until one of them, and the results are still printed. Installed explicitly, so a
+# run started in the background (where the shell leaves SIGINT ignored) can be stopped the same way.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 class RunAborted(Exception):
     """Warmup failed (fortio: "Aborting because of …"), or the target cannot be resolved."""
 
@@ -37,7 +42,8 @@ def run_load(options: LoadOptions) -> RunStats:
 async def _run_here(options: LoadOptions) -> RunStats:
     worker = Worker(options, connection_ids(options, 0, 1), split_calls(options.exactly, options.connections))
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGINT, worker.stop)
+    for signum in STOP_SIGNALS:
+        loop.add_signal_handler(signum, worker.stop)
     try:
         try:
             why = await worker.warmup()
@@ -49,12 +55,14 @@ async def _run_here(options: LoadOptions) -> RunStats:
             raise RunAborted(why)
         return await worker.run(time.monotonic())
     finally:
-        loop.remove_signal_handler(signal.SIGINT)
+        for signum in STOP_SIGNALS:
+            loop.remove_signal_handler(signum)
 
 
 def _child(conn: multiprocessing.connection.Connection, options: LoadOptions, index: int, workers: int) -> None:
     """A worker process: warm up, say so, wait for the start time, run, send the results back."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop, and tells us
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)  # the parent decides when to stop, and tells us
     install_uvloop()
     asyncio.run(_child_main(conn, options, index, workers))
 
@@ -97,7 +105,20 @@ async def _child_main(
         loop.remove_reader(conn.fileno())
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _run_processes(options: LoadOptions, workers: int) -> RunStats:
+    previous = {signum: signal.signal(signum, _interrupt) for signum in STOP_SIGNALS}
+    try:
+        return _run_processes_inner(options, workers)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _run_processes_inner(options: LoadOptions, workers: int) -> RunStats:
     ctx = multiprocessing.get_context("spawn")
     pipes: list[Any] = []
     procs: list[Any] = []

@@ -302,7 +302,7 @@ async def test_cli_json_to_stdout_keeps_stdout_pure() -> None:
 
 
 async def test_cli_bad_flag_is_one_line_exit_2() -> None:
-    code, out, err = await run_cli("-bogus", "http://127.0.0.1:1/")
+    code, _out, err = await run_cli("-bogus", "http://127.0.0.1:1/")
     assert code == 2
     assert err.strip() == "error: flag provided but not defined: -bogus (see 'pyztunnel load -h')"
     assert "Traceback" not in err
