@@ -21,7 +21,6 @@ from pyztunnel.load.options import LoadOptions
 from pyztunnel.load.runner import Worker, connection_ids, split_calls
 from pyztunnel.load.stats import RunStats
 
-
 # ^C, and SIGTERM too: `-t 0` runs until one of them, and the results are still printed. Installed explicitly, so a
 # run started in the background (where the shell leaves SIGINT ignored) can be stopped the same way.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)

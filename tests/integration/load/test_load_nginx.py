@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from benchmarks.nginx_util import nginx
 
 pytestmark = pytest.mark.integration
@@ -17,9 +16,23 @@ pytestmark = pytest.mark.integration
 def test_load_against_nginx(tmp_path: Path) -> None:
     result = tmp_path / "r.json"
     with nginx() as port:
+        url = f"http://127.0.0.1:{port}/status/418"
         proc = subprocess.run(
-            [sys.executable, "-m", "pyztunnel", "load", "-qps", "0", "-c", "20", "-n", "2000", "-json", str(result)]
-            + [f"http://127.0.0.1:{port}/status/418"],
+            [
+                sys.executable,
+                "-m",
+                "pyztunnel",
+                "load",
+                "-qps",
+                "0",
+                "-c",
+                "20",
+                "-n",
+                "2000",
+                "-json",
+                str(result),
+                url,
+            ],
             capture_output=True,
             text=True,
             timeout=60,
