@@ -11,11 +11,13 @@ import asyncio
 import contextlib
 import multiprocessing
 import multiprocessing.connection
+import resource
 import signal
 import time
 from typing import Any
 
 from pyztunnel.aio import install_uvloop
+from pyztunnel.errors import UserError
 from pyztunnel.load.exchange import ExchangeError
 from pyztunnel.load.options import LoadOptions
 from pyztunnel.load.runner import Worker, connection_ids, split_calls
@@ -30,8 +32,23 @@ class RunAborted(Exception):
     """Warmup failed (fortio: "Aborting because of …"), or the target cannot be resolved."""
 
 
+def raise_fd_limit(connections: int) -> None:
+    """Each connection is a file descriptor: lift the soft limit (often 1024) towards the hard one when needed."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = connections + 64
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        raise UserError(
+            f"{connections} connections per process need about {wanted} file descriptors, but the limit is {hard}: "
+            "raise it (ulimit -n) or use fewer connections per process (-workers)"
+        )
+    resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
 def run_load(options: LoadOptions) -> RunStats:
     workers = options.worker_count()
+    raise_fd_limit(-(-options.connections // workers))  # inherited by the worker processes
     if workers == 1:
         install_uvloop()
         return asyncio.run(_run_here(options))
