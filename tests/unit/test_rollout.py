@@ -14,8 +14,10 @@ NODES = ["n1", "n2", "n3"]
 PODS = {"httpbin": 2, "gateway": 1, "client": 1}
 
 
-def cluster() -> FakeCluster:
-    return FakeCluster(NODES, PODS, version="v1")
+def cluster(auto_replace: bool = False) -> FakeCluster:
+    fake = FakeCluster(NODES, PODS, version="v1")
+    fake.auto_replace = auto_replace
+    return fake
 
 
 def assert_upgraded(fake: FakeCluster, version: str = "v2") -> None:
@@ -104,12 +106,16 @@ async def test_new_proxy_never_ready_is_deleted_and_old_kept(tmp_path: Path) -> 
     assert "not ready" in (record.error or "")
 
 
-async def test_delete_first_failure_restores_previous_version() -> None:
-    fake = cluster()
+@pytest.mark.parametrize("auto_replace", [False, True])
+@pytest.mark.parametrize("strategy", ["rolling", "drain"])
+async def test_delete_first_failure_restores_previous_version(auto_replace: bool, strategy: str) -> None:
+    fake = cluster(auto_replace)
     fake.broken_versions.add("v2")
+    plan = Plan("v2", max_surge=0, max_unavailable=1) if strategy == "rolling" else Plan("v2", strategy="drain")
     with pytest.raises(RolloutFailed, match="restored v1"):
-        await Rollout(fake, Plan("v2", max_surge=0, max_unavailable=1)).run()
+        await Rollout(fake, plan).run()
     assert fake.versions()["n1"] == ["v1"] and fake.ready_proxies("n1")
+    assert fake.template["version"] == "v1"  # nothing will bring the broken version back
 
 
 async def test_drain_cordons_evicts_replaces_uncordons_one_node_at_a_time() -> None:
@@ -148,14 +154,18 @@ PLANS = {
 
 @pytest.mark.parametrize("name", sorted(PLANS))
 @pytest.mark.parametrize("after_effect", [False, True])
-async def test_resume_after_interruption_at_every_step(name: str, after_effect: bool, tmp_path: Path) -> None:
+@pytest.mark.parametrize("auto_replace", [False, True])
+async def test_resume_after_interruption_at_every_step(
+    name: str, after_effect: bool, auto_replace: bool, tmp_path: Path
+) -> None:
     plan = PLANS[name]
-    fake = cluster()
+    fake = cluster(auto_replace)
     await Rollout(fake, plan).run()
+    assert_upgraded(fake)
     total = len(fake.calls)
     for k in range(total):
         store = RolloutStore(tmp_path / f"rollout-{k}.json")
-        fake = cluster()
+        fake = cluster(auto_replace)
         fake.interrupt_at, fake.interrupt_after_effect = k, after_effect
         with pytest.raises(Interrupted):
             await Rollout(fake, plan, store).run()

@@ -79,11 +79,7 @@ class Rollout:
     async def run(self) -> RolloutRecord:
         record = await self._open()
         self.record = record
-        await self.backend.update_daemonset(
-            version=self.plan.version,
-            strategy="RollingUpdate" if self.plan.strategy == "rolling" else "OnDelete",
-            grace_seconds=self.plan.grace_seconds,
-        )
+        await self._template(self.plan.version)
         try:
             if self.plan.strategy == "drain":
                 for node in self._todo(record):
@@ -176,18 +172,31 @@ class Rollout:
         if await self.backend.wait_proxy_ready(proxy.name, self.plan.ready_timeout):
             return
         self._phase(node, rec, started, "rollback")
+        previous = rec.previous_version
+        if previous is not None:
+            # The template goes back first, so that nothing (a DaemonSet controller replacing a deleted or crashed
+            # proxy) brings the broken version back.
+            await self._template(previous)
         await self.backend.delete_proxy(proxy.name)
         what = "the old proxy keeps serving"
         if restore:
-            if rec.previous_version is None:
+            if previous is None:
                 what = "no previous version known to restore"
             else:
-                back = await self.backend.create_proxy(node, rec.previous_version)
+                same = [p for p in await self.backend.proxies(node) if p.version == previous]
+                back = same[0] if same else await self.backend.create_proxy(node, previous)
                 ok = await self.backend.wait_proxy_ready(back.name, self.plan.ready_timeout)
-                what = f"restored {rec.previous_version}" + ("" if ok else ", which is not ready either")
+                what = f"restored {previous}" + ("" if ok else ", which is not ready either")
         raise RolloutFailed(
             f"node {node}: proxy {proxy.name} ({self.plan.version}) not ready within {self.plan.ready_timeout:g}s; "
             f"deleted it, {what}; rollout stopped"
+        )
+
+    async def _template(self, version: str) -> None:
+        await self.backend.update_daemonset(
+            version=version,
+            strategy="RollingUpdate" if self.plan.strategy == "rolling" else "OnDelete",
+            grace_seconds=self.plan.grace_seconds,
         )
 
     async def _surge_node(self, node: str, rec: NodeRecord, started: float) -> None:
@@ -212,6 +221,8 @@ class Rollout:
         for p in old:
             await self.backend.delete_proxy(p.name)
         self._phase(node, rec, started, "create")
+        if old:  # a DaemonSet controller may have replaced the deleted proxy from the template already
+            new, _ = await self._split(node, rec)
         proxy = await self._ensure_new(node, rec, new)
         self.store.save(self._rec())
         return proxy

@@ -35,6 +35,7 @@ class FakeCluster:
         self.template: dict[str, object] = {}
         self.interrupt_at: int | None = None  # interrupt the call with this index…
         self.interrupt_after_effect = False  # …before (False) or after (True) it took effect
+        self.auto_replace = False  # as the local controller: a node left without a proxy gets one from the template
         self._seq = itertools.count(1)
         self.max_surging = 0  # most nodes with two proxies at the same time
         self.max_unavailable = 0  # most nodes without a ready proxy at the same time
@@ -132,7 +133,9 @@ class FakeCluster:
 
     async def delete_proxy(self, name: str) -> None:
         after = await self._call("delete_proxy", name)
-        self.proxy_pods.pop(name, None)
+        gone = self.proxy_pods.pop(name, None)
+        if self.auto_replace and gone is not None and not any(p.node == gone.node for p in self.proxy_pods.values()):
+            self._add_proxy(gone.node, str(self.template.get("version", gone.version)))
         self._after(after, "delete_proxy")
 
     async def wait_proxy_ready(self, name: str, within: float) -> bool:
