@@ -318,7 +318,7 @@ class Controller:
             **self.spec.agent.env,
             "PYZTUNNEL_CLUSTER": self.name,
             "NODE_NAME": node.name,
-            "PYZTUNNEL_TCP_MIGRATE_REQ": str(self.spec.agent.tcpMigrateReq),
+            "PYZTUNNEL_TCP_MIGRATE_REQ": "true" if self.spec.agent.tcpMigrateReq else "false",
         }
         node.agent = Supervised(
             f"agent-{node.name}",

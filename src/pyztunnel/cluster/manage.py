@@ -40,11 +40,18 @@ def missing_components(spec: ClusterSpec) -> list[str]:
         if argv[0] == "pyztunnel":
             sub = argv[1] if len(argv) > 1 else ""
             entry = SUBCOMMANDS.get(sub)
-            if entry is None or importlib.util.find_spec(entry[0]) is None:
+            if entry is None or not module_available(entry[0]):
                 problems.append(f"{what}: 'pyztunnel {sub}' is not available in this build")
         elif "/" not in argv[0] and "$(" not in argv[0] and shutil.which(argv[0]) is None:
             problems.append(f"{what}: '{argv[0]}' is not installed (run 'make install')")
     return problems
+
+
+def module_available(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
 
 
 def controller_pid(layout: Layout) -> int | None:
@@ -77,12 +84,12 @@ def up(
     check_name(name)
     layout = Layout.of(name, base)
     spec = loaded.spec.without_mesh() if no_mesh else loaded.spec
+    if exists(name, layout):
+        raise UserError(f"cluster {name!r} already exists; remove it first with 'pyztunnel cluster down --name {name}'")
     problems = missing_components(spec)
     if problems:
         hint = "" if no_mesh else "; or run without the mesh parts: 'pyztunnel cluster up --no-mesh'"
         raise UserError(f"cannot start cluster {name!r}: " + "; ".join(problems) + hint)
-    if exists(name, layout):
-        raise UserError(f"cluster {name!r} already exists; remove it first with 'pyztunnel cluster down --name {name}'")
     if layout.root.exists():
         shutil.rmtree(layout.root)  # leftovers of a cluster whose processes and namespaces are gone
     layout.root.mkdir(parents=True)

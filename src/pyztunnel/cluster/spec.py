@@ -132,11 +132,11 @@ class ProxySpec(StrictModel):
 
 class AgentSpec(StrictModel):
     """The node agent (istio-cni's role), one per node, in the node netns. Placeholders: {node} {run_dir} {cluster}
-    {state_dir} {node_ip}."""
+    {state_dir} {node_ip}; the environment also carries NODE_NAME and PYZTUNNEL_TCP_MIGRATE_REQ."""
 
     enabled: bool = True
     command: list[str] = Field(
-        default=["pyztunnel", "agent", "--cluster", "{cluster}", "--node", "{node}", "--run-dir", "{run_dir}"],
+        default=["pyztunnel", "agent", "--node-name", "{node}", "--run-dir", "{run_dir}"],
         min_length=1,
     )
     env: dict[str, str] = {}
@@ -145,7 +145,7 @@ class AgentSpec(StrictModel):
 
 class CaSpec(StrictModel):
     """The CA (istiod's role) in the fabric netns at 10.240.0.254:15012. Placeholders: {cluster} {state_dir} {ca_dir}
-    {workloads}."""
+    {workloads} {ca_address} {trust_domain}."""
 
     enabled: bool = True
     command: list[str] = Field(
