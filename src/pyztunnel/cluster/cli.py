@@ -222,7 +222,8 @@ def drain_cmd(node: str, **kw: Any) -> None:
 @click.option("--name", required=True)
 @click.option("--state-dir", required=True, type=click.Path(path_type=Path))
 @click.option("--no-mesh", is_flag=True)
-def controller_cmd(name: str, state_dir: Path, no_mesh: bool) -> None:
+@click.option("--no-agent", is_flag=True)
+def controller_cmd(name: str, state_dir: Path, no_mesh: bool, no_agent: bool) -> None:
     """Run the controller of a cluster (started detached by 'cluster up')."""
     from pyztunnel.aio import install_uvloop
     from pyztunnel.cluster.controller import Controller, load_spec
@@ -234,6 +235,8 @@ def controller_cmd(name: str, state_dir: Path, no_mesh: bool) -> None:
     spec = load_spec(layout)
     if no_mesh:
         spec = spec.without_mesh()
+    if no_agent:
+        spec = spec.without_agent()
 
     async def main() -> None:
         await Controller(name, layout, spec).run()

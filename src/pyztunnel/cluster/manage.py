@@ -84,6 +84,10 @@ def up(
     check_name(name)
     layout = Layout.of(name, base)
     spec = loaded.spec.without_mesh() if no_mesh else loaded.spec
+    # Pods outside the mesh need no agent: without one in this build, the controller plumbs them itself.
+    no_agent = spec.agent.enabled and not spec.any_mesh and not module_available(SUBCOMMANDS["agent"][0])
+    if no_agent:
+        spec = spec.without_agent()
     if exists(name, layout):
         raise UserError(f"cluster {name!r} already exists; remove it first with 'pyztunnel cluster down --name {name}'")
     problems = missing_components(spec)
@@ -98,6 +102,8 @@ def up(
     argv = [sys.executable, "-m", "pyztunnel", "cluster", "controller", "--name", name, "--state-dir", str(layout.root)]
     if no_mesh:
         argv.append("--no-mesh")
+    if no_agent:
+        argv.append("--no-agent")
     with layout.log("controller").open("ab") as log:
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

@@ -194,6 +194,10 @@ class ClusterSpec(StrictModel):
             }
         )
 
+    def without_agent(self) -> ClusterSpec:
+        """The same cluster with no node agents (only valid without mesh pods): the controller plumbs pods itself."""
+        return self.model_copy(update={"agent": self.agent.model_copy(update={"enabled": False})})
+
 
 @dataclass
 class LoadedSpec:
