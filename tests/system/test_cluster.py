@@ -39,17 +39,6 @@ class H(http.server.BaseHTTPRequestHandler):
 http.server.ThreadingHTTPServer(("0.0.0.0", int(sys.argv[1])), H).serve_forever()
 """
 
-# Run in the client pod: print the status code of each URL (or the error).
-FETCH = """
-import sys, urllib.error, urllib.request
-for url in sys.argv[1:]:
-    try:
-        print(urllib.request.urlopen(url, timeout=5).status)
-    except urllib.error.HTTPError as e:
-        print(e.code)
-"""
-
-
 def plain_spec() -> spec.LoadedSpec:
     doc: dict[str, Any] = {
         "nodes": [{"name": "node-1"}, {"name": "node-2"}, {"name": "node-3"}],
@@ -86,7 +75,7 @@ def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
 
 
 def fetch(name: str, *urls: str) -> list[str]:
-    out = cli("exec", "--name", name, "client", "--", sys.executable, "-c", FETCH, *urls)
+    out = cli("exec", "--name", name, "client", "--", sys.executable, "-m", "pyztunnel.cluster.fetch", *urls)
     assert out.returncode == 0, out.stderr
     return out.stdout.split()
 
