@@ -42,6 +42,7 @@ PROXY_READY_PATH = "/healthz/ready"
 PLUMB_RETRY_FIRST = 0.05
 PLUMB_RETRY_MAX = 1.0
 COMPONENT_READY_TIMEOUT = 30.0
+CRASH_LOOP_RESTARTS = 5  # `cluster up` gives up on a process that exited this often without becoming ready
 
 
 def random_suffix() -> str:
@@ -309,7 +310,8 @@ class Controller:
             self.ca_ready = await probe.tcp(self.fabric_fd, topology.FABRIC_IP, topology.CA_PORT, 1.0)
             return self.ca_ready
 
-        await self._wait_component("the CA", up, self.layout.log("ca"))
+        assert self.ca is not None
+        await self._wait_component("the CA", up, self.ca, self.layout.log("ca"))
 
     def _start_agent(self, node: Node) -> None:
         argv = pyztunnel_argv(fill(list(self.spec.agent.command), self._placeholders(node)))
@@ -336,12 +338,16 @@ class Controller:
             node.agent_ready = await self.agent_api.ready(node.name)
             return node.agent_ready
 
-        await self._wait_component(f"the agent of {node.name}", up, self.layout.log(f"agent-{node.name}"))
+        assert node.agent is not None
+        await self._wait_component(f"the agent of {node.name}", up, node.agent, self.layout.log(f"agent-{node.name}"))
 
-    async def _wait_component(self, what: str, check: Any, log_path: Path) -> None:
+    async def _wait_component(self, what: str, check: Any, proc: Supervised, log_path: Path) -> None:
         deadline = time.monotonic() + COMPONENT_READY_TIMEOUT
         delay = 0.02
         while not await check():
+            if proc.restarts >= CRASH_LOOP_RESTARTS or proc.failed_to_start:
+                why = proc.failed_to_start or f"exited {proc.restarts} times"
+                raise RuntimeError(f"{what} does not start ({why}); {tail(log_path)}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{what} did not become ready in {COMPONENT_READY_TIMEOUT:.0f}s; {tail(log_path)}")
             await asyncio.sleep(delay)  # polling a condition with a deadline

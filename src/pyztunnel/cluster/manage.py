@@ -138,9 +138,21 @@ def _wait_ready(
                     raise UserError(f"cluster {client.name!r} failed to start: {state['error']}")
                 if state["ready"]:
                     return state
+                crashing = crash_looping(state)
+                if crashing:
+                    raise UserError(f"cluster {client.name!r}: {crashing}; {tail(layout.log(crashing.split()[1]))}")
         if time.monotonic() > deadline:
             raise UserError(f"cluster {client.name!r} was not ready after {timeout:.0f}s: {not_ready(state, layout)}")
         time.sleep(0.05)  # polling the controller's readiness with a deadline
+
+
+def crash_looping(state: dict[str, Any]) -> str | None:
+    from pyztunnel.cluster.controller import CRASH_LOOP_RESTARTS
+
+    for pod in [*state["proxies"], *state["pods"]]:
+        if not pod["ready"] and pod["restarts"] >= CRASH_LOOP_RESTARTS:
+            return f"pod {pod['name']} keeps exiting ({pod['restarts']} restarts)"
+    return None
 
 
 def not_ready(state: dict[str, Any] | None, layout: Layout) -> str:
