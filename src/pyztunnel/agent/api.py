@@ -34,6 +34,9 @@ def make_app(agent: Agent) -> web.Application:
             return _json(400, {"error": "the body must be JSON"})
         try:
             spec = PodSpec.from_json(body)
+        except BadPod as exc:
+            return _json(400, {"error": str(exc)})
+        try:
             await agent.add_pod(spec)
         except BadPod as exc:
             return _json(400, {"error": str(exc)})
@@ -42,16 +45,20 @@ def make_app(agent: Agent) -> web.Application:
         except ProxyRefused as exc:
             return _json(503, {"error": str(exc)})
         except (PlumbingError, RulesError, OSError) as exc:
-            log.error("pod plumbing failed", extra={"fields": {"uid": body.get("uid"), "error": str(exc)}})
+            log.error("pod plumbing failed", extra={"fields": {"uid": spec.uid, "error": str(exc)}})
             return _json(500, {"error": f"plumbing failed: {exc}"})
+        except Exception as exc:  # a netlink error or a bug: still one JSON line for the caller, the trace in our log
+            log.exception("pod add failed", extra={"fields": {"uid": spec.uid}})
+            return _json(500, {"error": f"pod add failed: {exc}"})
         return _json(200, {"ok": True})
 
     async def delete_pod(request: web.Request) -> web.Response:
         uid = request.match_info["uid"]
         try:
             known = await agent.delete_pod(uid)
-        except OSError as exc:
-            return _json(500, {"error": f"unplumbing failed: {exc}"})
+        except Exception as exc:
+            log.exception("pod delete failed", extra={"fields": {"uid": uid}})
+            return _json(500, {"error": f"pod delete failed: {exc}"})
         return _json(200, {"ok": True, "known": known})
 
     async def list_pods(request: web.Request) -> web.Response:

@@ -1,11 +1,14 @@
 """pyroute2 bound to the calling thread's network namespace.
 
 The netlink socket is created here, on the calling thread, and handed to pyroute2 (`use_socket`), so a thread that
-entered a pod netns (`netns.run_in_netns`) configures that netns, with no helper process per namespace.
+entered a pod netns (`netns.run_in_netns`) configures that netns, with no helper process per namespace. pyroute2's
+sync API runs its own event loop; it gets a stdlib selector loop, because uvloop (installed as the policy in our
+processes) cannot watch netlink sockets, and the loop is closed here so nothing leaks per call.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 from collections.abc import Iterator
@@ -20,16 +23,16 @@ NETLINK_ROUTE = 0
 @contextlib.contextmanager
 def iproute() -> Iterator[Any]:
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
+    loop = asyncio.SelectorEventLoop()
     try:
-        ipr = IPRoute(use_socket=sock)
-    except BaseException:
-        sock.close()
-        raise
-    try:
-        yield ipr
+        ipr = IPRoute(use_socket=sock, use_event_loop=loop)
+        try:
+            yield ipr
+        finally:
+            ipr.close()
     finally:
-        ipr.close()
         sock.close()
+        loop.close()
 
 
 @contextlib.contextmanager
