@@ -47,8 +47,12 @@ async def test_handoff_loses_no_connection_under_load(tmp_path: Path) -> None:
             assert queued >= 2
             adoption = await handoff_io.adopt(path, old.requests())
             assert adoption.to_bind == {} and len(adoption.sockets) == 6
-            for key, sock in adoption.sockets.items():
-                new.add(key, sock)
+            for uid, ports in old.pods.items():
+                for port in ports:
+                    sock = adoption.take(uid, port)
+                    assert sock is not None
+                    new.add(ListenerKey(uid, port), sock)
+            assert adoption.take("pod-0", old.pods["pod-0"][0]) is None and adoption.close_unused() == 0
             assert await adoption.confirm()
             released = await old.event("released")
             assert released["listeners"] == 6

@@ -110,6 +110,18 @@ class Adoption:
     _conn: socket.socket | None = None
     _client: handoff.HandoffClient | None = None
 
+    def take(self, uid: str, port: int) -> socket.socket | None:
+        """The adopted listener for (pod, port), once; None means bind your own (the proxy's `adopt` hook)."""
+        return self.sockets.pop(ListenerKey(uid, port), None)
+
+    def close_unused(self) -> int:
+        """Close adopted listeners nobody took (a pod deleted meanwhile). Only our duplicate goes: harmless."""
+        unused = list(self.sockets.values())
+        for sock in unused:
+            sock.close()
+        self.sockets.clear()
+        return len(unused)
+
     def pods_to_bind(self) -> dict[str, dict[int, str]]:
         out: dict[str, dict[int, str]] = {}
         for key, reason in sorted(self.to_bind.items()):
@@ -122,7 +134,7 @@ class Adoption:
         stops it anyway."""
         if self._conn is None or self._client is None:
             return False
-        chosen = list(self.sockets) if keys is None else list(keys)
+        chosen = sorted(self._client.adopted) if keys is None else list(keys)
         try:
             async with asyncio.timeout(within):
                 await send_msg(self._conn, self._client.adopted_message(chosen))
