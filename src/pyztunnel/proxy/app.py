@@ -19,6 +19,7 @@ from pyztunnel.aio import cancel_and_wait, spawn
 from pyztunnel.errors import UserError
 from pyztunnel.identity.config import CaClientSettings
 from pyztunnel.identity.spiffe import Identity
+from pyztunnel.identity.store import CertificateStore
 from pyztunnel.lifecycle import drain
 from pyztunnel.lifecycle.drainer import Drainer
 from pyztunnel.lifecycle.handoff_io import HandoffService
@@ -49,6 +50,7 @@ from pyztunnel.workloads.watch import ConfigWatch
 _log = logging.getLogger("pyztunnel.proxy.app")
 
 STATE_MANAGER = "state manager"
+CERTIFICATES = "workload certificates"
 
 
 def parse_hostport(text: str, what: str) -> tuple[str, int]:
@@ -111,7 +113,8 @@ class ProxyApp:
         self.readiness = Readiness()
         self.metrics = Metrics(tag=settings.version)
         self.servers: list[HttpServer] = []
-        self._store: object | None = None
+        self._store: CertificateStore | None = None
+        self._cert_wait: asyncio.Task[None] | None = None
         self.certs = certs or self._make_certs()
         self.shared = Shared(
             settings,
@@ -134,8 +137,7 @@ class ProxyApp:
     def _make_certs(self) -> CertSource:
         if self.settings.cert_dir is not None:
             return StaticCerts.from_dir(self.settings.cert_dir)
-        from pyztunnel.identity.client import CaClient
-        from pyztunnel.identity.store import CertificateStore
+        from pyztunnel.identity.client import CaClient  # grpc: imported only when a CA is used
 
         client = CaClient(self.ca_settings, environ=self.environ)
         store = CertificateStore(client.fetch)
@@ -151,10 +153,8 @@ class ProxyApp:
 
     def _prefetch(self, index: WorkloadIndex) -> None:
         """Warm the certificates of this node's mesh workloads; forget those that left (§4)."""
-        from pyztunnel.identity.store import CertificateStore
-
         store = self._store
-        if not isinstance(store, CertificateStore):
+        if store is None:
             return
         wanted = {
             Identity.for_workload(w.namespace, w.service_account, w.trust_domain)
@@ -164,6 +164,17 @@ class ProxyApp:
         for identity in wanted:
             store.prefetch(identity)
         store.retain(wanted)
+        # Ready only once every local identity has its certificate (DESIGN §5.1): the first connection of a pod
+        # must not wait for a CSR round trip.
+        if self._cert_wait is not None and not self._cert_wait.done():
+            self._cert_wait.cancel()
+        self.readiness.block(CERTIFICATES)
+        self._cert_wait = spawn(self._await_certificates(store, sorted(wanted)), "cert-warmup")
+
+    async def _await_certificates(self, store: CertificateStore, identities: list[Identity]) -> None:
+        await asyncio.gather(*(store.wait_available(identity) for identity in identities))
+        self.readiness.unblock(CERTIFICATES)
+        _log.info("certificates ready", extra={"fields": {"identities": len(identities)}})
 
     def _pods_changed(self) -> None:
         self.metrics.set_proxy_counts(len(self.podset.pods), len(self.podset.pending))
@@ -202,8 +213,6 @@ class ProxyApp:
         """ztunnel's /config_dump keys (§6.2)."""
         index = self.shared.indexes.index
         config = index.config
-        store = self._store
-        dump = getattr(store, "dump", None)
         return {
             "workloads": [w.model_dump(by_alias=True, mode="json") for w in config.workloads],
             "services": [s.model_dump(by_alias=True, mode="json") for s in config.services],
@@ -216,7 +225,7 @@ class ProxyApp:
                 for d in declared(ProxySettings)
                 for v in [getattr(self.settings, d.name)]
             },
-            "certificates": dump() if callable(dump) else [],
+            "certificates": self._store.dump() if self._store is not None else [],
             "workloadState": {
                 **{uid: {"state": "Up", "info": pod.key} for uid, pod in self.podset.pods.items()},
                 **{
@@ -237,7 +246,7 @@ class ProxyApp:
 
     # ------------------------------------------------------------------ run
     async def start(self) -> None:
-        if isinstance(self._store, object) and hasattr(self._store, "start"):
+        if self._store is not None:
             self._store.start()
         self.readiness.block(STATE_MANAGER)
         if self.settings.local_xds_path is not None:
@@ -321,6 +330,8 @@ class ProxyApp:
             await self.close()
 
     async def close(self) -> None:
+        if self._cert_wait is not None:
+            await cancel_and_wait(self._cert_wait)
         for server in self.servers:
             with contextlib.suppress(Exception):
                 await server.close()
@@ -332,10 +343,9 @@ class ProxyApp:
         for pod in self.direct:
             await pod.drain_immediate()
         await self.podset.close()
-        store = self._store
-        if store is not None and hasattr(store, "close"):
+        if self._store is not None:
             with contextlib.suppress(Exception):
-                await store.close()
+                await self._store.close()
         client = getattr(self, "_ca_client", None)
         if client is not None:
             with contextlib.suppress(Exception):
