@@ -82,15 +82,31 @@ async def test_service_vip_and_passthrough(tmp_path: Path) -> None:
     vip, outside = "127.96.0.10", m.b_ip.rsplit(".", 1)[0] + ".30"
     text = config_text(m.a_ip, m.b_ip).replace(
         "   workloadIps: ['" + m.b_ip + "'], protocol: HBONE}",
-        "   workloadIps: ['" + m.b_ip + "'], protocol: HBONE, services: {'b/echo.b.svc.cluster.local': {80: " + str(m.app_port) + "}}}",
+        "   workloadIps: ['"
+        + m.b_ip
+        + "'], protocol: HBONE, services: {'b/echo.b.svc.cluster.local': {80: "
+        + str(m.app_port)
+        + "}}}",
     )
     text += f"services:\n- {{name: echo, namespace: b, hostname: echo.b.svc.cluster.local, vips: ['/{vip}'], ports: {{80: {m.app_port}}}}}\n"
     m.set_config(text)
     vip_port, out_port = free_port(m.a_ip), free_port(m.a_ip)
     outside_port = free_port(outside)
     extra = [
-        PodProxy(m.node_a, "vip", DirectNet(m.a_ip, {vip_port: (vip, 80)}), lambda i: i.workload_by_ip(m.a_ip), Ports(vip_port, None, None)),
-        PodProxy(m.node_a, "out", DirectNet(m.a_ip, {out_port: (outside, outside_port)}), lambda i: i.workload_by_ip(m.a_ip), Ports(out_port, None, None)),
+        PodProxy(
+            m.node_a,
+            "vip",
+            DirectNet(m.a_ip, {vip_port: (vip, 80)}),
+            lambda i: i.workload_by_ip(m.a_ip),
+            Ports(vip_port, None, None),
+        ),
+        PodProxy(
+            m.node_a,
+            "out",
+            DirectNet(m.a_ip, {out_port: (outside, outside_port)}),
+            lambda i: i.workload_by_ip(m.a_ip),
+            Ports(out_port, None, None),
+        ),
     ]
     servers = []
     try:
