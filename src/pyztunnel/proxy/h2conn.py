@@ -138,10 +138,13 @@ class H2Conn(asyncio.Protocol):
                 self._ping_deadline = None
             self._schedule_ping()
         elif isinstance(event, h2.events.ConnectionTerminated):
+            # GOAWAY: no new streams. Streams *we* opened above last_stream_id were not processed by the peer;
+            # streams the peer opened are not covered by its own GOAWAY and go on.
             self.closing = True
             last = event.last_stream_id or 0
+            ours = 1 if self.h2.config.client_side else 0
             for stream_id, leg in list(self.streams.items()):
-                if stream_id > last:
+                if stream_id % 2 == ours and stream_id > last:
                     leg.on_reset("refused by GOAWAY")
             self._check_idle()
         else:
