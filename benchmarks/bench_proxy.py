@@ -94,7 +94,13 @@ def _start_pyztunnel(root: Path, a: str, b: str, backend_port: int) -> Chain:
     ready = [(a, _free_port(a)), (b, _free_port(b))]
     procs = [
         subprocess.Popen(
-            [*common, "--readiness-addr", f"{ready[0][0]}:{ready[0][1]}", "--direct-outbound", f"{a}:{port}={b}:{backend_port}"],
+            [
+                *common,
+                "--readiness-addr",
+                f"{ready[0][0]}:{ready[0][1]}",
+                "--direct-outbound",
+                f"{a}:{port}={b}:{backend_port}",
+            ],
             env=env,
         ),
         subprocess.Popen([*common, "--readiness-addr", f"{ready[1][0]}:{ready[1][1]}", "--direct-inbound", b], env=env),
