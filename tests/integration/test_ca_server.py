@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 from collections.abc import AsyncIterator
@@ -184,3 +185,21 @@ async def test_client_rejects_unknown_ca(ca: Ca, tmp_path: Path) -> None:
     with pytest.raises(CaClientError) as info:
         await fetch(ca.client_settings(ca_root_ca=str(other), csr_timeout=5), CART)
     assert info.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_store_over_real_ca(ca: Ca) -> None:
+    from pyztunnel.identity.store import CertificateStore, CertificateUnavailable
+
+    client = CaClient(ca.client_settings(), environ={})
+    store = CertificateStore(client.fetch)
+    store.start()
+    try:
+        store.prefetch(CART)
+        cert = await asyncio.wait_for(store.wait_available(CART), 10)
+        assert await store.get(CART) is cert
+        with pytest.raises(CertificateUnavailable, match="PERMISSION_DENIED"):
+            await asyncio.wait_for(store.get(PAY), 10)
+        assert [d["state"] for d in store.dump()] == ["Available", store.state(PAY)]
+    finally:
+        await store.close()
+        await client.close()

@@ -271,3 +271,25 @@ async def test_switching_server_context_without_cert_aborts(pair: dict[str, Any]
             await connect(server.port, pair["client_ctx"])
         with pytest.raises(ssl.SSLError):
             await server.result()
+
+
+def test_key_files_never_outlive_loading(ca: CertificateAuthority, tmp_path: Path) -> None:
+    cache = tls.ContextCache(tmp_path / "keys")
+    cert = issue(ca, SERVER_ID)
+    first = cache.server(cert)
+    assert cache.server(cert) is first  # cached per certificate
+    assert cache.client(cert) is cache.client(cert)
+    mine = tls.private_dir(cache.key_dir)
+    assert oct(mine.stat().st_mode & 0o777) == "0o700"
+    assert list(mine.iterdir()) == []
+    assert cache.server(issue(ca, SERVER_ID)) is not first  # a rotated certificate gets a new context
+    cache.close()
+    assert not mine.exists()
+
+
+def test_contexts_allow_only_tls13_aes_gcm(ca: CertificateAuthority, key_dir: Path) -> None:
+    cert = issue(ca, SERVER_ID)
+    for ctx in (tls.server_context(cert, key_dir), tls.client_context(cert, key_dir)):
+        assert ctx.minimum_version == ctx.maximum_version == ssl.TLSVersion.TLSv1_3
+        suites = sorted(c["name"] for c in ctx.get_ciphers() if c["protocol"] == "TLSv1.3")
+        assert suites == sorted(tls.AES_GCM_SUITES)
