@@ -33,7 +33,7 @@ def _seconds(args: list[str]) -> float:
     return 2.0
 
 
-async def _csr_rate(tmp: Path, seconds: float, concurrency: int) -> float:
+def _write_workloads(tmp: Path) -> Path:
     tmp.mkdir(parents=True, exist_ok=True)
     workloads = tmp / "workloads.yaml"
     workloads.write_text(
@@ -42,6 +42,11 @@ async def _csr_rate(tmp: Path, seconds: float, concurrency: int) -> float:
             f"- {{name: p{i}, namespace: ns, serviceAccount: sa{i}, node: n, workloadIps: []}}\n" for i in range(8)
         )
     )
+    return workloads
+
+
+async def _csr_rate(tmp: Path, seconds: float, concurrency: int) -> float:
+    workloads = _write_workloads(tmp)
     token = add_node_token(tmp / "ca", "n")
     server, port, _ = await start(CaSettings(state_dir=tmp / "ca", listen="127.0.0.1:0", workloads=workloads))
     client = CaClient(
@@ -123,8 +128,10 @@ def _s_time(port: int, cert: certs.WorkloadCert, tmp: Path, seconds: float) -> f
     (tmp / "client.pem").write_text(cert.key_pem + cert.chain_pem)
     (tmp / "root.pem").write_text(cert.roots)
     out = subprocess.run(
-        [openssl, "s_time", "-connect", f"127.0.0.1:{port}", "-new", "-time", str(max(1, int(seconds)))]
-        + ["-cert", str(tmp / "client.pem"), "-CAfile", str(tmp / "root.pem")],
+        [
+            *(openssl, "s_time", "-connect", f"127.0.0.1:{port}", "-new", "-time", str(max(1, int(seconds)))),
+            *("-cert", str(tmp / "client.pem"), "-CAfile", str(tmp / "root.pem")),
+        ],
         capture_output=True,
         text=True,
         timeout=seconds + 30,
