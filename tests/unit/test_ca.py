@@ -221,3 +221,13 @@ def test_token_is_file_content_or_literal(tmp_path: Path) -> None:
     token_file.write_text("abc\n")
     assert read_token(str(token_file)) == "abc"
     assert read_token("literal-token") == "literal-token"
+
+
+def test_serve_refuses_root_of_another_trust_domain(tmp_path: Path) -> None:
+    from pyztunnel.errors import UserError
+    from pyztunnel.identity.ca_server import load_ca
+    from pyztunnel.identity.config import CaSettings
+
+    CertificateAuthority.load_or_create(tmp_path, "a.example")
+    with pytest.raises(UserError, match=r"trust domain a\.example, not --trust-domain cluster\.local"):
+        load_ca(CaSettings(state_dir=tmp_path))

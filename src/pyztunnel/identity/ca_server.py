@@ -189,9 +189,15 @@ class Refused(Exception):
 
 def load_ca(settings: CaSettings) -> CertificateAuthority:
     try:
-        return CertificateAuthority.load_or_create(settings.state_dir, settings.trust_domain)
+        ca = CertificateAuthority.load_or_create(settings.state_dir, settings.trust_domain)
     except (CaStateError, OSError, ValueError) as exc:
         raise UserError(f"CA state directory {settings.state_dir}: {exc}") from None
+    if ca.trust_domain != settings.trust_domain:
+        raise UserError(
+            f"the root in {settings.state_dir} is for trust domain {ca.trust_domain}, not --trust-domain "
+            f"{settings.trust_domain}; use another --state-dir or the matching trust domain"
+        )
+    return ca
 
 
 def split_host_port(listen: str) -> tuple[str, int]:
