@@ -293,3 +293,25 @@ def test_contexts_allow_only_tls13_aes_gcm(ca: CertificateAuthority, key_dir: Pa
         assert ctx.minimum_version == ctx.maximum_version == ssl.TLSVersion.TLSv1_3
         suites = sorted(c["name"] for c in ctx.get_ciphers() if c["protocol"] == "TLSv1.3")
         assert suites == sorted(tls.AES_GCM_SUITES)
+
+
+async def test_switching_server_context_verifies_with_the_chosen_context(
+    ca: CertificateAuthority, other_ca: CertificateAuthority, key_dir: Path
+) -> None:
+    # The listener context has no roots of its own: verification and cipher suites must come from the chosen one.
+    cache = tls.ContextCache(key_dir)
+    server_cert = issue(ca, SERVER_ID)
+    listener_ctx = tls.switching_server_context(lambda: cache.server(server_cert))
+    foreign = issue(other_ca, Identity("other.domain", "web", "frontend"))
+    foreign_ctx = tls.client_context(
+        WorkloadCert(foreign.identity, foreign.chain, ca.root_pem, foreign.key_pem), key_dir
+    )
+    async with Server(listener_ctx, server_check) as server:
+        exc = await expect_server_failure(server, foreign_ctx)
+    assert "CERTIFICATE_VERIFY_FAILED" in str(exc)
+    if tls.restrict_tls13_ciphersuites(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)):
+        chacha = tls.client_context(issue(ca, CLIENT_ID), key_dir)
+        assert tls.set_tls13_ciphersuites(chacha, ["TLS_CHACHA20_POLY1305_SHA256"])
+        async with Server(listener_ctx, server_check) as server:
+            exc = await expect_server_failure(server, chacha)
+        assert "NO_SHARED_CIPHER" in str(exc)
