@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import ssl
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -49,35 +51,56 @@ def issue(ca: CertificateAuthority, identity: Identity, *, expired: bool = False
 
 
 class Server:
-    """Accepts one TCP connection and upgrades it to TLS with `ctx`, recording the outcome."""
+    """Accepts one TCP connection and runs the TLS server handshake on it with `ctx`, recording the outcome.
+
+    `connect_accepted_socket(ssl=…)` raises when the handshake fails, so server-side failures are observable (a
+    plain `start_server(ssl=…)` would only log them). It behaves the same on asyncio's loop and on uvloop.
+    """
 
     def __init__(self, ctx: ssl.SSLContext, check: Check) -> None:
         self.ctx, self.check = ctx, check
         self.outcome: asyncio.Future[Identity] = asyncio.get_running_loop().create_future()
-        self.server: asyncio.Server | None = None
+        self.listener = socket.socket()
         self.port = 0
+        self.task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Server:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen()
+        self.listener.setblocking(False)
+        self.port = self.listener.getsockname()[1]
+        self.task = asyncio.ensure_future(self._serve_one())
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        assert self.server is not None
-        self.server.close()
-        await self.server.wait_closed()
+        assert self.task is not None
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+        self.listener.close()
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve_one(self) -> None:
+        loop = asyncio.get_running_loop()
+        conn, _ = await loop.sock_accept(self.listener)
+        reader = asyncio.StreamReader()
+        transport: asyncio.Transport | None = None
         try:
-            await writer.start_tls(self.ctx, ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
-            peer = self.check(writer.get_extra_info("ssl_object"))
-            writer.write(b"ok")
-            await writer.drain()
+            transport, _protocol = await loop.connect_accepted_socket(
+                lambda: asyncio.StreamReaderProtocol(reader),
+                conn,
+                ssl=self.ctx,
+                ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
+            )
+            peer = self.check(transport.get_extra_info("ssl_object"))
+            transport.write(b"ok")
             self.outcome.set_result(peer)
         except Exception as exc:
             self.outcome.set_exception(exc)
         finally:
-            writer.close()
+            if transport is not None:
+                transport.close()
+            else:
+                conn.close()
 
     async def result(self) -> Identity:
         return await asyncio.wait_for(self.outcome, BOUND)
@@ -315,3 +338,29 @@ async def test_switching_server_context_verifies_with_the_chosen_context(
         async with Server(listener_ctx, server_check) as server:
             exc = await expect_server_failure(server, chacha)
         assert "NO_SHARED_CIPHER" in str(exc)
+
+
+def test_same_behaviour_under_uvloop(ca: CertificateAuthority, key_dir: Path) -> None:
+    """The proxy runs on uvloop: its SSL implementation must give the same outcomes."""
+    import uvloop
+
+    async def scenario() -> None:
+        server_ctx = tls.server_context(issue(ca, SERVER_ID), key_dir)
+        client_ctx = tls.client_context(issue(ca, CLIENT_ID), key_dir)
+        async with Server(server_ctx, server_check) as server:
+            reader, writer = await connect(server.port, client_ctx)
+            assert tls.check_server_peer(writer.get_extra_info("ssl_object"), [SERVER_ID]) == SERVER_ID
+            assert await asyncio.wait_for(reader.read(2), BOUND) == b"ok"
+            assert await server.result() == CLIENT_ID
+            writer.close()
+        wrong_td = tls.client_context(issue(ca, Identity("other.domain", "web", "frontend")), key_dir)
+        async with Server(server_ctx, server_check) as server:
+            assert isinstance(await expect_server_failure(server, wrong_td), tls.TlsError)
+        async with Server(server_ctx, server_check) as server:
+            _reader, raw = await asyncio.open_connection("127.0.0.1", server.port)
+            with pytest.raises((ConnectionAbortedError, TimeoutError)):
+                await server.result()
+            raw.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(scenario())
