@@ -75,19 +75,31 @@ async def _not_found(_request: web.Request) -> web.StreamResponse:
     return _empty(404)
 
 
+def route_app(routes: Mapping[str, Handler]) -> web.Application:
+    """An application answering `routes` (any method; handlers check it) and an empty 404 elsewhere, as ztunnel."""
+    app = web.Application()
+    for path, handler in routes.items():
+        app.router.add_route("*", path, handler)
+    app.router.add_route("*", "/{tail:.*}", _not_found)
+    return app
+
+
 class HttpServer:
-    """One aiohttp application served on already-bound sockets, with ztunnel's drain behaviour."""
+    """An aiohttp application served on already-bound sockets, with ztunnel's drain behaviour. The test backends
+    (apps/httpbin.py) use it too, so every HTTP server of the project drains the same way."""
 
     def __init__(
-        self, name: str, routes: Mapping[str, Handler], sockets: Sequence[socket.socket], shutdown_timeout: float = 5.0
+        self,
+        name: str,
+        app: web.Application,
+        sockets: Sequence[socket.socket],
+        shutdown_timeout: float = 5.0,
+        access_log: logging.Logger | None = None,
     ) -> None:
         self.name = name
         self._sockets = list(sockets)
-        self.app = web.Application(handler_args={"access_log": None})
-        for path, handler in routes.items():
-            self.app.router.add_route("*", path, handler)
-        self.app.router.add_route("*", "/{tail:.*}", _not_found)  # ztunnel answers unknown paths with an empty 404
-        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=shutdown_timeout)
+        self.app = app
+        self._runner = web.AppRunner(app, access_log=access_log, shutdown_timeout=shutdown_timeout)
         self._sites: list[web.SockSite] = []
         self._cleanup: asyncio.Task[None] | None = None
 
@@ -144,7 +156,7 @@ def readiness_server(readiness: Readiness, sockets: Sequence[socket.socket]) -> 
             return _text(200, "ready\n")
         return _text(500, f"not ready, pending: {', '.join(pending)}\n")
 
-    return HttpServer("readiness", {"/healthz/ready": ready}, sockets)
+    return HttpServer("readiness", route_app({"/healthz/ready": ready}), sockets)
 
 
 # Metrics
@@ -162,7 +174,7 @@ def metrics_server(metrics: Metrics, sockets: Sequence[socket.socket]) -> HttpSe
         response.headers["Vary"] = "Accept-Encoding"
         return response
 
-    return HttpServer("stats", {"/metrics": serve, "/stats/prometheus": serve}, sockets)
+    return HttpServer("stats", route_app({"/metrics": serve, "/stats/prometheus": serve}), sockets)
 
 
 def accepts_gzip(headers: Iterable[str]) -> bool:
@@ -261,7 +273,7 @@ def admin_server(
         "/logging": logging_,
         "/quitquitquit": quitquitquit,
     }
-    return HttpServer("admin", routes, sockets)
+    return HttpServer("admin", route_app(routes), sockets)
 
 
 def listening_socket(host: str, port: int, backlog: int = 128) -> socket.socket:
