@@ -13,13 +13,14 @@ readiness answers "connection refused", as ztunnel's does); in-flight requests f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import html
 import inspect
 import json
 import logging
 import socket
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -50,6 +51,15 @@ class Readiness:
         self._pending.discard(name)
         if not self._pending:
             self._ready_event.set()
+
+    @contextlib.contextmanager
+    def blocking(self, name: str) -> Iterator[None]:
+        """Block readiness while the body runs (ztunnel's BlockReady guard, released when dropped)."""
+        self.block(name)
+        try:
+            yield
+        finally:
+            self.unblock(name)
 
     @property
     def pending(self) -> list[str]:
