@@ -176,3 +176,21 @@ def test_encoding_escapes_and_integers() -> None:
     assert text == ('# HELP g help with \\\\ and\\nnewline\n# TYPE g gauge\ng{a="q\\"uote\\\\n"} 1.5\ng{a="x"} 3\n')
     parsed = next(iter(text_string_to_metric_families(text)))
     assert parsed.samples[0].labels == {"a": 'q"uote\\n'}
+
+
+def test_live_counters_show_in_scrapes_and_fold_at_close() -> None:
+    m = Metrics(process_metrics=False)
+    labels = labels_for(inbound())
+    conn = m.connection_opened(labels)
+    conn.recv += 10
+    conn.sent += 1000
+    m.add_bytes(labels, recv=1)  # another path adding to the same labels
+    fams = families(m)
+    assert fams["istio_tcp_received_bytes"][1][0][2] == 11
+    assert fams["istio_tcp_sent_bytes"][1][0][2] == 1000
+    conn.recv += 5
+    m.connection_closed(conn, recv=1, response_flags="DENY")
+    assert m.live == set() and m.received_bytes[labels] == 17 and m.sent_bytes[labels] == 1000
+    fams = families(m)
+    assert fams["istio_tcp_received_bytes"][1][0][2] == 17  # not counted twice once closed
+    assert fams["istio_tcp_connections_failed"][1][0][1]["response_flags"] == "DENY"

@@ -97,6 +97,19 @@ def labels_for(r: ConnectionRecord) -> TrafficLabels:
     )
 
 
+class ConnectionCounters:
+    """One live connection's byte counts. The relay adds to `sent`/`recv` (a plain attribute add per chunk, the
+    cheapest thing Python offers); scrapes include live connections, so the byte metrics grow while a connection
+    runs, as ztunnel's do; `Metrics.connection_closed` folds the counts into the totals."""
+
+    __slots__ = ("labels", "recv", "sent")
+
+    def __init__(self, labels: TrafficLabels) -> None:
+        self.labels = labels
+        self.sent = 0  # response bytes (istio_tcp_sent_bytes_total)
+        self.recv = 0  # request bytes (istio_tcp_received_bytes_total)
+
+
 class Metrics:
     """Every metric pyztunnel's proxy exports, on `self.registry`."""
 
@@ -109,6 +122,7 @@ class Metrics:
         self.received_bytes: dict[TrafficLabels, int] = {}
         self.sent_bytes: dict[TrafficLabels, int] = {}
         self.sockets_open: dict[str, int] = {"source": 0, "destination": 0}
+        self.live: set[ConnectionCounters] = set()
         self.active_proxies = 0
         self.pending_proxies = 0
         self.proxies_started = 0
@@ -118,10 +132,14 @@ class Metrics:
             # process_open_fds and process_max_fds are ztunnel's too; the other process_* series come for free.
             ProcessCollector(registry=self.registry)
 
-    # Traffic (one call each per connection, plus add_bytes as the relay goes).
-    def connection_opened(self, labels: TrafficLabels) -> None:
+    # Traffic: connection_opened and connection_closed once per connection; bytes through the returned counters
+    # (or add_bytes, or the sent/recv of connection_closed).
+    def connection_opened(self, labels: TrafficLabels) -> ConnectionCounters:
         self.opened[labels] = self.opened.get(labels, 0) + 1
         self.sockets_open[labels.reporter] += 1
+        counters = ConnectionCounters(labels)
+        self.live.add(counters)
+        return counters
 
     def add_bytes(self, labels: TrafficLabels, sent: int = 0, recv: int = 0) -> None:
         """Count relayed bytes: `recv` request bytes (received_bytes), `sent` response bytes (sent_bytes)."""
@@ -131,10 +149,22 @@ class Metrics:
             self.sent_bytes[labels] = self.sent_bytes.get(labels, 0) + sent
 
     def connection_closed(
-        self, labels: TrafficLabels, sent: int = 0, recv: int = 0, response_flags: str = NO_FLAGS
+        self,
+        conn: TrafficLabels | ConnectionCounters,
+        sent: int = 0,
+        recv: int = 0,
+        response_flags: str = NO_FLAGS,
     ) -> None:
-        """Record a closed connection. `sent`/`recv` are the bytes not yet given to `add_bytes` (they are counted
-        under the connection's labels, as ztunnel counts them live); `response_flags` marks the close only."""
+        """Record a closed connection, given its counters (from connection_opened) or its labels. `sent`/`recv` are
+        bytes not counted yet; they go under the connection's labels, as ztunnel counts bytes live. `response_flags`
+        marks the close only (closed_total, failed_total), as ztunnel applies the flag at record time."""
+        if isinstance(conn, ConnectionCounters):
+            self.live.discard(conn)
+            labels = conn.labels
+            sent, recv = sent + conn.sent, recv + conn.recv
+            conn.sent = conn.recv = 0
+        else:
+            labels = conn
         self.add_bytes(labels, sent, recv)
         self.sockets_open[labels.reporter] -= 1
         final = labels if response_flags == NO_FLAGS else labels._replace(response_flags=response_flags)
@@ -175,12 +205,12 @@ class _Collector(Collector):
         yield _counter(
             "istio_tcp_received_bytes",
             "The size of total bytes received during request in case of a TCP connection",
-            m.received_bytes,
+            _with_live(m.received_bytes, m.live, "recv"),
         )
         yield _counter(
             "istio_tcp_sent_bytes",
             "The size of total bytes sent during response in case of a TCP connection",
-            m.sent_bytes,
+            _with_live(m.sent_bytes, m.live, "sent"),
         )
         yield _counter("istio_tcp_connections_failed", "The total number of TCP connections that failed", m.failed)
         sockets = GaugeMetricFamily(
@@ -220,6 +250,16 @@ class _Collector(Collector):
                 ),
             )
         )
+
+
+def _with_live(
+    totals: dict[TrafficLabels, int], live: Iterable[ConnectionCounters], attr: str
+) -> dict[TrafficLabels, int]:
+    out = dict(totals)
+    for conn in live:
+        if n := getattr(conn, attr):
+            out[conn.labels] = out.get(conn.labels, 0) + n
+    return out
 
 
 def _plain(rows: Iterable[tuple[str, str, str, int]]) -> Iterator[Metric]:
