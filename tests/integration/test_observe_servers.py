@@ -120,7 +120,7 @@ async def test_admin_endpoints(http: aiohttp.ClientSession, started: Started) ->
     levels = LogLevels(LogFilter.parse("info"))
     server = await started(
         admin_server(
-            [listening_socket("127.0.0.1", 0)], config_dump=dump, quit=lambda: quits.append("q"), log_levels=levels
+            [listening_socket("127.0.0.1", 0)], config_dump=dump, on_quit=lambda: quits.append("q"), log_levels=levels
         )
     )
     async with http.get(url(server, "/")) as resp:
@@ -173,7 +173,7 @@ async def test_drain_stops_accepting_and_finishes_in_flight(http: aiohttp.Client
 
     sock = listening_socket("127.0.0.1", 0)
     port = sock.getsockname()[1]
-    server = admin_server([sock], config_dump=slow_dump, quit=lambda: None)
+    server = admin_server([sock], config_dump=slow_dump, on_quit=lambda: None)
     await server.start()
     try:
         # An idle keep-alive connection and an in-flight request exist when the drain starts.
@@ -207,7 +207,7 @@ async def test_quitquitquit_can_start_a_drain_that_closes_its_own_server(http: a
         await server.close()
         drained.set()
 
-    server = admin_server([sock], config_dump=dict, quit=lambda: spawn(drain(), "drain") and None)
+    server = admin_server([sock], config_dump=dict, on_quit=lambda: spawn(drain(), "drain") and None)
     await server.start()
     async with http.post(f"http://127.0.0.1:{port}/quitquitquit") as resp:
         assert await resp.text() == "shutdown now\n"

@@ -190,7 +190,18 @@ def test_live_counters_show_in_scrapes_and_fold_at_close() -> None:
     assert fams["istio_tcp_sent_bytes"][1][0][2] == 1000
     conn.recv += 5
     m.connection_closed(conn, recv=1, response_flags="DENY")
-    assert m.live == set() and m.received_bytes[labels] == 17 and m.sent_bytes[labels] == 1000
+    assert len(m.live) == 0 and m.received_bytes[labels] == 17 and m.sent_bytes[labels] == 1000
     fams = families(m)
     assert fams["istio_tcp_received_bytes"][1][0][2] == 17  # not counted twice once closed
     assert fams["istio_tcp_connections_failed"][1][0][1]["response_flags"] == "DENY"
+
+
+def test_a_handle_dropped_without_close_does_not_leak() -> None:
+    import gc
+
+    m = Metrics(process_metrics=False)
+    labels = labels_for(inbound())
+    m.connection_opened(labels)  # handle ignored; closed by labels below
+    m.connection_closed(labels, sent=3, recv=4)
+    gc.collect()
+    assert len(m.live) == 0 and m.sent_bytes[labels] == 3 and m.received_bytes[labels] == 4

@@ -9,6 +9,7 @@ collector emits no `_created` series, which ztunnel does not have. The event loo
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
@@ -102,7 +103,7 @@ class ConnectionCounters:
     cheapest thing Python offers); scrapes include live connections, so the byte metrics grow while a connection
     runs, as ztunnel's do; `Metrics.connection_closed` folds the counts into the totals."""
 
-    __slots__ = ("labels", "recv", "sent")
+    __slots__ = ("__weakref__", "labels", "recv", "sent")
 
     def __init__(self, labels: TrafficLabels) -> None:
         self.labels = labels
@@ -122,7 +123,8 @@ class Metrics:
         self.received_bytes: dict[TrafficLabels, int] = {}
         self.sent_bytes: dict[TrafficLabels, int] = {}
         self.sockets_open: dict[str, int] = {"source": 0, "destination": 0}
-        self.live: set[ConnectionCounters] = set()
+        # Weak: a handle dropped without connection_closed (a caller closing by labels) cannot leak.
+        self.live: weakref.WeakSet[ConnectionCounters] = weakref.WeakSet()
         self.active_proxies = 0
         self.pending_proxies = 0
         self.proxies_started = 0

@@ -241,10 +241,10 @@ def admin_server(
     sockets: Sequence[socket.socket],
     *,
     config_dump: ConfigDumpProvider,
-    quit: QuitCallback,
+    on_quit: QuitCallback,
     log_levels: LogLevels | None = None,
 ) -> HttpServer:
-    """`quit` is called by `POST /quitquitquit`; it should start the drain and return (not wait for it to finish:
+    """`on_quit` is called by `POST /quitquitquit`; it should start the drain and return (not wait for it to finish:
     the drain closes this very server, which waits for the request that called it)."""
     levels = log_levels or LogLevels()
 
@@ -272,7 +272,7 @@ def admin_server(
     async def quitquitquit(request: web.Request) -> web.StreamResponse:
         if request.method != "POST":
             return _empty(405)
-        result = quit()
+        result = on_quit()
         if inspect.isawaitable(result):
             await result
         return _text(200, "shutdown now\n")
