@@ -190,6 +190,8 @@ async def _refused(port: int) -> bool:
         _, writer = await asyncio.open_connection("127.0.0.1", port)
     except ConnectionRefusedError:
         return True
+    except ConnectionResetError:
+        return False  # queued on the listener as it closed (the kernel resets those): poll again
     writer.close()
     with contextlib.suppress(OSError):
         await writer.wait_closed()
@@ -257,7 +259,7 @@ async def test_tcp_echo_grace_expiry_resets_what_is_left(procs: list[asyncio.sub
     writer.write(b"x")
     assert await asyncio.wait_for(reader.readexactly(1), WAIT) == b"x"
     proc.send_signal(signal.SIGTERM)
-    with pytest.raises((ConnectionResetError, asyncio.IncompleteReadError)):
+    with pytest.raises(ConnectionResetError):  # an RST, not a clean FIN
         await asyncio.wait_for(reader.readexactly(1), WAIT)
     assert await asyncio.wait_for(proc.wait(), WAIT) == 0
     writer.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import struct
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -75,9 +76,14 @@ class EchoProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.connections.discard(self)
 
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
+    def reset(self) -> None:
+        """Cut the connection with an RST (SO_LINGER 0), so the peer sees a reset, not a clean end of stream."""
+        if self.transport is None:
+            return
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.transport.abort()
 
 
 class Connections:
@@ -120,7 +126,7 @@ async def serve(
     if connections.open:
         _log.warning("grace expired, resetting connections", extra={"fields": {"connections": len(connections.open)}})
         for conn in list(connections.open):
-            conn.abort()
+            conn.reset()
     await server.wait_closed()
 
 
