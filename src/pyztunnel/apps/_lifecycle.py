@@ -36,7 +36,7 @@ class Shutdown:
         self.stop.set()
 
 
-def bind(name: str, host: str, port: int, backlog: int = 4096) -> socket.socket:
+def bind(name: str, host: str, port: int, backlog: int) -> socket.socket:
     try:
         return listening_socket(host, port, backlog)
     except OSError as exc:

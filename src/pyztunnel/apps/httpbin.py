@@ -30,6 +30,7 @@ MAX_DELAY = 10.0  # seconds, as httpbin
 MAX_BYTES = 16 * 1024 * 1024
 MAX_STREAM = 100  # lines, as httpbin
 MAX_BODY = 64 * 1024 * 1024
+BACKLOG = 4096  # load tests open connections in bursts
 REDIRECT_CODES = frozenset({301, 302, 303, 305, 307})
 
 _log = logging.getLogger("pyztunnel.apps.httpbin")
@@ -248,9 +249,11 @@ async def serve(
     cfg: HttpbinSettings, shutdown: Shutdown, on_ready: Callable[[socket.socket], object] = lambda s: None
 ) -> None:
     """Serve until `shutdown.stop`, then drain: stop accepting, let in-flight requests finish within the grace."""
-    sock = bind("httpbin", cfg.host, cfg.port)
+    sock = bind("httpbin", cfg.host, cfg.port, BACKLOG)
     access_log = logging.getLogger("aiohttp.access") if cfg.access_log else None
-    server = HttpServer("httpbin", make_app(), [sock], shutdown_timeout=float(cfg.grace), access_log=access_log)
+    server = HttpServer(
+        "httpbin", make_app(), [sock], shutdown_timeout=float(cfg.grace), access_log=access_log, backlog=BACKLOG
+    )
     await server.start()
     on_ready(sock)
     await shutdown.stop.wait()

@@ -26,6 +26,7 @@ from pyztunnel.settings import Duration, setting
 
 # Above this much unsent data the connection stops reading until the peer catches up.
 WRITE_HIGH_WATER = 4 * 1024 * 1024
+BACKLOG = 4096
 
 _log = logging.getLogger("pyztunnel.apps.tcp_echo")
 
@@ -107,10 +108,10 @@ class Connections:
 async def serve(
     cfg: TcpEchoSettings, shutdown: Shutdown, on_ready: Callable[[socket.socket], object] = lambda s: None
 ) -> None:
-    sock = bind("tcp-echo", cfg.host, cfg.port)
+    sock = bind("tcp-echo", cfg.host, cfg.port, BACKLOG)
     connections = Connections()
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: EchoProtocol(connections), sock=sock, backlog=4096)
+    server = await loop.create_server(lambda: EchoProtocol(connections), sock=sock, backlog=BACKLOG)
     on_ready(sock)
     try:
         await shutdown.stop.wait()

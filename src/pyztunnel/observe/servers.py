@@ -105,23 +105,22 @@ class HttpServer:
         sockets: Sequence[socket.socket],
         shutdown_timeout: float = 5.0,
         access_log: logging.Logger | None = None,
+        backlog: int = 1024,
     ) -> None:
         self.name = name
         self._sockets = list(sockets)
+        self.addresses: list[Any] = [s.getsockname() for s in self._sockets]
+        self._backlog = backlog  # asyncio calls listen() again with this value
         self.app = app
         self._runner = web.AppRunner(app, access_log=access_log, shutdown_timeout=shutdown_timeout)
         self._sites: list[web.SockSite] = []
         self._cleanup: asyncio.Task[None] | None = None
 
-    @property
-    def addresses(self) -> list[Any]:
-        return [s.getsockname() for s in self._sockets]
-
     async def start(self) -> None:
         await self._runner.setup()
         for sock in self._sockets:
             sock.setblocking(False)
-            site = web.SockSite(self._runner, sock)
+            site = web.SockSite(self._runner, sock, backlog=self._backlog)
             await site.start()
             self._sites.append(site)
         _log.info("%s server listening", self.name, extra={"fields": {"addresses": _addrs(self.addresses)}})
