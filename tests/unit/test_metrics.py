@@ -144,6 +144,17 @@ def test_failed_counts_only_listed_flags(flag: str) -> None:
     assert [s[1]["response_flags"] for s in fams["istio_tcp_connections_opened"][1]] == ["-"]
 
 
+def test_source_principal_only_from_an_inbound_peer_certificate() -> None:
+    record = inbound()
+    assert labels_for(record).source_principal == "spiffe://cluster.local/ns/default/sa/client"
+    record.mtls = False
+    assert labels_for(record).source_principal == "unknown"
+    record.mtls, record.direction = True, "outbound"
+    labels = labels_for(record)
+    assert labels.source_principal == "unknown" and labels.reporter == "source"
+    assert labels.destination_principal == "spiffe://cluster.local/ns/default/sa/httpbin"
+
+
 def test_sockets_open_tracks_live_connections_per_reporter() -> None:
     m = Metrics(process_metrics=False)
     out = labels_for(ConnectionRecord("a:1", "b:2", "outbound"))

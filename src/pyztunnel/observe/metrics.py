@@ -73,7 +73,8 @@ def labels_for(r: ConnectionRecord) -> TrafficLabels:
         source_canonical_service=_v(r.src_canonical_service),
         source_canonical_revision=_v(r.src_canonical_revision),
         source_workload_namespace=_v(r.src_namespace),
-        source_principal=_v(r.src_identity),
+        # ztunnel takes source_principal only from the peer's mTLS certificate, i.e. on inbound (§6.1).
+        source_principal=_v(r.src_identity if r.mtls and r.direction == "inbound" else ""),
         source_app=_v(r.src_canonical_service),
         source_version=_v(r.src_canonical_revision),
         source_cluster=_v(r.src_cluster),
