@@ -149,6 +149,36 @@ class HttpServer:
         await self.close()
 
 
+class ServerGroup:
+    """Several servers started, drained and closed together (the proxy's readiness, metrics and admin)."""
+
+    def __init__(self, *servers: HttpServer) -> None:
+        self.servers = servers
+
+    async def start(self) -> None:
+        started: list[HttpServer] = []
+        try:
+            for server in self.servers:
+                await server.start()
+                started.append(server)
+        except BaseException:
+            await asyncio.gather(*(s.close() for s in started), return_exceptions=True)
+            raise
+
+    async def stop_accepting(self) -> None:
+        await asyncio.gather(*(s.stop_accepting() for s in self.servers))
+
+    async def close(self) -> None:
+        await asyncio.gather(*(s.close() for s in self.servers))
+
+    async def __aenter__(self) -> ServerGroup:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.close()
+
+
 def _addrs(addresses: Iterable[Any]) -> str:
     return ",".join(f"{a[0]}:{a[1]}" if isinstance(a, tuple) else str(a) for a in addresses)
 
