@@ -49,10 +49,16 @@ class ProgressView:
 
     def __init__(self, nodes: list[str]) -> None:
         self.rows: dict[str, Progress] = {n: Progress(n, "pending", "pending", 0.0) for n in nodes}
-        self.started = time.monotonic()
+        self.seen: dict[str, float] = {}  # when each row's event arrived, so running rows keep ticking
 
     def update(self, event: Progress) -> None:
         self.rows[event.node] = event
+        self.seen[event.node] = time.monotonic()
+
+    def elapsed(self, row: Progress) -> float:
+        if row.status != "running" or row.node not in self.seen:
+            return row.elapsed
+        return row.elapsed + time.monotonic() - self.seen[row.node]
 
     def table(self, title: str) -> Table:
         table = Table(title=title, title_justify="left")
@@ -61,7 +67,7 @@ class ProgressView:
         for row in self.rows.values():
             style = STATUS_STYLE.get(row.status, "")
             detail = row.detail if row.status == "failed" else ""
-            table.add_row(row.node, row.phase, f"[{style}]{row.status}[/]", f"{row.elapsed:.1f}s", detail)
+            table.add_row(row.node, row.phase, f"[{style}]{row.status}[/]", f"{self.elapsed(row):.1f}s", detail)
         return table
 
     def seed(self, record: RolloutRecord) -> None:
@@ -97,19 +103,13 @@ async def _upgrade(cfg: UpgradeSettings, console: Console) -> RolloutRecord:
         if previous is not None and previous.resumes(plan.version, plan.strategy):
             view.seed(previous)
         title = f"upgrade to {plan.version} ({plan.strategy})"
-        with Live(view.table(title), console=console, refresh_per_second=8, transient=True) as live:
-
-            def on_progress(event: Progress) -> None:
-                view.update(event)
-                live.update(view.table(title))
-
-            rollout = Rollout(backend, plan, store, on_progress)
-            try:
-                record = await rollout.run()
-            finally:
-                live.update(view.table(title))
-        console.print(view.table(title))
-        return record
+        try:
+            # The live view redraws itself (running rows' elapsed keeps ticking); the final table stays on screen,
+            # also when a step failed or the run was interrupted.
+            with Live(get_renderable=lambda: view.table(title), console=console, refresh_per_second=8, transient=True):
+                return await Rollout(backend, plan, store, view.update).run()
+        finally:
+            console.print(view.table(title))
 
 
 @click.command("upgrade")
