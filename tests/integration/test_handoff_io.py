@@ -15,10 +15,10 @@ import pytest
 from pyztunnel.aio import cancel_and_wait
 from pyztunnel.lifecycle import handoff, handoff_io
 from pyztunnel.lifecycle.handoff import ListenerKey, PodRequest
-from pyztunnel.lifecycle.testing import TaggedListeners, reuseport_listener
+from pyztunnel.lifecycle.testing import Hammer, TaggedListeners, reuseport_listener
 from pyztunnel.netns import netns_inode
 from tests.conftest import require
-from tests.integration.handoff_support import Hammer, old_instance
+from tests.integration.handoff_support import old_instance
 
 SELF = netns_inode("/proc/self/ns/net")
 
