@@ -31,6 +31,7 @@ from pathlib import Path
 
 from pyztunnel.aio import cancel_and_wait, spawn
 from pyztunnel.lifecycle import handoff_io
+from pyztunnel.lifecycle.accept import AcceptLoop
 from pyztunnel.lifecycle.handoff import ListenerKey, Netns, PodRequest
 from pyztunnel.netns import netns_inode, netns_path, setns, socket_in_netns
 
@@ -120,43 +121,33 @@ class TaggedListeners:
         self.netns = netns
         self.sockets: dict[ListenerKey, socket.socket] = {}
         self.pod_netns: dict[str, Netns] = {}
-        self._accepting: set[ListenerKey] = set()
+        self._loops: dict[ListenerKey, AcceptLoop] = {}
         self.served = 0
         self.released_keys: list[ListenerKey] = []
         self.on_released: asyncio.Event = asyncio.Event()
 
     def add(self, key: ListenerKey, sock: socket.socket, netns: Netns | None = None) -> None:
-        sock.setblocking(False)
         self.sockets[key] = sock
         self.pod_netns[key.uid] = netns or self.netns
-        asyncio.get_running_loop().add_reader(sock.fileno(), self._accept, sock)
-        self._accepting.add(key)
+        self._loops[key] = AcceptLoop(sock, self._answer, f"{key.uid}:{key.port}")
+        self._loops[key].start()
 
-    def _accept(self, sock: socket.socket) -> None:
-        # Accept synchronously in the reader callback: stopping is then just remove_reader, with no window in which a
-        # connection was accepted but its owner cancelled (cancelling a pending loop.sock_accept() has that window).
-        while True:
-            try:
-                conn, _ = sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            with conn, contextlib.suppress(OSError):
-                conn.send(self.tag)
-            self.served += 1
+    def _answer(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            conn.send(self.tag)
+        self.served += 1
 
     async def pause(self, keys: Sequence[ListenerKey] | None = None) -> None:
-        """Stop accepting (remove from the event loop) without closing anything."""
-        chosen = list(self._accepting) if keys is None else [k for k in keys if k in self._accepting]
-        loop = asyncio.get_running_loop()
-        for key in chosen:
-            loop.remove_reader(self.sockets[key].fileno())
-            self._accepting.discard(key)
+        """Stop accepting without closing anything."""
+        for key in list(self._loops) if keys is None else keys:
+            if key in self._loops:
+                self._loops[key].pause()
 
     async def close(self, keys: Sequence[ListenerKey] | None = None) -> None:
-        chosen = list(self.sockets) if keys is None else [k for k in keys if k in self.sockets]
-        await self.pause(chosen)
-        for key in chosen:
-            self.sockets.pop(key).close()
+        for key in list(self._loops) if keys is None else keys:
+            if key in self._loops:
+                self._loops.pop(key).close()
+                self.sockets.pop(key, None)
 
     def queue_length(self) -> int:
         return sum(accept_queue_length(s) for s in self.sockets.values() if s.fileno() >= 0)
