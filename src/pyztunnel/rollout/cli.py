@@ -29,8 +29,12 @@ class UpgradeSettings:
         "rolling: new proxy beside the old one per node (RollingUpdate); drain: cordon, evict, replace (OnDelete)",
         choices=("rolling", "drain"),
     )
-    grace: int | None = setting(None, "terminationGracePeriodSeconds of the proxies (the old ones' drain time)")
-    nodes: list[str] = setting([], "Only these nodes, comma-separated (default: every node)")
+    grace: int | None = setting(
+        None,
+        "terminationGracePeriodSeconds for the DaemonSet and the proxies this rollout creates (an old proxy drains "
+        "for the grace it was created with, as in Kubernetes)",
+    )
+    nodes: list[str] = setting([], "Only these nodes, comma-separated (none: every node)")
     name: str = setting("demo", "The local cluster's name")
     max_surge: int = setting(1, "RollingUpdate: nodes that may run two proxies at once")
     max_unavailable: int = setting(0, "RollingUpdate: nodes that may be without a ready proxy at once")
