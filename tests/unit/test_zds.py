@@ -377,8 +377,8 @@ def test_server_machine_invariants(ops: list[str], snapshot_size: int) -> None:
     """Whatever happens: one request in flight at most, every waiter answered exactly once, a dead connection only
     answers new waiters at once."""
     conn = zds.ServerConnection([zds.KeepWorkload(f"k{i}") for i in range(snapshot_size)])
-    completed: list[object] = []
-    enqueued: list[object] = []
+    completed: list[int] = []
+    enqueued: list[int] = []
     in_flight = 0
     for n, op in enumerate(ops):
         was_closed = phase(conn) is zds.ServerPhase.CLOSED
@@ -407,7 +407,7 @@ def test_server_machine_invariants(ops: list[str], snapshot_size: int) -> None:
                 in_flight -= 1
             elif isinstance(action, zds.Close):
                 in_flight = 0
-            if isinstance(action, zds.Completed) and action.token is not None:
+            if isinstance(action, zds.Completed) and isinstance(action.token, int):
                 completed.append(action.token)
             assert 0 <= in_flight <= 1
         assert (in_flight == 1) == conn.busy
