@@ -95,6 +95,14 @@ def text_report(options: LoadOptions, stats: RunStats) -> list[str]:
     out: list[str] = []
     if not quiet:
         out.append(f"Ended after {go_duration(elapsed)} : {stats.calls} calls. qps={actual_qps(stats):.5g}")
+    if not options.max_qps and not quiet and stats.sleeps.count:
+        # fortio: the sleep counter, or the sleep histogram and a warning when > 5 % of calls were behind schedule
+        behind = 100.0 * stats.behind / stats.sleeps.count
+        if behind > 5:
+            out += histogram_lines("Aggregated Sleep Time", stats.sleeps.export(percentiles))
+            out.append(f"WARNING {behind:.2f}% of sleep were falling behind")
+        else:
+            out.append(counter_line("Sleep times", stats.sleeps.export()))
     out += histogram_lines("Aggregated Function Time", stats.durations.export(percentiles), quiet=quiet)
     out += histogram_lines("Error cases", stats.errors.export(percentiles), quiet=quiet)
     c = options.connections

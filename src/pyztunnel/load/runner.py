@@ -241,8 +241,11 @@ class Caller:
             if target > now:
                 if target >= worker.end_time:
                     return self._finish()
+                worker.stats.sleeps.record(round(target - now, 9))
                 self.paced = worker.loop.call_later(target - now, self._paced_call)
                 return None
+            worker.stats.sleeps.record(round(target - now, 9))
+            worker.stats.behind += 1
         self.begin_call()
         return None
 

@@ -61,6 +61,8 @@ class RunStats:
         self.header_sizes = Histogram(5)
         self.sizes = Histogram(100)
         self.connect_times = Histogram(resolution)
+        self.sleeps = Histogram(resolution)  # qps pacing: time slept before each call (negative: behind schedule)
+        self.behind = 0  # calls whose slot had already passed
         self.ip_counts: dict[str, int] = {}
         self.bytes_sent = 0
         self.bytes_received = 0
@@ -125,6 +127,8 @@ class RunStats:
             "header_sizes": self.header_sizes.to_state(),
             "sizes": self.sizes.to_state(),
             "connect_times": self.connect_times.to_state(),
+            "sleeps": self.sleeps.to_state(),
+            "behind": self.behind,
             "ip_counts": dict(self.ip_counts),
             "bytes_sent": self.bytes_sent,
             "bytes_received": self.bytes_received,
@@ -163,6 +167,8 @@ class RunStats:
         self.header_sizes.merge(Histogram.from_state(state["header_sizes"]))
         self.sizes.merge(Histogram.from_state(state["sizes"]))
         self.connect_times.merge(Histogram.from_state(state["connect_times"]))
+        self.sleeps.merge(Histogram.from_state(state["sleeps"]))
+        self.behind += state["behind"]
         self.bytes_sent += state["bytes_sent"]
         self.bytes_received += state["bytes_received"]
         for index, sec_state in state["timeline"].items():

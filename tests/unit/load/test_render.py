@@ -208,3 +208,20 @@ def test_json_empty_histogram_has_null_data_and_no_percentiles() -> None:
     doc = json.loads(go_json(result_json(OPTIONS, stats, datetime.datetime.now(datetime.UTC))))
     assert doc["ErrorsDurationHistogram"]["Data"] is None
     assert "Percentiles" not in doc["ErrorsDurationHistogram"]
+
+
+def test_sleep_lines_in_qps_mode() -> None:
+    paced = dataclasses.replace(OPTIONS, qps=10)
+    stats = sample()
+    for _ in range(20):
+        stats.sleeps.record(0.1)
+    stats.sleeps.record(-0.01)
+    stats.behind = 1  # 4.8 %: under fortio's 5 % threshold
+    lines = text_report(paced, stats)
+    assert lines[1] == "Sleep times : count 21 avg 0.094761905 +/- 0.02343 min -0.01 max 0.1 sum 1.99"
+    stats.sleeps.record(-0.02)
+    stats.behind = 2  # 9.09 %
+    lines = text_report(paced, stats)
+    assert lines[1].startswith("Aggregated Sleep Time : count 22 ")
+    assert "WARNING 9.09% of sleep were falling behind" in lines
+    assert not any("Sleep" in line for line in text_report(OPTIONS, stats))  # max qps: no pacing, no sleep lines
