@@ -147,6 +147,7 @@ class Worker:
         self.stats.end = max(ended, self.end_time) if finite and not self.stats.interrupted else ended
         for caller in self.callers:
             caller.close()
+            self.stats.conn_ids.append(caller.id)
             self.stats.sockets.append(caller.sockets)
             self.stats.conn_ips.append(caller.peer)
             self.stats.conn_connect.append(caller.connect_times)

@@ -54,6 +54,7 @@ class RunStats:
         self.retried = 0
         self.retry_kinds: dict[str, int] = {}
         self.idle_closed = 0  # keep-alive connections the server closed between requests
+        self.conn_ids: list[int] = []  # per connection: its number (fortio's thread id)
         self.sockets: list[int] = []  # per connection: sockets opened
         self.conn_ips: list[str] = []  # per connection: the peer address it last used
         self.conn_connect: list[Histogram] = []  # per connection: connect times
@@ -120,6 +121,7 @@ class RunStats:
             "retried": self.retried,
             "retry_kinds": dict(self.retry_kinds),
             "idle_closed": self.idle_closed,
+            "conn_ids": list(self.conn_ids),
             "sockets": list(self.sockets),
             "conn_ips": list(self.conn_ips),
             "conn_connect": [h.to_state() for h in self.conn_connect],
@@ -143,6 +145,14 @@ class RunStats:
             "interrupted": self.interrupted,
         }
 
+    def order_connections(self) -> None:
+        """Per-connection lists in connection order (worker k owns every k-th connection, so merging interleaves)."""
+        order = sorted(range(len(self.conn_ids)), key=self.conn_ids.__getitem__)
+        self.conn_ids = [self.conn_ids[i] for i in order]
+        self.sockets = [self.sockets[i] for i in order]
+        self.conn_ips = [self.conn_ips[i] for i in order]
+        self.conn_connect = [self.conn_connect[i] for i in order]
+
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> RunStats:
         stats = cls(state["resolution"])
@@ -160,6 +170,7 @@ class RunStats:
         _add(self.ip_counts, state["ip_counts"])
         self.retried += state["retried"]
         self.idle_closed += state["idle_closed"]
+        self.conn_ids.extend(state["conn_ids"])
         self.sockets.extend(state["sockets"])
         self.conn_ips.extend(state["conn_ips"])
         self.conn_connect.extend(Histogram.from_state(h) for h in state["conn_connect"])
