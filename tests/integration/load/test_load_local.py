@@ -75,6 +75,13 @@ async def test_codes_and_exact_count() -> None:
     assert stats.errors.count == 0  # 418 counts as OK in fortio
 
 
+async def test_fewer_calls_than_connections() -> None:
+    async with serve(status_server) as port:
+        stats = await asyncio.wait_for(_run_here(options(f"http://127.0.0.1:{port}/", connections=5, exactly=3)), 10)
+    assert stats.calls == 3
+    assert stats.sockets == [1, 1, 1, 0, 0]
+
+
 async def test_error_code_is_counted_as_error() -> None:
     async with serve(status_server) as port:
         stats = await _run_here(options(f"http://127.0.0.1:{port}/status/503", exactly=5))
@@ -202,6 +209,7 @@ async def test_tcp_echo_payload() -> None:
         stats = await _run_here(options(f"tcp://127.0.0.1:{port}", exactly=10, connections=2))
     assert stats.codes == {"OK": 10}
     assert stats.sockets == [1, 1]
+    assert stats.bytes_sent == stats.bytes_received == 24 * 10
 
 
 async def test_tcp_not_echoing() -> None:
