@@ -246,7 +246,6 @@ class Caller:
                 self.paced = worker.loop.call_later(target - now, self._paced_call)
                 return None
             worker.stats.sleeps.record(round(target - now, 9))
-            worker.stats.behind += 1
         self.begin_call()
         return None
 

@@ -62,8 +62,9 @@ class RunStats:
         self.header_sizes = Histogram(5)
         self.sizes = Histogram(100)
         self.connect_times = Histogram(resolution)
-        self.sleeps = Histogram(resolution)  # qps pacing: time slept before each call (negative: behind schedule)
-        self.behind = 0  # calls whose slot had already passed
+        # qps pacing: time slept before each call, negative when behind schedule. fortio's buckets for it are offset by
+        # -1 ms, so bucket 0 holds the sleeps of -1 ms or less ("falling behind").
+        self.sleeps = Histogram(0.001, offset=-0.001)
         self.ip_counts: dict[str, int] = {}
         self.bytes_sent = 0
         self.bytes_received = 0
@@ -130,7 +131,6 @@ class RunStats:
             "sizes": self.sizes.to_state(),
             "connect_times": self.connect_times.to_state(),
             "sleeps": self.sleeps.to_state(),
-            "behind": self.behind,
             "ip_counts": dict(self.ip_counts),
             "bytes_sent": self.bytes_sent,
             "bytes_received": self.bytes_received,
@@ -179,7 +179,6 @@ class RunStats:
         self.sizes.merge(Histogram.from_state(state["sizes"]))
         self.connect_times.merge(Histogram.from_state(state["connect_times"]))
         self.sleeps.merge(Histogram.from_state(state["sleeps"]))
-        self.behind += state["behind"]
         self.bytes_sent += state["bytes_sent"]
         self.bytes_received += state["bytes_received"]
         for index, sec_state in state["timeline"].items():
