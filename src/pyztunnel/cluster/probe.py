@@ -1,4 +1,4 @@
-"""Readiness probes, run from inside a node's netns (as the kubelet probes from the node)."""
+"""Readiness probes, run from inside a node's netns (as the kubelet probes from the node), from 169.254.7.127."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import socket
 
+from pyztunnel.cluster.topology import PROBE_SOURCE
 from pyztunnel.netns import socket_in_netns
 
 
@@ -14,6 +15,7 @@ async def _connect(netns_fd: int, ip: str, port: int) -> socket.socket:
     sock = await loop.run_in_executor(None, socket_in_netns, netns_fd)
     sock.setblocking(False)
     try:
+        sock.bind((PROBE_SOURCE, 0))
         await loop.sock_connect(sock, (ip, port))
     except BaseException:
         sock.close()
