@@ -307,7 +307,7 @@ class Controller:
 
     async def _wait_ca(self) -> None:
         async def up() -> bool:
-            self.ca_ready = await probe.tcp(self.fabric_fd, topology.FABRIC_IP, topology.CA_PORT, 1.0)
+            self.ca_ready = await probe.tcp(self.fabric_fd, topology.FABRIC_IP, topology.CA_PORT, 1.0, source=None)
             return self.ca_ready
 
         assert self.ca is not None
