@@ -47,8 +47,12 @@ async def test_handoff_loses_no_connection_under_load(tmp_path: Path) -> None:
             assert queued >= 2
             adoption = await handoff_io.adopt(path, old.requests())
             assert adoption.to_bind == {} and len(adoption.sockets) == 6
-            for key, sock in adoption.sockets.items():
-                new.add(key, sock)
+            for uid, ports in old.pods.items():
+                for port in ports:
+                    sock = adoption.take(uid, port)
+                    assert sock is not None
+                    new.add(ListenerKey(uid, port), sock)
+            assert adoption.take("pod-0", old.pods["pod-0"][0]) is None and adoption.close_unused() == 0
             assert await adoption.confirm()
             released = await old.event("released")
             assert released["listeners"] == 6
@@ -142,6 +146,8 @@ async def test_lying_peer_every_bad_fd_is_rejected_and_closed(tmp_path: Path, ca
     r, w = os.pipe()
     client = socket.create_connection(good.getsockname())
     connected, _ = good.accept()
+    shut = reuseport_listener()
+    shut.shutdown(socket.SHUT_RDWR)  # a listener that was closed down: it cannot accept any more
     gp = good.getsockname()[1]
     items: list[tuple[tuple[str, int], socket.socket | int]] = [
         (("pod-a", gp), good),  # the one honest fd
@@ -152,6 +158,7 @@ async def test_lying_peer_every_bad_fd_is_rejected_and_closed(tmp_path: Path, ca
         (("pod-a", 4), unix),  # not an inet socket
         (("pod-a", 5), r),  # not a socket at all
         (("pod-a", 6), connected),  # an accepted connection, not a listener
+        (("pod-a", shut.getsockname()[1]), shut),  # shut down
     ]
 
     async def script(conn: socket.socket) -> None:
@@ -163,7 +170,8 @@ async def test_lying_peer_every_bad_fd_is_rejected_and_closed(tmp_path: Path, ca
         await handoff_io.send_msg(conn, handoff.encode({"type": "released"}))
 
     before = open_fds()
-    pods = [PodRequest("pod-a", SELF, (gp, 1, 2, 3, 4, 5, 6)), PodRequest("pod-b", (SELF[0], SELF[1] + 1), (gp,))]
+    sp = shut.getsockname()[1]
+    pods = [PodRequest("pod-a", SELF, (gp, 1, 2, 3, 4, 5, 6, sp)), PodRequest("pod-b", (SELF[0], SELF[1] + 1), (gp,))]
     try:
         async with fake_peer(tmp_path / "handoff.sock", script):
             adoption = await handoff_io.adopt(tmp_path / "handoff.sock", pods)
@@ -175,12 +183,13 @@ async def test_lying_peer_every_bad_fd_is_rejected_and_closed(tmp_path: Path, ca
         assert "bound to port" in reasons[1] and "not a stream socket" in reasons[2]
         assert reasons[3] == "not a listening socket" and "not an inet socket" in reasons[4]
         assert "not a socket" in reasons[5] and reasons[6] == "not a listening socket"
+        assert reasons[sp] == "not a listening socket"
         # The one adopted socket is the only fd we still hold beyond what we opened ourselves.
         assert open_fds() == before + 1, os.listdir("/proc/self/fd")
         adoption.sockets[ListenerKey("pod-a", gp)].close()
         assert "binding own listeners for pod" in caplog.text
     finally:
-        for s in (good, other_port, udp, unbound, unix, client, connected):
+        for s in (good, other_port, udp, unbound, unix, client, connected, shut):
             s.close()
         os.close(r)
         os.close(w)
@@ -205,6 +214,25 @@ async def test_fewer_fds_than_announced_falls_back_and_leaks_nothing(tmp_path: P
     finally:
         a.close()
         b.close()
+
+
+async def test_more_fds_than_the_batch_limit_are_refused_and_closed(tmp_path: Path) -> None:
+    listener = reuseport_listener()
+    port = listener.getsockname()[1]
+    n = handoff.MAX_FDS_PER_MESSAGE + 10
+
+    async def script(conn: socket.socket) -> None:
+        await hello_and_request(conn)
+        await handoff_io.send_msg(conn, listeners_header(*[("pod-a", port)] * n), [listener.fileno()] * n)
+        await asyncio.Event().wait()
+
+    before = open_fds()
+    try:
+        adoption = await run_against(tmp_path, script, [PodRequest("pod-a", SELF, (port,))])
+        assert adoption.sockets == {} and "truncated" in adoption.to_bind[ListenerKey("pod-a", port)]
+        assert open_fds() == before  # the kernel closed what did not fit, we closed the rest
+    finally:
+        listener.close()
 
 
 async def test_peer_vanishing_halfway_keeps_first_batch(tmp_path: Path) -> None:

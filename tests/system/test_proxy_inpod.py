@@ -157,3 +157,43 @@ async def test_inpod_capture_hbone_and_delete(tmp_path: Path) -> None:
             shared.tls.close()
             for fd in fds.values():
                 os.close(fd)
+
+
+@pytest.mark.system
+async def test_new_instance_adopts_the_old_listeners(tmp_path: Path) -> None:
+    """Old and new proxy instances for one pod netns: the new one takes the old one's listening sockets over the
+    handoff socket (same socket, same accept queue) and the old one stops accepting once the new one confirms."""
+    from pyztunnel.lifecycle.handoff_io import HandoffService
+    from pyztunnel.proxy.handoff import Adopter, PodSetListeners
+
+    def shared() -> Shared:
+        return Shared(load(ProxySettings, environ={}), StaticCerts(), key_dir=tmp_path / "keys")
+
+    old_shared, new_shared = shared(), shared()
+    with two_pods() as (a, _b):
+        fd = os.open(netns_path(a), os.O_RDONLY | os.O_CLOEXEC)
+        old, new = PodSet(old_shared), PodSet(new_shared)
+        service = HandoffService(tmp_path / "handoff.sock", PodSetListeners(old))
+        try:
+            info = zds.WorkloadInfo("client-1", "a", "client")
+            assert await old.start("uid-a", info, os.dup(fd)) is None
+            await service.start()
+            adopter = Adopter(tmp_path / "handoff.sock")
+            new_shared.listeners.adopter = adopter
+            assert await new.start("uid-a", info, os.dup(fd)) is None
+            assert adopter.adopted == 3
+
+            def inodes(pods: PodSet) -> set[int]:
+                return {os.fstat(acc.sock.fileno()).st_ino for acc in pods.pods["uid-a"].acceptors}
+
+            assert inodes(old) == inodes(new)
+            old_acceptors = old.pods["uid-a"].acceptors
+            assert not any(acc.accepting for acc in old_acceptors), "old instance stopped accepting"
+            assert all(acc.accepting for acc in new.pods["uid-a"].acceptors)
+        finally:
+            await service.close()
+            await new.close()
+            await old.close()
+            os.close(fd)
+            for s in (old_shared, new_shared):
+                s.tls.close()

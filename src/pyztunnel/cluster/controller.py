@@ -307,7 +307,7 @@ class Controller:
 
     async def _wait_ca(self) -> None:
         async def up() -> bool:
-            self.ca_ready = await probe.tcp(self.fabric_fd, topology.FABRIC_IP, topology.CA_PORT, 1.0)
+            self.ca_ready = await probe.tcp(self.fabric_fd, topology.FABRIC_IP, topology.CA_PORT, 1.0, source=None)
             return self.ca_ready
 
         assert self.ca is not None
@@ -739,14 +739,15 @@ def atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
     os.replace(tmp, path)
 
 
-def tail(path: Path, lines: int = 3) -> str:
+def tail(path: Path, lines: int = 2, width: int = 240) -> str:
     try:
         text = path.read_text(errors="replace").strip().splitlines()
     except OSError:
         return f"no log at {path}"
     if not text:
         return f"its log {path} is empty"
-    return f"last lines of {path}: " + " | ".join(text[-lines:])
+    shown = [line if len(line) <= width else line[: width - 1] + "…" for line in text[-lines:]]
+    return f"last lines of {path}: " + " | ".join(shown)
 
 
 async def kill_netns_processes(netns: str) -> None:

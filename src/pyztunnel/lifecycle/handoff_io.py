@@ -5,12 +5,11 @@ names. New instance: `adopt(path, pods, within=…)` takes them, validates every
 closes and logs what it rejects, and returns the adopted sockets plus the listeners it must bind itself, with why.
 Once it accepts on the adopted sockets it calls `Adoption.confirm()`; the old one then stops accepting on them.
 
-SCM_RIGHTS is done here with `socket.sendmsg`/`recvmsg` (a private minimum; `pyztunnel.unixfd` did not exist yet).
+SCM_RIGHTS through `pyztunnel.unixfd` (shared with ZDS).
 """
 
 from __future__ import annotations
 
-import array
 import asyncio
 import contextlib
 import dataclasses
@@ -23,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from pyztunnel import unixfd
 from pyztunnel.aio import cancel_and_wait, spawn
 from pyztunnel.lifecycle import handoff
 from pyztunnel.lifecycle.handoff import ListenerKey, Netns, Owned, PodRequest, SocketFacts
@@ -43,59 +43,21 @@ class PeerGone(ConnectionError):
 # Framing: one SOCK_SEQPACKET record = one JSON header (+ fds) ---------------------------------------------------------
 
 
-async def _wait(sock: socket.socket, writable: bool) -> None:
-    loop = asyncio.get_running_loop()
-    fut: asyncio.Future[None] = loop.create_future()
-
-    def ready() -> None:
-        if not fut.done():
-            fut.set_result(None)
-
-    fd = sock.fileno()
-    if writable:
-        loop.add_writer(fd, ready)
-    else:
-        loop.add_reader(fd, ready)
-    try:
-        await fut
-    finally:
-        if writable:
-            loop.remove_writer(fd)
-        else:
-            loop.remove_reader(fd)
-
-
 async def send_msg(sock: socket.socket, data: bytes, fds: Sequence[int] = ()) -> None:
-    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
-    while True:
-        try:
-            sock.sendmsg([data], anc)
-            return
-        except BlockingIOError:
-            await _wait(sock, writable=True)
-        except (BrokenPipeError, ConnectionResetError) as exc:
-            raise PeerGone(str(exc)) from None
+    try:
+        await unixfd.send_with_fds(sock, data, fds)
+    except (BrokenPipeError, ConnectionResetError) as exc:
+        raise PeerGone(str(exc)) from None
 
 
 async def recv_msg(sock: socket.socket, max_fds: int = handoff.MAX_FDS_PER_MESSAGE) -> tuple[bytes, list[int]]:
     """One record and the fds that came with it. The caller owns the fds. EOF raises PeerGone."""
-    while True:
-        try:
-            data, anc, flags, _ = sock.recvmsg(handoff.MAX_MESSAGE_BYTES, socket.CMSG_SPACE(max_fds * 4))
-            break
-        except BlockingIOError:
-            await _wait(sock, writable=False)
-        except ConnectionResetError as exc:
-            raise PeerGone(str(exc)) from None
-    fds: list[int] = []
-    for level, kind, payload in anc:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            arr = array.array("i")
-            arr.frombytes(payload[: len(payload) - len(payload) % arr.itemsize])
-            fds.extend(arr)
+    try:
+        data, fds, flags = await unixfd.recv_with_fds(sock, handoff.MAX_MESSAGE_BYTES, max_fds)
+    except ConnectionResetError as exc:
+        raise PeerGone(str(exc)) from None
     if flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC):
-        for fd in fds:
-            os.close(fd)
+        unixfd.close_fds(fds)
         raise handoff.ProtocolError("message or its fds truncated (too many fds, or RLIMIT_NOFILE reached)")
     if not data and not fds:
         raise PeerGone("handoff peer closed the connection")
@@ -148,6 +110,18 @@ class Adoption:
     _conn: socket.socket | None = None
     _client: handoff.HandoffClient | None = None
 
+    def take(self, uid: str, port: int) -> socket.socket | None:
+        """The adopted listener for (pod, port), once; None means bind your own (the proxy's `adopt` hook)."""
+        return self.sockets.pop(ListenerKey(uid, port), None)
+
+    def close_unused(self) -> int:
+        """Close adopted listeners nobody took (a pod deleted meanwhile). Only our duplicate goes: harmless."""
+        unused = list(self.sockets.values())
+        for sock in unused:
+            sock.close()
+        self.sockets.clear()
+        return len(unused)
+
     def pods_to_bind(self) -> dict[str, dict[int, str]]:
         out: dict[str, dict[int, str]] = {}
         for key, reason in sorted(self.to_bind.items()):
@@ -160,7 +134,7 @@ class Adoption:
         stops it anyway."""
         if self._conn is None or self._client is None:
             return False
-        chosen = list(self.sockets) if keys is None else list(keys)
+        chosen = sorted(self._client.adopted) if keys is None else list(keys)
         try:
             async with asyncio.timeout(within):
                 await send_msg(self._conn, self._client.adopted_message(chosen))

@@ -20,9 +20,11 @@ from pyztunnel.identity.config import CaClientSettings
 from pyztunnel.identity.spiffe import Identity
 from pyztunnel.lifecycle import drain
 from pyztunnel.lifecycle.drainer import Drainer
+from pyztunnel.lifecycle.handoff_io import HandoffService
 from pyztunnel.protocols import hbone
 from pyztunnel.proxy.certs import CertSource, StaticCerts
 from pyztunnel.proxy.config import ProxySettings
+from pyztunnel.proxy.handoff import Adopter, PodSetListeners
 from pyztunnel.proxy.netsock import DirectNet
 from pyztunnel.proxy.pod import PodProxy, Ports
 from pyztunnel.proxy.podset import PodSet
@@ -126,6 +128,8 @@ class ProxyApp:
         self.zds: ZdsClient | None = None
         self.watch: ConfigWatch | None = None
         self.drainer: Drainer | None = None
+        self.adopter: Adopter | None = None
+        self.handoff_service: HandoffService | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.started = asyncio.Event()
 
@@ -180,6 +184,9 @@ class ProxyApp:
             except OSError as exc:
                 raise UserError(f"cannot listen for {pod.env.name}: {exc.strerror or exc}") from None
         if self.settings.inpod_uds is not None:
+            if self.settings.listener_handoff and self.settings.handoff_socket is not None:
+                self.adopter = Adopter(Path(self.settings.handoff_socket))
+                self.shared.listeners.adopter = self.adopter
             self.readiness.block(READINESS_TASK)
             self.zds = ZdsClient(Path(self.settings.inpod_uds), self.podset, self._zds_ready)
             self._tasks.append(spawn(self.zds.run(), "zds-client"))
@@ -188,8 +195,19 @@ class ProxyApp:
     def _zds_ready(self, ready: bool) -> None:
         if ready:
             self.readiness.unblock(READINESS_TASK)
+            self._serve_handoff()
         else:
             self.readiness.block(READINESS_TASK)
+
+    def _serve_handoff(self) -> None:
+        """Once synced, stop adopting and offer our own listeners to the next instance (the handoff socket's name
+        moves to us atomically; the previous instance keeps its own, now unnamed, socket)."""
+        if self.adopter is None or self.handoff_service is not None:
+            return
+        self.adopter.enabled = False
+        self.shared.listeners.adopter = None
+        self.handoff_service = HandoffService(self.adopter.path, PodSetListeners(self.podset))
+        self._tasks.append(spawn(self.handoff_service.start(), "handoff-serve"))
 
     def drain_deadline(self) -> float:
         ctd = self.settings.connection_termination_deadline
@@ -233,6 +251,8 @@ class ProxyApp:
     async def close(self) -> None:
         await cancel_and_wait(*self._tasks)
         self._tasks.clear()
+        if self.handoff_service is not None:
+            await self.handoff_service.close()
         for pod in self.direct:
             await pod.drain_immediate()
         await self.podset.close()

@@ -86,6 +86,14 @@ async def handle_hbone(pod: PodProxy, sock: socket.socket) -> None:
     conn.info["local_ip"] = local_ip
     pod.track_server(conn)
 
+    def ended(_: object) -> None:
+        # A connection-level failure (HTTP/2 protocol error, oversized headers, ping timeout) is logged once.
+        if conn.error is not None:
+            record.fail(conn.error)
+            shared.telemetry.failed(record)
+
+    conn.lost.add_done_callback(ended)
+
 
 def _on_request(pod: PodProxy, conn: H2ServerConn, leg: StreamLeg, headers: list[tuple[bytes, bytes]]) -> None:
     spawn(_serve_stream(pod, conn, leg, headers), f"hbone-stream-{leg.stream_id}")

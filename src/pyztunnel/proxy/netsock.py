@@ -20,6 +20,7 @@ import logging
 import socket
 import struct
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from pyztunnel import netns
 from pyztunnel.aio import spawn
@@ -166,19 +167,24 @@ class DirectNet(NetEnv):
         return self.targets.get(port)
 
 
-Adopter = Callable[[str, int], socket.socket | None]
+class ListenerAdopter(Protocol):
+    async def take(self, uid: str, port: int, env: NetEnv) -> socket.socket | None:
+        """The previous instance's listener for (pod, port), or None: bind a new one."""
+
+    async def confirm(self, uid: str) -> None:
+        """We accept on the pod's adopted listeners now; the previous instance may stop."""
 
 
 class ListenerSource:
-    """The one place listeners come from. `adopt(pod_key, port)` (set by the handoff) may return a listening socket
-    to use instead of binding a new one."""
+    """The one place listeners come from. With an `adopter` (the listener handoff), a pod's listener is first asked
+    of the previous instance; only if it has none is a new one bound."""
 
     def __init__(self) -> None:
-        self.adopt: Adopter | None = None
+        self.adopter: ListenerAdopter | None = None
 
     async def listen(self, env: NetEnv, pod_key: str, port: int, ip: str | None = None) -> socket.socket:
-        if self.adopt is not None:
-            adopted = self.adopt(pod_key, port)
+        if self.adopter is not None:
+            adopted = await self.adopter.take(pod_key, port, env)
             if adopted is not None:
                 adopted.setblocking(False)
                 return adopted
@@ -199,6 +205,10 @@ class Acceptor:
     @property
     def port(self) -> int:
         return int(self.sock.getsockname()[1])
+
+    @property
+    def accepting(self) -> bool:
+        return self._task is not None
 
     def start(self) -> None:
         if self._task is None:

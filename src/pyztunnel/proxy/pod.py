@@ -73,6 +73,9 @@ class PodProxy:
             raise
         for acceptor in self.acceptors:
             acceptor.start()
+        # Adopted listeners: we accept on them now, so the previous instance may stop.
+        if self.shared.listeners.adopter is not None:
+            await self.shared.listeners.adopter.confirm(self.key)
 
     async def stop_accepting(self) -> None:
         """Stop accepting; listening sockets stay open (they may be handed off)."""

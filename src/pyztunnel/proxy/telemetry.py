@@ -8,10 +8,12 @@ metric updates, so the observe package's sinks plug in here.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from pyztunnel.observe.logging import Display
@@ -104,6 +106,16 @@ class Telemetry:
         self.failed_by_flag: collections.Counter[str] = collections.Counter()
         self.errors: collections.Counter[str] = collections.Counter()
         self.open = 0
+        self._changed = asyncio.Event()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_for(self, predicate: Callable[[Telemetry], bool]) -> None:
+        """Wait until `predicate(self)` holds, re-checked after every record (tests, admin). Bound it by the caller."""
+        while not predicate(self):
+            await self._changed.wait()
 
     def opened(self, record: ConnRecord) -> None:
         self.opened_total += 1
@@ -112,6 +124,7 @@ class Telemetry:
             access_log.debug("connection opened", extra={"fields": record.fields()})
         if self.metrics is not None:
             self.metrics.connection_opened(record)
+        self._notify()
 
     def complete(self, record: ConnRecord) -> None:
         self.closed_total += 1
@@ -125,6 +138,7 @@ class Telemetry:
             access_log.info("connection complete", extra={"fields": record.fields()})
         if self.metrics is not None:
             self.metrics.connection_closed(record)
+        self._notify()
 
     def failed(self, record: ConnRecord) -> None:
         """A failure before the connection had its context (TLS handshake, garbage): ztunnel's `connection failed`."""
@@ -144,3 +158,4 @@ class Telemetry:
         )
         if self.metrics is not None:
             self.metrics.connection_closed(record)
+        self._notify()

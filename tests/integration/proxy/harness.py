@@ -7,6 +7,7 @@ serves HBONE on :15008 and its app listens on B:APP_PORT. Each proxy has its own
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import random
 import socket
@@ -59,6 +60,7 @@ class Mesh:
     node_b: Shared
     pod_a: PodProxy
     pod_b: PodProxy
+    certs: StaticCerts
 
     def set_config(self, text: str) -> None:
         index = WorkloadIndex(local.parse(text, "test.yaml"))
@@ -101,7 +103,7 @@ async def start_mesh(tmp: Path, policies: str = "", **overrides: str) -> Mesh:
     )
     await pod_a.start()
     await pod_b.start()
-    return Mesh(a_ip, b_ip, app_port, out_port, ca, node_a, node_b, pod_a, pod_b)
+    return Mesh(a_ip, b_ip, app_port, out_port, ca, node_a, node_b, pod_a, pod_b, certs)
 
 
 async def stop_mesh(mesh: Mesh) -> None:
@@ -132,3 +134,17 @@ async def echo_server(ip: str, port: int) -> AsyncIterator[asyncio.Server]:
 
 
 __all__ = ["cancel_and_wait"]
+
+
+async def roundtrip(mesh: Mesh, payload: bytes = b"still serving") -> None:
+    """One echo exchange through both proxies: proves the proxies still serve everyone else."""
+    reader, writer = await mesh.open_client()
+    try:
+        writer.write(payload)
+        await writer.drain()
+        got = await asyncio.wait_for(reader.readexactly(len(payload)), 10)
+        assert got == payload
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
