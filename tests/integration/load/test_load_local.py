@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import socket
 import struct
 import sys
@@ -339,3 +340,55 @@ def test_stats_survive_the_worker_wire_format() -> None:
     assert again.codes == stats.codes
     assert again.error_kinds == {"timeout": 1}
     assert sorted(again.timeline) == [0, 1]
+
+
+async def test_idle_close_is_not_an_error() -> None:
+    """A server that closes keep-alive connections between paced calls: new sockets, no error, no retry."""
+
+    async def one_per_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()  # then close (finally in serve) without saying Connection: close
+
+    async with serve(one_per_connection) as port:
+        stats = await _run_here(options(f"http://127.0.0.1:{port}/", qps=20, exactly=4))
+    assert stats.codes == {200: 4}
+    assert stats.retried == 0
+    assert stats.idle_closed >= 3  # noticed between the paced calls (50 ms apart)
+    assert stats.sockets == [4]
+
+
+async def test_cli_until_interrupted_still_reports() -> None:
+    """-t 0 runs until SIGINT; the results are printed anyway (fortio's behaviour)."""
+    requests = 0
+    enough = asyncio.Event()
+
+    async def counting(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal requests
+        while True:
+            await reader.readuntil(b"\r\n\r\n")
+            requests += 1
+            if requests >= 20:
+                enough.set()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+
+    async with serve(counting) as port:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "pyztunnel", "load", "-qps", "200", "-c", "2", "-t", "0", "-workers", "2",
+            f"http://127.0.0.1:{port}/", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            await asyncio.wait_for(enough.wait(), timeout=30)
+            proc.send_signal(signal.SIGINT)
+            out, err = await asyncio.wait_for(proc.communicate(), timeout=30)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert proc.returncode == 0, err
+    text = out.decode()
+    assert "Starting at 200 qps with 2 thread(s) [gomax 2] until interrupted" in text
+    assert "Interrupted: results cover the run until the interruption" in text
+    calls = int(text.split("All done ")[1].split(" calls")[0])
+    assert calls >= 18  # 20 requests seen, minus the 2 warmups
