@@ -265,3 +265,22 @@ def test_fd_count_of_agent_is_stable(namespaces: None, tmp_path: Path) -> None:
 
     before, after = run_in_netns(NODE, in_node)
     assert after == before
+
+
+def test_tcp_migrate_req_can_be_switched_off(namespaces: None, tmp_path: Path) -> None:
+    """--no-tcp-migrate-req reproduces ztunnel's environment: the sysctl stays 0 in the pod netns."""
+    from pyztunnel.agent.config import AgentSettings
+    from pyztunnel.agent.pods import PodSpec
+    from pyztunnel.agent.service import Agent
+
+    async def add() -> None:
+        node = Agent(AgentSettings(run_dir=tmp_path / "run", tcp_migrate_req=False))
+        await node.start()
+        try:
+            await node.add_pod(PodSpec.from_json(pod_doc(PODS[2], "uid-off", mesh=False)))
+        finally:
+            await node.close()
+
+    run_in_netns(NODE, lambda: asyncio.run(add()))
+    assert sysctl(PODS[2], "net.ipv4.tcp_migrate_req") == "0"
+    assert f"inet {IPS[PODS[2]]}/24" in sh("ip", "-n", PODS[2], "addr", "show", "dev", "eth0")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import errno
 from collections.abc import Mapping
 
+from pyroute2.netlink.exceptions import NetlinkError
+
 from pyztunnel.agent import rules
 from pyztunnel.agent.netlink import ignore_errno, iproute
 from pyztunnel.agent.pods import PodSpec, veth_name
@@ -27,19 +29,21 @@ def pod_sysctls(tcp_migrate_req: bool) -> dict[str, str]:
 
 
 def plumb(spec: PodSpec, netns_fd: int, bridge: str, sysctls: Mapping[str, str], dns_capture: bool = False) -> None:
-    pod_has_eth0 = run_in_netns(netns_fd, _has_eth0)
     with iproute() as node:
         bridges = node.link_lookup(ifname=bridge)
         if not bridges:
             raise PlumbingError(f"bridge {bridge!r} does not exist in the node netns")
         existing = node.link_lookup(ifname=spec.veth)
-        if existing and not pod_has_eth0:
+        if existing and not run_in_netns(netns_fd, _has_eth0):
             node.link("del", index=existing[0])  # left over from an earlier sandbox of the same pod
             existing = []
         if not existing:
-            if pod_has_eth0:
-                raise PlumbingError(f"{spec.netns} already has an {POD_IFNAME} that is not this agent's veth")
-            node.link("add", ifname=spec.veth, kind="veth", peer={"ifname": POD_IFNAME, "net_ns_fd": netns_fd})
+            try:
+                node.link("add", ifname=spec.veth, kind="veth", peer={"ifname": POD_IFNAME, "net_ns_fd": netns_fd})
+            except NetlinkError as exc:
+                if exc.code == errno.EEXIST:
+                    raise PlumbingError(f"{spec.netns} already has an {POD_IFNAME} that is not this agent's") from None
+                raise
             existing = node.link_lookup(ifname=spec.veth)
         node.link("set", index=existing[0], master=bridges[0], state="up")
     run_in_netns(netns_fd, lambda: _configure_pod(spec, sysctls, dns_capture))
@@ -59,9 +63,9 @@ def _configure_pod(spec: PodSpec, sysctls: Mapping[str, str], dns_capture: bool)
         ipr.link("set", index=eth0, state="up")
         ipr.link("set", index=lo, state="up")
         ipr.route("replace", dst="0.0.0.0/0", gateway=str(spec.gateway), oif=eth0)
-    write_sysctls(sysctls)
-    if spec.mesh:
-        rules.install_in_current_netns(dns_capture)
+        write_sysctls(sysctls)
+        if spec.mesh:
+            rules.install_in_current_netns(dns_capture, ipr)
 
 
 def write_sysctls(values: Mapping[str, str]) -> None:

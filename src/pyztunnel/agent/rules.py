@@ -9,17 +9,18 @@ against the iptables rule it mirrors. One table, `inet pyztunnel`, with a chain 
   raw (DNS capture only)    → `raw_prerouting`, `raw_output` (prio raw)
 
 IPv4 rules match `ip …`; each rule with an IPv4 address has an IPv6 twin (`::1`, the IPv6 probe address), as
-istio-cni installs the same rules with ip6tables. Applying: `nft -f -` inside the pod netns (the script replaces the
-table atomically, so it is idempotent), plus the policy route for marked replies.
+istio-cni installs the same rules with ip6tables. Applying: libnftables (or `nft -f -`) inside the pod netns (an existing
+table is replaced atomically, so it is idempotent), plus the policy route for marked replies.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
-import subprocess
-from typing import Literal
+from typing import Any, Literal
 
+from pyztunnel.agent import nftables
 from pyztunnel.agent.netlink import ignore_errno, iproute
 from pyztunnel.netns import run_in_netns
 
@@ -285,9 +286,11 @@ def render_verdict(verdict: Verdict) -> str:
             return f"ct zone set {zone}"
 
 
-def render(dns_capture: bool = False) -> str:
-    """The nft script: create-then-delete-then-define, one atomic transaction that also replaces an older table."""
-    lines = [f"table inet {TABLE} {{}}", f"delete table inet {TABLE}", f"table inet {TABLE} {{"]
+def render(dns_capture: bool = False, replace: bool = True) -> str:
+    """The nft script. With `replace`, create-then-delete-then-define: one atomic transaction that also replaces an
+    existing table (the kernel then waits for a grace period: ≈ 15 ms instead of < 1 ms for a fresh table)."""
+    lines = [f"table inet {TABLE} {{}}", f"delete table inet {TABLE}"] if replace else []
+    lines.append(f"table inet {TABLE} {{")
     for chain in chains(dns_capture):
         lines.append(f"  chain {chain.name} {{")
         lines.append(f"    type {chain.type} hook {chain.hook} priority {chain.priority}; policy accept;")
@@ -309,22 +312,20 @@ class RulesError(Exception):
     pass
 
 
-def _nft(script: str) -> None:
-    proc = subprocess.run(["nft", "-f", "-"], input=script, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RulesError(f"nft failed: {proc.stderr.strip()}")
-
-
-def install_in_current_netns(dns_capture: bool = False) -> None:
-    """Install the table and the policy route in the calling thread's netns (blocking; run it in that netns)."""
-    _nft(render(dns_capture))
-    with iproute() as ipr:
+def install_in_current_netns(dns_capture: bool = False, ipr: Any | None = None) -> None:
+    """Install the table and the policy route in the calling thread's netns (blocking; run it in that netns).
+    `ipr`: an open pyroute2 handle of this netns to reuse."""
+    try:
+        nftables.run(render(dns_capture, replace=nftables.table_exists("inet", TABLE)))
+    except nftables.NftError as exc:
+        raise RulesError(f"nft failed: {exc}") from None
+    with contextlib.nullcontext(ipr) if ipr is not None else iproute() as handle:
         with ignore_errno(errno.EEXIST):
-            ipr.rule("add", fwmark=TPROXY_MARK, fwmask=INPOD_MASK, table=ROUTE_TABLE, priority=RULE_PRIORITY)
-        lo = ipr.link_lookup(ifname="lo")[0]
+            handle.rule("add", fwmark=TPROXY_MARK, fwmask=INPOD_MASK, table=ROUTE_TABLE, priority=RULE_PRIORITY)
+        lo = handle.link_lookup(ifname="lo")[0]
         # `ip route add local 0.0.0.0/0 dev lo table 100`: marked replies are delivered locally to the proxy's
         # transparent sockets instead of being routed out to the spoofed source.
-        ipr.route("replace", dst="0.0.0.0/0", type="local", oif=lo, table=ROUTE_TABLE, scope=254)
+        handle.route("replace", dst="0.0.0.0/0", type="local", oif=lo, table=ROUTE_TABLE, scope=254)
 
 
 def install(netns: int | str, dns_capture: bool = False) -> None:
