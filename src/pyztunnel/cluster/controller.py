@@ -203,6 +203,8 @@ class Controller:
         self._published_nft: dict[str, str] = {}
         self._published_workloads = ""
         self._tasks: list[asyncio.Task[Any]] = []
+        self._pods_allowed = False
+        self._proxies_allowed = False
 
     # ----- lifecycle -------------------------------------------------------------------------------------------
 
@@ -243,16 +245,25 @@ class Controller:
             node.run_dir.mkdir(parents=True, exist_ok=True)
         _log.info("fabric and %d nodes built in %.2fs", len(nodes), time.monotonic() - started)
         await self._write_files()
-        waits = []
+        # Pods start as soon as the agents serve; proxies also wait for the CA (their first CSR must not fail).
+        ca_ready: asyncio.Task[None] | None = None
         if self.spec.ca.enabled:
             self._write_tokens()
             self._start_ca()
-            waits.append(self._wait_ca())
-        if self.spec.agent.enabled:
-            for node in self.nodes.values():
-                self._start_agent(node)
-            waits += [self._wait_agent(node) for node in self.nodes.values()]
-        await asyncio.gather(*waits)
+            ca_ready = spawn(self._wait_ca(), "cluster-wait-ca")
+        try:
+            if self.spec.agent.enabled:
+                for node in self.nodes.values():
+                    self._start_agent(node)
+                await asyncio.gather(*(self._wait_agent(node) for node in self.nodes.values()))
+            self._pods_allowed = True
+            self.reconcile()
+            if ca_ready is not None:
+                await ca_ready
+        finally:
+            if ca_ready is not None:
+                await cancel_and_wait(ca_ready)
+        self._proxies_allowed = True
         self.reconcile()
 
     async def _shutdown(self) -> None:
@@ -360,14 +371,14 @@ class Controller:
         """Bring pods to the desired state: one proxy per node, each deployment at its replica count."""
         if self.phase not in ("starting", "running") or self.stop_requested.is_set():
             return
-        if self.daemonset.enabled:
+        if self.daemonset.enabled and self._proxies_allowed:
             for node in self.nodes.values():
                 if not any(
                     p.owner_kind == "DaemonSet" and p.node is node and p.phase != "Terminating"
                     for p in self.pods.values()
                 ):
                     self.create_proxy(node, self.daemonset.version)
-        for dep in self.spec.deployments:
+        for dep in self.spec.deployments if self._pods_allowed else []:
             live = [
                 p
                 for p in self.pods.values()
