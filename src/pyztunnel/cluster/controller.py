@@ -107,6 +107,7 @@ class Pod:
     phase: str = "Pending"  # Pending → Running → Terminating
     ready: bool = False
     message: str = ""
+    generation: int = 0  # the change that added it; its files are published once this generation is
     created_at: float = field(default_factory=time.time)
     proc: Supervised | None = None
     task: asyncio.Task[None] | None = None
@@ -200,6 +201,9 @@ class Controller:
             self.podnet = podnet.DirectPodNetwork()
         self.stop_requested = asyncio.Event()
         self._dirty = asyncio.Event()
+        self._generation = 0
+        self._published = 0
+        self._published_cond = asyncio.Condition()
         self._published_nft: dict[str, str] = {}
         self._published_workloads = ""
         self._tasks: list[asyncio.Task[Any]] = []
@@ -473,9 +477,9 @@ class Controller:
         uid = str(uuid.uuid4())
         pod = Pod(uid=uid, ip=node.ipam.allocate(), netns=topology.pod_ns(self.name, kw["name"]), **kw)
         self.pods[pod.name] = pod
+        pod.generation = self.changed()
         pod.task = spawn(self._run_pod(pod), f"pod-{pod.name}")
         _log.info("pod %s scheduled on %s with IP %s", pod.name, node.name, pod.ip)
-        self.changed()
         return pod
 
     # ----- one pod ---------------------------------------------------------------------------------------------
@@ -499,6 +503,9 @@ class Controller:
 
     async def _run_pod(self, pod: Pod) -> None:
         try:
+            # A mesh pod's proxy looks its workload up (and the CA checks its node) in workloads.yaml as soon as the
+            # agent announces it: publish the pod before plumbing it.
+            await self.published(pod.generation)
             await self._plumb(pod)
             env = self._pod_env(pod)
             pod_dir = self.layout.pod_dir(pod.name)
@@ -611,23 +618,35 @@ class Controller:
 
     # ----- publishing ------------------------------------------------------------------------------------------
 
-    def changed(self) -> None:
+    def changed(self) -> int:
+        """Note a change; returns its generation (see `published`)."""
+        self._generation += 1
         self._dirty.set()
+        return self._generation
 
     async def _publisher(self) -> None:
         while True:
             await self._dirty.wait()
             self._dirty.clear()
+            generation = self._generation
             try:
                 await self._write_files()
             except Exception:
                 _log.exception("cannot publish the cluster state")
+            async with self._published_cond:
+                self._published = generation
+                self._published_cond.notify_all()
+
+    async def published(self, generation: int) -> None:
+        """Wait until the files reflect at least this generation of changes."""
+        async with self._published_cond:
+            await self._published_cond.wait_for(lambda: self._published >= generation)
 
     def workload_views(self) -> list[render.WorkloadView]:
         return [
             render.WorkloadView(p.name, p.namespace, p.service_account, p.ip, p.node.name, p.mesh, p.ready, p.labels)
             for p in self.pods.values()
-            if p.owner_kind == "Deployment" and p.phase != "Pending"
+            if p.owner_kind == "Deployment"
         ]
 
     async def _write_files(self) -> None:
