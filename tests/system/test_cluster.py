@@ -327,3 +327,23 @@ def test_default_spec_in_the_mesh() -> None:
         assert "15001" not in rules
     finally:
         asyncio.run(manage.down(name))
+
+
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+def test_up_and_down_need_root() -> None:
+    require(os.geteuid() == 0, "root (to drop it)")
+    for command in ("up", "down"):
+        out = subprocess.run(
+            [*NOBODY, sys.executable, "-m", "pyztunnel", "cluster", command, "--name", "tcl8"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd="/",
+        )
+        assert out.returncode == 2
+        assert (
+            out.stderr.strip()
+            == f"error: pyztunnel cluster {command} needs root (network namespaces, nftables); run it with sudo"
+        )
