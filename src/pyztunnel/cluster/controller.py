@@ -42,6 +42,9 @@ PROXY_READY_PATH = "/healthz/ready"
 PLUMB_RETRY_FIRST = 0.05
 PLUMB_RETRY_MAX = 1.0
 COMPONENT_READY_TIMEOUT = 30.0
+# The cluster is `ready` only once workloads.yaml has not changed for this long: proxies poll it (every 0.5 s by
+# default), and a client sent through the gateway right after `cluster up` must find httpbin's endpoints healthy.
+WORKLOADS_SETTLE = 0.75
 CRASH_LOOP_RESTARTS = 5  # `cluster up` gives up on a process that exited this often without becoming ready
 
 
@@ -208,6 +211,7 @@ class Controller:
         self._published_workloads = ""
         self._tasks: list[asyncio.Task[Any]] = []
         self._pods_allowed = False
+        self._workloads_written_at = 0.0
         self._proxies_allowed = False
 
     # ----- lifecycle -------------------------------------------------------------------------------------------
@@ -668,6 +672,8 @@ class Controller:
         if workloads != self._published_workloads:
             atomic_write(self.layout.workloads, workloads)
             self._published_workloads = workloads
+            self._workloads_written_at = time.monotonic()
+            asyncio.get_running_loop().call_later(WORKLOADS_SETTLE, self.changed)  # `ready` may flip then
         atomic_write(self.layout.state, json.dumps(self.snapshot(), indent=2) + "\n")
 
     def snapshot(self) -> dict[str, Any]:
@@ -745,6 +751,8 @@ class Controller:
     def is_ready(self) -> bool:
         if self.phase != "running":
             return False
+        if self.daemonset.enabled and time.monotonic() - self._workloads_written_at < WORKLOADS_SETTLE:
+            return False  # proxies poll workloads.yaml: give them time to see the last change
         if self.agent_api is not None and not all(n.agent_ready for n in self.nodes.values()):
             return False
         if self.daemonset.enabled and not all(
