@@ -32,6 +32,7 @@ from pyztunnel.cluster.scheduling import Candidate, pick_node
 from pyztunnel.cluster.spec import ClusterSpec, DeploymentSpec, Labels, ProxySpec, ReadinessProbe
 from pyztunnel.cluster.spec import parse as parse_spec
 from pyztunnel.netns import NETNS_RUN_DIR
+from pyztunnel.settings import Duration
 
 _log = logging.getLogger("pyztunnel.cluster")
 
@@ -42,9 +43,11 @@ PROXY_READY_PATH = "/healthz/ready"
 PLUMB_RETRY_FIRST = 0.05
 PLUMB_RETRY_MAX = 1.0
 COMPONENT_READY_TIMEOUT = 30.0
-# The cluster is `ready` only once workloads.yaml has not changed for this long: proxies poll it (every 0.5 s by
-# default), and a client sent through the gateway right after `cluster up` must find httpbin's endpoints healthy.
-WORKLOADS_SETTLE = 0.75
+# The cluster is `ready` only once workloads.yaml has not changed for the proxies' poll interval plus this margin: a
+# client sent through the gateway right after `cluster up` must find httpbin's endpoints healthy in every proxy.
+PROXY_CONFIG_POLL_ENV = "PYZTUNNEL_CONFIG_POLL"
+PROXY_CONFIG_POLL_DEFAULT = "0.5s"
+SETTLE_MARGIN = 0.25
 CRASH_LOOP_RESTARTS = 5  # `cluster up` gives up on a process that exited this often without becoming ready
 
 
@@ -673,7 +676,7 @@ class Controller:
             atomic_write(self.layout.workloads, workloads)
             self._published_workloads = workloads
             self._workloads_written_at = time.monotonic()
-            asyncio.get_running_loop().call_later(WORKLOADS_SETTLE, self.changed)  # `ready` may flip then
+            asyncio.get_running_loop().call_later(self.settle, self.changed)  # `ready` may flip then
         atomic_write(self.layout.state, json.dumps(self.snapshot(), indent=2) + "\n")
 
     def snapshot(self) -> dict[str, Any]:
@@ -748,10 +751,18 @@ class Controller:
             "daemonset": self.daemonset.model_dump(),
         }
 
+    @property
+    def settle(self) -> float:
+        try:
+            poll = Duration.parse(self.daemonset.env.get(PROXY_CONFIG_POLL_ENV, PROXY_CONFIG_POLL_DEFAULT))
+        except ValueError:
+            poll = Duration.parse(PROXY_CONFIG_POLL_DEFAULT)
+        return float(poll) + SETTLE_MARGIN
+
     def is_ready(self) -> bool:
         if self.phase != "running":
             return False
-        if self.daemonset.enabled and time.monotonic() - self._workloads_written_at < WORKLOADS_SETTLE:
+        if self.daemonset.enabled and time.monotonic() - self._workloads_written_at < self.settle:
             return False  # proxies poll workloads.yaml: give them time to see the last change
         if self.agent_api is not None and not all(n.agent_ready for n in self.nodes.values()):
             return False
