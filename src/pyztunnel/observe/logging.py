@@ -17,11 +17,17 @@ from typing import Any, TextIO
 _LEVELS = {"DEBUG": "debug", "INFO": "info", "WARNING": "warn", "ERROR": "error", "CRITICAL": "error"}
 
 
+class Display(str):
+    """A string field ztunnel records with Display (`%`), such as `src.addr`: bare in plain logs, a string in JSON."""
+
+    __slots__ = ()
+
+
 def format_value(value: Any) -> str:
-    """A field value as ztunnel prints it: strings Debug-quoted, numbers and bools bare."""
+    """A field value as ztunnel prints it: strings Debug-quoted, numbers, bools and Display values bare."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int | float):
+    if isinstance(value, int | float | Display):
         return str(value)
     return json.dumps(str(value))
 

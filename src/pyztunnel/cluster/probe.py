@@ -1,0 +1,62 @@
+"""Readiness probes, run from inside a node's netns (as the kubelet probes from the node), from 169.254.7.127."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+
+from pyztunnel.cluster.topology import PROBE_SOURCE
+from pyztunnel.netns import socket_in_netns
+
+
+async def _connect(netns_fd: int, ip: str, port: int, source: str | None) -> socket.socket:
+    loop = asyncio.get_running_loop()
+    sock = await loop.run_in_executor(None, socket_in_netns, netns_fd)
+    sock.setblocking(False)
+    try:
+        if source is not None:
+            sock.bind((source, 0))
+        await loop.sock_connect(sock, (ip, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def tcp(netns_fd: int, ip: str, port: int, limit: float, source: str | None = PROBE_SOURCE) -> bool:
+    try:
+        sock = await asyncio.wait_for(_connect(netns_fd, ip, port, source), limit)
+    except (OSError, TimeoutError):
+        return False
+    sock.close()
+    return True
+
+
+async def http_status(netns_fd: int, ip: str, port: int, path: str, limit: float) -> int | None:
+    """The status code of `GET path`, or None when there is no answer."""
+
+    async def get() -> int | None:
+        sock = await _connect(netns_fd, ip, port, PROBE_SOURCE)
+        reader, writer = await asyncio.open_connection(sock=sock)
+        try:
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: {ip}:{port}\r\nConnection: close\r\n\r\n".encode())
+            line = await reader.readline()
+            parts = line.split()
+            if len(parts) >= 2 and parts[0].startswith(b"HTTP/") and parts[1].isdigit():
+                return int(parts[1])
+            return None
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    try:
+        return await asyncio.wait_for(get(), limit)
+    except (OSError, TimeoutError, ValueError):
+        return None
+
+
+async def http(netns_fd: int, ip: str, port: int, path: str, limit: float) -> bool:
+    status = await http_status(netns_fd, ip, port, path, limit)
+    return status is not None and 200 <= status < 400

@@ -1,0 +1,353 @@
+"""`pyztunnel proxy`: wires the pieces together.
+
+Config watch → index; certificates (the identity store fed by the CA, or static files); per-pod proxies from ZDS
+(in-pod) and/or direct loopback listeners; readiness/metrics/admin servers; drain on SIGTERM (stop accepting, GOAWAY,
+wait up to the deadline, reset what is left) through lifecycle's Drainer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+from pyztunnel.aio import cancel_and_wait, spawn
+from pyztunnel.errors import UserError
+from pyztunnel.identity.config import CaClientSettings
+from pyztunnel.identity.spiffe import Identity
+from pyztunnel.identity.store import CertificateStore
+from pyztunnel.lifecycle import drain
+from pyztunnel.lifecycle.drainer import Drainer
+from pyztunnel.lifecycle.handoff_io import HandoffService
+from pyztunnel.observe.metrics import Metrics
+from pyztunnel.observe.servers import (
+    HttpServer,
+    Readiness,
+    admin_server,
+    listening_socket,
+    metrics_server,
+    readiness_server,
+)
+from pyztunnel.protocols import hbone
+from pyztunnel.proxy.certs import CertSource, StaticCerts
+from pyztunnel.proxy.config import ProxySettings
+from pyztunnel.proxy.handoff import Adopter, PodSetListeners
+from pyztunnel.proxy.netsock import DirectNet
+from pyztunnel.proxy.pod import PodProxy, Ports
+from pyztunnel.proxy.podset import PodSet
+from pyztunnel.proxy.shared import IndexHolder, Shared
+from pyztunnel.proxy.telemetry import Telemetry
+from pyztunnel.proxy.zds_client import READINESS_TASK, ZdsClient
+from pyztunnel.settings import declared
+from pyztunnel.workloads.index import WorkloadIndex
+from pyztunnel.workloads.model import Protocol, Workload
+from pyztunnel.workloads.watch import ConfigWatch
+
+_log = logging.getLogger("pyztunnel.proxy.app")
+
+STATE_MANAGER = "state manager"
+CERTIFICATES = "workload certificates"
+
+
+def parse_hostport(text: str, what: str) -> tuple[str, int]:
+    parsed = hbone.parse_authority(text.strip())
+    if parsed is None:
+        raise UserError(f"{what}: {text!r} is not IP:PORT (IPv6 as [addr]:port)")
+    return parsed
+
+
+def direct_pods(shared: Shared, settings: ProxySettings) -> list[PodProxy]:
+    """Direct-mode listeners: `LISTEN=TARGET` outbound, `IP` or `IP=APPPORT` inbound (HBONE; plaintext with a port)."""
+    pods: list[PodProxy] = []
+    for spec in settings.direct_outbound:
+        listen_text, sep, target_text = spec.partition("=")
+        if not sep:
+            raise UserError(f"--direct-outbound: {spec!r} must be LISTEN_IP:PORT=TARGET_IP:PORT")
+        ip, port = parse_hostport(listen_text, "--direct-outbound")
+        target = parse_hostport(target_text, "--direct-outbound")
+        env = DirectNet(ip, {port: target}, name=f"{ip}:{port}")
+        pods.append(
+            PodProxy(
+                shared, f"direct-out-{ip}-{port}", env, _by_ip(ip), Ports(outbound=port, plaintext=None, hbone=None)
+            )
+        )
+    for spec in settings.direct_inbound:
+        ip_text, sep, app_port_text = spec.partition("=")
+        ip = ip_text.strip()
+        if hbone.parse_authority(f"{ip}:1") is None and hbone.parse_authority(f"[{ip}]:1") is None:
+            raise UserError(f"--direct-inbound: {spec!r} must be IP or IP=APP_PORT")
+        targets: dict[int, tuple[str, int]] = {}
+        plaintext: int | None = None
+        if sep:
+            if not app_port_text.isdigit():
+                raise UserError(f"--direct-inbound: {spec!r}: APP_PORT must be a number")
+            plaintext = hbone.INBOUND_PLAINTEXT_PORT
+            targets[plaintext] = (ip, int(app_port_text))
+        env = DirectNet(ip, targets, name=ip)
+        pods.append(PodProxy(shared, f"direct-in-{ip}", env, _by_ip(ip), Ports(outbound=None, plaintext=plaintext)))
+    return pods
+
+
+def _by_ip(ip: str) -> Callable[[WorkloadIndex], Workload | None]:
+    def lookup(index: WorkloadIndex) -> Workload | None:
+        return index.workload_by_ip(ip)
+
+    return lookup
+
+
+class ProxyApp:
+    def __init__(
+        self,
+        settings: ProxySettings,
+        ca_settings: CaClientSettings,
+        certs: CertSource | None = None,
+        environ: dict[str, str] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.ca_settings = ca_settings
+        self.environ = dict(os.environ if environ is None else environ)
+        self.readiness = Readiness()
+        self.metrics = Metrics(tag=settings.version)
+        self.servers: list[HttpServer] = []
+        self._store: CertificateStore | None = None
+        self._cert_wait: asyncio.Task[None] | None = None
+        self.certs = certs or self._make_certs()
+        self.shared = Shared(
+            settings,
+            self.certs,
+            IndexHolder(),
+            telemetry=Telemetry(self.metrics),
+            key_dir=ca_settings.key_dir,
+            cluster_id=ca_settings.cluster_id,
+        )
+        self.direct: list[PodProxy] = direct_pods(self.shared, settings)
+        self.podset = PodSet(self.shared, on_change=self._pods_changed)
+        self.zds: ZdsClient | None = None
+        self.watch: ConfigWatch | None = None
+        self.drainer: Drainer | None = None
+        self.adopter: Adopter | None = None
+        self.handoff_service: HandoffService | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.started = asyncio.Event()
+
+    def _make_certs(self) -> CertSource:
+        if self.settings.cert_dir is not None:
+            return StaticCerts.from_dir(self.settings.cert_dir)
+        from pyztunnel.identity.client import CaClient  # grpc: imported only when a CA is used
+
+        client = CaClient(self.ca_settings, environ=self.environ)
+        store = CertificateStore(client.fetch)
+        self._store = store
+        self._ca_client = client
+        return store
+
+    # ------------------------------------------------------------------ config
+    def _on_config(self, index: WorkloadIndex) -> None:
+        self.shared.indexes.set(index)
+        self.readiness.unblock(STATE_MANAGER)
+        self._prefetch(index)
+
+    def _prefetch(self, index: WorkloadIndex) -> None:
+        """Warm the certificates of this node's mesh workloads; forget those that left (§4)."""
+        store = self._store
+        if store is None:
+            return
+        wanted = {
+            Identity.for_workload(w.namespace, w.service_account, w.trust_domain)
+            for w in index.config.workloads
+            if w.protocol is Protocol.HBONE and (not self.settings.node_name or w.node == self.settings.node_name)
+        }
+        for identity in wanted:
+            store.prefetch(identity)
+        store.retain(wanted)
+        # Ready only once every local identity has its certificate (DESIGN §5.1): the first connection of a pod
+        # must not wait for a CSR round trip.
+        if self._cert_wait is not None and not self._cert_wait.done():
+            self._cert_wait.cancel()
+        self.readiness.block(CERTIFICATES)
+        self._cert_wait = spawn(self._await_certificates(store, sorted(wanted)), "cert-warmup")
+
+    async def _await_certificates(self, store: CertificateStore, identities: list[Identity]) -> None:
+        await asyncio.gather(*(store.wait_available(identity) for identity in identities))
+        self.readiness.unblock(CERTIFICATES)
+        _log.info("certificates ready", extra={"fields": {"identities": len(identities)}})
+
+    def _pods_changed(self) -> None:
+        self.metrics.set_proxy_counts(len(self.podset.pods), len(self.podset.pending))
+        self.metrics.proxies_started = self.podset.started_total
+        self.metrics.proxies_stopped = self.podset.stopped_total
+
+    # ------------------------------------------------------------------ servers
+    async def start_servers(self) -> None:
+        """Readiness (15021), metrics (15020), admin (127.0.0.1:15000); an empty address turns one off."""
+        wanted: list[tuple[str, Callable[[list[socket.socket]], HttpServer], str]] = [
+            (self.settings.readiness_addr, lambda socks: readiness_server(self.readiness, socks), "readiness"),
+            (self.settings.stats_addr, lambda socks: metrics_server(self.metrics, socks), "metrics"),
+            (
+                self.settings.admin_addr,
+                lambda socks: admin_server(socks, config_dump=self.config_dump, quit=self._quit),
+                "admin",
+            ),
+        ]
+        for address, make, what in wanted:
+            if not address:
+                continue
+            host, port = parse_hostport(address, f"{what} address")
+            try:
+                sock = listening_socket(host, port)
+            except OSError as exc:
+                raise UserError(f"cannot listen on {address} for the {what} server: {exc.strerror or exc}") from None
+            server = make([sock])
+            await server.start()
+            self.servers.append(server)
+
+    def _quit(self) -> None:
+        if self.drainer is not None:
+            self.drainer.quitquitquit()
+
+    def config_dump(self) -> dict[str, object]:
+        """ztunnel's /config_dump keys (§6.2)."""
+        index = self.shared.indexes.index
+        config = index.config
+        return {
+            "workloads": [w.model_dump(by_alias=True, mode="json") for w in config.workloads],
+            "services": [s.model_dump(by_alias=True, mode="json") for s in config.services],
+            "policies": [p.model_dump(by_alias=True, mode="json") for p in config.policies],
+            "stagedServices": {},
+            "staticConfig": self._static_config(),
+            "version": self.settings.version,
+            "config": {
+                d.yaml_key: (str(v) if v is not None and not isinstance(v, bool | int | float | list) else v)
+                for d in declared(ProxySettings)
+                for v in [getattr(self.settings, d.name)]
+            },
+            "certificates": self._store.dump() if self._store is not None else [],
+            "workloadState": {
+                **{uid: {"state": "Up", "info": pod.key} for uid, pod in self.podset.pods.items()},
+                **{
+                    uid: {"state": "Pending", "info": f"{info.namespace}/{info.name}"}
+                    for uid, (info, _) in self.podset.pending.items()
+                },
+            },
+        }
+
+    def _static_config(self) -> str:
+        path = self.settings.local_xds_path
+        if path is None:
+            return ""
+        try:
+            return Path(path).read_text()
+        except OSError:
+            return ""
+
+    # ------------------------------------------------------------------ run
+    async def start(self) -> None:
+        if self._store is not None:
+            self._store.start()
+        self.readiness.block(STATE_MANAGER)
+        if self.settings.local_xds_path is not None:
+            self.watch = ConfigWatch(Path(self.settings.local_xds_path), on_change=self._on_config)
+            self.watch.check()
+            self._tasks.append(spawn(self.watch.run(float(self.settings.config_poll_interval)), "config-watch"))
+        else:
+            self._on_config(WorkloadIndex())
+        for pod in self.direct:
+            try:
+                await pod.start()
+            except OSError as exc:
+                raise UserError(f"cannot listen for {pod.env.name}: {exc.strerror or exc}") from None
+        if self.settings.inpod_uds is not None:
+            if self.settings.listener_handoff and self.settings.handoff_socket is not None:
+                self.adopter = Adopter(Path(self.settings.handoff_socket))
+                self.shared.listeners.adopter = self.adopter
+            self.readiness.block(READINESS_TASK)
+            self.zds = ZdsClient(Path(self.settings.inpod_uds), self.podset, self._zds_ready)
+            self._tasks.append(spawn(self.zds.run(), "zds-client"))
+        self.started.set()
+
+    def _zds_ready(self, ready: bool) -> None:
+        if ready:
+            self.readiness.unblock(READINESS_TASK)
+            self._serve_handoff()
+        else:
+            self.readiness.block(READINESS_TASK)
+
+    def _serve_handoff(self) -> None:
+        """Once synced, stop adopting and offer our own listeners to the next instance (the handoff socket's name
+        moves to us atomically; the previous instance keeps its own, now unnamed, socket)."""
+        if self.adopter is None or self.handoff_service is not None:
+            return
+        self.adopter.enabled = False
+        self.shared.listeners.adopter = None
+        self.handoff_service = HandoffService(self.adopter.path, PodSetListeners(self.podset))
+        self._tasks.append(spawn(self.handoff_service.start(), "handoff-serve"))
+
+    def drain_deadline(self) -> float:
+        ctd = self.settings.connection_termination_deadline
+        return drain.drain_deadline(
+            float(ctd) if ctd is not None else None, self.settings.termination_grace_period_seconds
+        )
+
+    def stop_accepting(self) -> None:
+        if self.zds is not None:
+            self.zds.stop()
+        # ztunnel's readiness/admin/metrics servers stop accepting when the drain starts (§1.2)
+        for server in self.servers:
+            self._tasks.append(spawn(server.stop_accepting(), f"{server.name}-stop"))
+        for pod in self.pods():
+            for acceptor in pod.acceptors:
+                acceptor.pause()
+
+    def goaway(self) -> None:
+        for pod in self.pods():
+            pod.goaway()
+
+    def pods(self) -> list[PodProxy]:
+        return [*self.direct, *self.podset.pods.values()]
+
+    async def run(self, install_signals: bool = True) -> drain.Outcome:
+        """Start, serve until the drain ends; returns how it ended."""
+        self.drainer = Drainer(
+            self.drain_deadline(),
+            stop_accepting=self.stop_accepting,
+            goaway=self.goaway,
+            connections=self.shared.connections,
+        )
+        if install_signals:
+            self.drainer.install_signal_handlers()
+        try:
+            await self.start_servers()
+            await self.start()
+            _log.info("proxy started", extra={"fields": {"pods": len(self.pods())}})
+            return await self.drainer.run()
+        finally:
+            if install_signals:
+                self.drainer.remove_signal_handlers()
+            await self.close()
+
+    async def close(self) -> None:
+        if self._cert_wait is not None:
+            await cancel_and_wait(self._cert_wait)
+        for server in self.servers:
+            with contextlib.suppress(Exception):
+                await server.close()
+        self.servers.clear()
+        await cancel_and_wait(*self._tasks)
+        self._tasks.clear()
+        if self.handoff_service is not None:
+            await self.handoff_service.close()
+        for pod in self.direct:
+            await pod.drain_immediate()
+        await self.podset.close()
+        if self._store is not None:
+            with contextlib.suppress(Exception):
+                await self._store.close()
+        client = getattr(self, "_ca_client", None)
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.close()
+        self.shared.tls.close()

@@ -1,0 +1,38 @@
+"""`pyztunnel proxy`: the node proxy, configured by ztunnel's environment variables (or the equivalent flags)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import click
+
+from pyztunnel import settings
+from pyztunnel.aio import install_uvloop
+from pyztunnel.identity.config import CaClientSettings
+from pyztunnel.lifecycle import drain
+from pyztunnel.observe import logging as ztlog
+from pyztunnel.proxy.config import ProxySettings
+
+
+@click.command("proxy")
+@settings.cli_options(ProxySettings)
+@settings.cli_options(CaClientSettings)
+def proxy(**values: Any) -> None:
+    """The node proxy (ztunnel): in-pod listeners from ZDS, HBONE over mTLS, L4 authorization.
+
+    Direct mode (tests, benchmarks): --direct-outbound 127.0.0.1:16001=127.0.0.2:8080 and --direct-inbound
+    127.0.0.2 serve the same data path on loopback, without namespaces.
+    """
+    proxy_settings = settings.load(ProxySettings, cli=values)
+    ca_settings = settings.load(CaClientSettings, cli=values)
+    ztlog.setup()
+    install_uvloop()
+    from pyztunnel.proxy.app import ProxyApp
+
+    async def main() -> drain.Outcome:
+        app = ProxyApp(proxy_settings, ca_settings)
+        return await app.run()
+
+    # Every outcome exits 0, as ztunnel does (a second signal is "exit now", not a failure).
+    asyncio.run(main())

@@ -1,0 +1,76 @@
+"""Settings of `pyztunnel proxy`, declared once (environment names are ztunnel's where it has them;
+docs/architecture.md "Proxy configuration").
+
+The CA client's settings (CA_ADDRESS, CA_ROOT_CA, AUTH_TOKEN, SECRET_TTL, CLUSTER_ID, PYZTUNNEL_KEY_DIR) are the
+identity package's `CaClientSettings`; the proxy loads both groups.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from pyztunnel.settings import Duration, group, setting
+
+
+@group("proxy")
+@dataclasses.dataclass(frozen=True)
+class ProxySettings:
+    inpod_uds: Path | None = setting(
+        None, "ZDS socket of the node agent; unset = no in-pod mode (direct listeners only)", env="INPOD_UDS"
+    )
+    local_xds_path: Path | None = setting(
+        None, "workloads/services/policies YAML (ztunnel's LOCAL_XDS_PATH)", env="LOCAL_XDS_PATH"
+    )
+    node_name: str = setting("", "this node's name (certificates are prefetched for its workloads)", env="NODE_NAME")
+    pod_name: str = setting("", "this proxy's pod name", env="POD_NAME")
+    trust_domain: str = setting("cluster.local", "the mesh's trust domain", env="TRUST_DOMAIN")
+    termination_grace_period_seconds: int | None = setting(
+        None, "drain = N−5 s (N > 10) or max(N−1, 1) s", env="TERMINATION_GRACE_PERIOD_SECONDS"
+    )
+    connection_termination_deadline: Duration | None = setting(
+        None, "drain deadline; wins over the grace period", env="CONNECTION_TERMINATION_DEADLINE"
+    )
+    listener_handoff: bool = setting(
+        True, "adopt/hand off listening sockets across upgrades", env="PYZTUNNEL_LISTENER_HANDOFF"
+    )
+    handoff_socket: Path | None = setting(None, "unix socket for the listener handoff", env="PYZTUNNEL_HANDOFF_SOCKET")
+    version: str = setting("dev", "version tag reported as istio_build{tag}", env="PYZTUNNEL_VERSION")
+    readiness_addr: str = setting("0.0.0.0:15021", "readiness server address", env="PYZTUNNEL_READINESS_ADDR")
+    stats_addr: str = setting("0.0.0.0:15020", "metrics server address", env="PYZTUNNEL_STATS_ADDR")
+    admin_addr: str = setting("127.0.0.1:15000", "admin server address", env="PYZTUNNEL_ADMIN_ADDR")
+    pool_unused_release_timeout: Duration = setting(
+        Duration(300), "close a pooled HBONE connection idle this long", env="POOL_UNUSED_RELEASE_TIMEOUT"
+    )
+    pool_max_streams_per_connection: int = setting(
+        100,
+        "streams one pooled HBONE connection serves before a new one is opened",
+        env="POOL_MAX_STREAMS_PER_CONNECTION",
+    )
+    tls_handshake_timeout: Duration = setting(
+        Duration(10), "bound on a TLS handshake", env="PYZTUNNEL_TLS_HANDSHAKE_TIMEOUT"
+    )
+    connect_timeout: Duration = setting(Duration(10), "bound on a TCP connect", env="PYZTUNNEL_CONNECT_TIMEOUT")
+    workload_wait: Duration = setting(
+        Duration(5),
+        "how long a connection waits for its workload to appear in the config",
+        env="PYZTUNNEL_WORKLOAD_WAIT",
+    )
+    config_poll_interval: Duration = setting(
+        Duration(0.5), "how often the LOCAL_XDS_PATH file is checked for changes", env="PYZTUNNEL_CONFIG_POLL"
+    )
+    direct_outbound: list[str] = setting(
+        [],
+        "direct mode: LISTEN_IP:PORT=TARGET_IP:PORT outbound listeners (comma separated)",
+        env="PYZTUNNEL_DIRECT_OUTBOUND",
+    )
+    direct_inbound: list[str] = setting(
+        [],
+        "direct mode: workload IPs to serve inbound (HBONE 15008, plaintext 15006) on loopback",
+        env="PYZTUNNEL_DIRECT_INBOUND",
+    )
+    cert_dir: Path | None = setting(
+        None,
+        "static certificates (IDENTITY-DIR/{cert-chain,key,root-cert}.pem) instead of the CA",
+        env="PYZTUNNEL_CERT_DIR",
+    )

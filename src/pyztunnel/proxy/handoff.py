@@ -1,0 +1,81 @@
+"""The proxy's side of the listener handoff (lifecycle.handoff_io does the protocol): a new instance adopts the
+previous instance's in-pod listeners instead of binding its own (one socket, one accept queue, nothing reset), and
+once ready serves its own listeners to the next instance.
+
+`Adopter` plugs into `netsock.ListenerSource`: the first listener asked for a pod runs one handoff exchange for that
+pod; `confirm(uid)` tells the old instance, once we accept on them, that it may stop accepting.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from pyztunnel.lifecycle import handoff_io
+from pyztunnel.lifecycle.handoff import ListenerKey, Netns, PodRequest
+from pyztunnel.netns import netns_inode
+from pyztunnel.proxy.netsock import NetEnv, PodNetns
+from pyztunnel.proxy.podset import PodSet
+
+_log = logging.getLogger("pyztunnel.proxy.handoff")
+
+
+class Adopter:
+    def __init__(self, path: Path, within: float = handoff_io.DEFAULT_TIMEOUT) -> None:
+        self.path = path
+        self.within = within
+        self.enabled = True
+        self._adoptions: dict[str, handoff_io.Adoption] = {}
+        self.adopted = 0
+
+    async def take(self, uid: str, port: int, env: NetEnv) -> socket.socket | None:
+        if not self.enabled or not isinstance(env, PodNetns):
+            return None
+        adoption = self._adoptions.get(uid)
+        if adoption is None:
+            request = PodRequest(uid, netns_inode(env.fd))
+            adoption = await handoff_io.adopt(self.path, [request], within=self.within)
+            self._adoptions[uid] = adoption
+        sock = adoption.take(uid, port)
+        if sock is not None:
+            self.adopted += 1
+        return sock
+
+    async def confirm(self, uid: str) -> None:
+        adoption = self._adoptions.pop(uid, None)
+        if adoption is None:
+            return
+        await adoption.confirm()
+        adoption.close_unused()
+
+    def discard(self, uid: str) -> None:
+        adoption = self._adoptions.pop(uid, None)
+        if adoption is not None:
+            adoption.close_unused()
+            adoption.close()
+
+
+class PodSetListeners:
+    """The old instance's inventory for `handoff_io.HandoffService`: every running pod's listening sockets."""
+
+    def __init__(self, pods: PodSet) -> None:
+        self.pods = pods
+
+    def handoff_inventory(self) -> Mapping[str, tuple[Netns, Mapping[int, socket.socket]]]:
+        out: dict[str, tuple[Netns, Mapping[int, socket.socket]]] = {}
+        for uid, pod in self.pods.pods.items():
+            if isinstance(pod.env, PodNetns):
+                out[uid] = (netns_inode(pod.env.fd), {a.port: a.sock for a in pod.acceptors})
+        return out
+
+    def handoff_released(self, keys: Sequence[ListenerKey]) -> None:
+        # Stop accepting (the accept task leaves the loop); never shutdown() a shared listener.
+        for key in keys:
+            pod = self.pods.pods.get(key.uid)
+            if pod is None:
+                continue
+            for acceptor in pod.acceptors:
+                if acceptor.port == key.port:
+                    acceptor.pause()

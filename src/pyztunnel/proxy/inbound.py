@@ -1,0 +1,246 @@
+"""Inbound: HBONE on 15008 (mTLS + HTTP/2 CONNECT, §3.1–3.2) and plaintext on 15006 (§2.4), both authorized with
+the L4 policies (§5.3) before a byte reaches the app."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+
+from pyztunnel import authz
+from pyztunnel.aio import spawn
+from pyztunnel.identity import tls
+from pyztunnel.identity.spiffe import Identity
+from pyztunnel.observe.access import ConnectionRecord
+from pyztunnel.protocols import hbone
+from pyztunnel.proxy.h2conn import H2ServerConn
+from pyztunnel.proxy.netsock import family_of
+from pyztunnel.proxy.pod import PodProxy
+from pyztunnel.proxy.relay import Relay, StreamLeg, TcpLeg
+from pyztunnel.proxy.telemetry import INBOUND, describe_dst, describe_src, fail, identity_of, new_record
+
+_log = logging.getLogger("pyztunnel.proxy.inbound")
+
+
+def _addr(ip: str, port: int) -> str:
+    return hbone.format_authority(ip, port)
+
+
+def _endpoints(sock: socket.socket) -> tuple[tuple[str, int], tuple[str, int]] | None:
+    try:
+        peer = sock.getpeername()
+        local = sock.getsockname()
+    except OSError:
+        return None
+    return (str(peer[0]), int(peer[1])), (str(local[0]), int(local[1]))
+
+
+async def handle_hbone(pod: PodProxy, sock: socket.socket) -> None:
+    """TLS handshake with the pod's certificate, client identity checked, then an HTTP/2 server on the connection."""
+    shared = pod.shared
+    loop = asyncio.get_running_loop()
+    ends = _endpoints(sock)
+    if ends is None:
+        sock.close()
+        return
+    (peer_ip, peer_port), (local_ip, local_port) = ends
+    record = new_record(INBOUND, _addr(peer_ip, peer_port), _addr(local_ip, local_port), mtls=True)
+    workload = await pod.workload()
+    if workload is None:
+        fail(record, "unknown local workload: no certificate to serve")
+        shared.telemetry.failed(record)
+        sock.close()
+        return
+    local_id = Identity.for_workload(workload.namespace, workload.service_account, workload.trust_domain)
+    try:
+        cert = await shared.certs.get(local_id)
+    except Exception as exc:
+        fail(record, f"no certificate for {local_id}: {exc}", "IDENTITY_ERROR")
+        shared.telemetry.failed(record)
+        sock.close()
+        return
+    conn = H2ServerConn(on_request=lambda c, leg, headers: _on_request(pod, c, leg, headers))
+    conn.info = {"src.addr": record.src_addr, "dst.addr": record.dst_addr, "direction": INBOUND}
+
+    def verify(transport: asyncio.Transport) -> None:
+        peer = tls.check_client_peer(transport.get_extra_info("ssl_object"), local_id.trust_domain)
+        conn.info["src.identity"] = peer.uri
+
+    conn.verify = verify
+    try:
+        await loop.connect_accepted_socket(
+            lambda: conn,
+            sock,
+            ssl=shared.tls.server(cert),
+            ssl_handshake_timeout=float(shared.settings.tls_handshake_timeout),
+        )
+    except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+        fail(record, f"tls handshake: {exc or type(exc).__name__}", "TLS_FAILURE")
+        shared.telemetry.failed(record)
+        sock.close()
+        return
+    if "src.identity" not in conn.info:
+        fail(record, f"tls: {conn.error}", "TLS_FAILURE")
+        shared.telemetry.failed(record)
+        return
+    conn.info["local_ip"] = local_ip
+    pod.track_server(conn)
+
+    def ended(_: object) -> None:
+        # A connection-level failure (HTTP/2 protocol error, oversized headers, ping timeout) is logged once.
+        if conn.error is not None:
+            fail(record, conn.error)
+            shared.telemetry.failed(record)
+
+    conn.lost.add_done_callback(ended)
+
+
+def _on_request(pod: PodProxy, conn: H2ServerConn, leg: StreamLeg, headers: list[tuple[bytes, bytes]]) -> None:
+    spawn(_serve_stream(pod, conn, leg, headers), f"hbone-stream-{leg.stream_id}")
+
+
+async def _serve_stream(pod: PodProxy, conn: H2ServerConn, leg: StreamLeg, headers: list[tuple[bytes, bytes]]) -> None:
+    shared = pod.shared
+    peer_identity = str(conn.info["src.identity"])
+    record = new_record(INBOUND, str(conn.info["src.addr"]), str(conn.info["dst.addr"]), mtls=True)
+    record.src_identity = peer_identity
+    arrived = str(conn.info["local_ip"]) if pod.env.check_authority_ip else None
+    request = hbone.parse_connect(headers, arrived)
+    if isinstance(request, hbone.Reject):
+        _reject(pod, conn, leg, record, request.status, request.reason, request.response_flags)
+        return
+    record.dst_hbone_addr = request.authority
+    forwarded = hbone.forwarded_for(request.forwarded)
+    src_ip = forwarded[0] if forwarded else record.src_addr.rpartition(":")[0].strip("[]")
+    index = shared.indexes.index
+    describe_src(record, index.workload_by_ip(src_ip))
+    workload = index.workload_by_ip(request.ip)
+    describe_dst(record, workload)
+    if workload is None:
+        _reject(pod, conn, leg, record, 503, f"unknown destination workload {request.ip}", "-")
+        return
+    record.dst_identity = identity_of(workload).uri
+    shared.telemetry.opened(record)
+    decision = authz.evaluate(
+        index.policies_for(workload),
+        authz.ConnectionInfo(src_ip=src_ip, dst_ip=request.ip, dst_port=request.port, identity=peer_identity),
+    )
+    if not decision.allowed:
+        _reject(pod, conn, leg, record, hbone.DENIED_STATUS, f"connection denied: {decision.reason}", "DENY")
+        return
+    try:
+        up = await _connect_app(pod, request.ip, request.port)
+    except (OSError, TimeoutError) as exc:
+        _reject(pod, conn, leg, record, 503, f"connect to app: {exc or type(exc).__name__}", "CONNECT")
+        return
+    record.dst_addr = _addr(request.ip, request.port)
+    conn.respond(leg, hbone.response_headers(200, _baggage(workload, shared.cluster_id)))
+    relay = Relay(leg, up, lambda r, e: _done(pod, r, e), record)
+    pod.track(relay)
+    relay.start()
+
+
+def _baggage(workload: object, cluster: str) -> str:
+    from pyztunnel.workloads.model import Workload
+
+    assert isinstance(workload, Workload)
+    return hbone.baggage(
+        hbone.BaggageInfo(
+            cluster=workload.cluster_id or cluster,
+            namespace=workload.namespace,
+            workload_type=workload.workload_type or "pod",
+            workload_name=workload.workload_name or workload.name,
+            service_name=workload.canonical_name,
+            service_version=workload.canonical_revision,
+        )
+    )
+
+
+def _reject(
+    pod: PodProxy,
+    conn: H2ServerConn,
+    leg: StreamLeg,
+    record: ConnectionRecord,
+    status: int,
+    reason: str,
+    flags: str,
+) -> None:
+    conn.respond(leg, hbone.response_headers(status), end=True)
+    fail(record, reason, flags)
+    pod.shared.telemetry.complete(record)
+
+
+def _done(pod: PodProxy, relay: Relay, error: BaseException | None) -> None:
+    record: ConnectionRecord = relay.info
+    record.bytes_recv = relay.down.received  # request bytes: from the remote client towards the app
+    record.bytes_sent = relay.up.received
+    if error is not None:
+        fail(record, str(error) or type(error).__name__)
+    pod.untrack(relay)
+    pod.shared.telemetry.complete(record)
+
+
+async def _connect_app(pod: PodProxy, ip: str, port: int) -> TcpLeg:
+    """Connect to the app inside the pod (a marked socket, so the pod's capture rules let it through)."""
+    loop = asyncio.get_running_loop()
+    sock = await pod.env.outgoing(family_of(ip))
+    try:
+        await asyncio.wait_for(loop.sock_connect(sock, (ip, port)), pod.shared.settings.connect_timeout)
+        leg = TcpLeg(start_paused=True)
+        await loop.create_connection(lambda: leg, sock=sock)
+    except BaseException:
+        sock.close()
+        raise
+    return leg
+
+
+async def handle_plaintext(pod: PodProxy, sock: socket.socket) -> None:
+    """15006: traffic from outside the mesh. Authorized without an identity, then forwarded to the app."""
+    shared = pod.shared
+    loop = asyncio.get_running_loop()
+    ends = _endpoints(sock)
+    if ends is None:
+        sock.close()
+        return
+    (peer_ip, peer_port), (_local_ip, local_port) = ends
+    record = new_record(INBOUND, _addr(peer_ip, peer_port))
+    dst = pod.env.original_dst(sock, local_port)
+    if dst is None or dst[1] in hbone.ILLEGAL_PORTS:
+        fail(record, "no usable original destination")
+        shared.telemetry.failed(record)
+        sock.close()
+        return
+    dst_ip, dst_port = dst
+    record.dst_addr = _addr(dst_ip, dst_port)
+    index = shared.indexes.index
+    workload = index.workload_by_ip(dst_ip) or await pod.workload()
+    describe_dst(record, workload)
+    describe_src(record, index.workload_by_ip(peer_ip))
+    down = TcpLeg(start_paused=True)
+    try:
+        await loop.connect_accepted_socket(lambda: down, sock)
+    except OSError:
+        sock.close()
+        return
+    shared.telemetry.opened(record)
+    if workload is not None:
+        decision = authz.evaluate(
+            index.policies_for(workload),
+            authz.ConnectionInfo(src_ip=peer_ip, dst_ip=dst_ip, dst_port=dst_port, identity=None),
+        )
+        if not decision.allowed:
+            fail(record, f"connection denied: {decision.reason}", "DENY")
+            down.abort()
+            shared.telemetry.complete(record)
+            return
+    try:
+        up = await _connect_app(pod, dst_ip, dst_port)
+    except (OSError, TimeoutError) as exc:
+        fail(record, f"connect to app: {exc or type(exc).__name__}", "CONNECT")
+        down.abort()
+        shared.telemetry.complete(record)
+        return
+    relay = Relay(down, up, lambda r, e: _done(pod, r, e), record)
+    pod.track(relay)
+    relay.start()

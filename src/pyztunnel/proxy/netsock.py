@@ -1,0 +1,260 @@
+"""Where the proxy's sockets live: inside a pod's network namespace (in-pod mode) or on loopback (direct mode).
+
+A `NetEnv` answers three questions for one pod: make a listening socket on a port, make a socket for an outgoing
+connection, and tell the original destination of an accepted connection. In-pod (`PodNetns`) every socket is created
+inside the pod netns and carries `SO_MARK=1337` so the pod's redirection rules let it through; listeners also get
+`SO_REUSEPORT` so an old and a new proxy can listen side by side (reference §1.6, §2.5). Direct mode (`DirectNet`) is
+the same interface on 127.0.0.x with a fixed target per outbound listener, for tests and benchmarks.
+
+All listener creation goes through `ListenerSource.listen`, the one seam where "adopt a handed-off socket" can replace
+"bind a new one"; `Acceptor` stops accepting without closing its socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import errno
+import logging
+import socket
+import struct
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from pyztunnel import netns
+from pyztunnel.aio import spawn
+
+_log = logging.getLogger("pyztunnel.proxy.netsock")
+
+INPOD_MARK = 1337
+SO_ORIGINAL_DST = 80
+SOL_IPV6 = 41
+LISTEN_BACKLOG = 128
+
+
+def original_dst(sock: socket.socket) -> tuple[str, int] | None:
+    """The destination before REDIRECT (`SO_ORIGINAL_DST`, IPv4 then IPv6), or None if there is none."""
+    try:
+        raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+        port = struct.unpack_from("!H", raw, 2)[0]
+        return socket.inet_ntop(socket.AF_INET, raw[4:8]), port
+    except OSError:
+        pass
+    try:
+        raw = sock.getsockopt(SOL_IPV6, SO_ORIGINAL_DST, 28)
+        port = struct.unpack_from("!H", raw, 2)[0]
+        return socket.inet_ntop(socket.AF_INET6, raw[8:24]), port
+    except OSError:
+        return None
+
+
+def family_of(ip: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in ip else socket.AF_INET
+
+
+class NetEnv:
+    """Interface (see module doc). `name` names the pod in logs."""
+
+    name = "net"
+    # True when the destination of an accepted inbound connection must match the CONNECT authority (§3.2).
+    check_authority_ip = True
+
+    async def listener(self, port: int, ip: str | None = None) -> socket.socket:
+        raise NotImplementedError
+
+    async def outgoing(self, family: socket.AddressFamily) -> socket.socket:
+        raise NotImplementedError
+
+    def original_dst(self, sock: socket.socket, port: int) -> tuple[str, int] | None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what the env holds (threads); sockets belong to their users."""
+
+
+def _setup_listener(sock: socket.socket, addr: tuple[str, int], mark: int | None) -> socket.socket:
+    try:
+        if mark is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        except OSError as exc:  # ztunnel only warns here (§1.6)
+            _log.warning("cannot set SO_REUSEPORT", extra={"fields": {"error": str(exc)}})
+        sock.bind(addr)
+        sock.listen(LISTEN_BACKLOG)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class PodNetns(NetEnv):
+    """A pod's network namespace, given the netns fd from ZDS. One dedicated thread lives in that namespace and
+    creates every socket for the pod (setns changes only the calling thread, DESIGN §8)."""
+
+    check_authority_ip = True
+
+    def __init__(self, netns_fd: int, name: str, mark: int = INPOD_MARK) -> None:
+        self.fd = netns_fd
+        self.name = name
+        self.mark = mark
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"netns-{name}", initializer=netns.setns, initargs=(netns_fd,)
+        )
+
+    async def _in_netns(self, func: Callable[[], socket.socket]) -> socket.socket:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, func)
+
+    async def listener(self, port: int, ip: str | None = None) -> socket.socket:
+        def make() -> socket.socket:
+            return _setup_listener(
+                socket.socket(socket.AF_INET, socket.SOCK_STREAM), (ip or "0.0.0.0", port), self.mark
+            )
+
+        return await self._in_netns(make)
+
+    async def outgoing(self, family: socket.AddressFamily) -> socket.socket:
+        def make() -> socket.socket:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.mark)
+                sock.setblocking(False)
+            except BaseException:
+                sock.close()
+                raise
+            return sock
+
+        return await self._in_netns(make)
+
+    def original_dst(self, sock: socket.socket, port: int) -> tuple[str, int] | None:
+        return original_dst(sock)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+
+
+class DirectNet(NetEnv):
+    """Loopback stand-in for a pod at `ip`: listeners bind `ip:port` in this netns; an outbound (or plaintext)
+    listener's original destination is a fixed target per listening port (`targets`); the inbound authority must
+    match the IP the connection arrived on, as in a pod."""
+
+    check_authority_ip = True
+
+    def __init__(self, ip: str, targets: dict[int, tuple[str, int]] | None = None, name: str = "") -> None:
+        self.ip = ip
+        self.targets = dict(targets or {})
+        self.name = name or ip
+
+    async def listener(self, port: int, ip: str | None = None) -> socket.socket:
+        bind_ip = ip or self.ip
+        return _setup_listener(socket.socket(family_of(bind_ip), socket.SOCK_STREAM), (bind_ip, port), None)
+
+    async def outgoing(self, family: socket.AddressFamily) -> socket.socket:
+        # Connections leave from the pod's own address, as they would from a pod.
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            if family == family_of(self.ip):
+                sock.bind((self.ip, 0))
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def original_dst(self, sock: socket.socket, port: int) -> tuple[str, int] | None:
+        return self.targets.get(port)
+
+
+class ListenerAdopter(Protocol):
+    async def take(self, uid: str, port: int, env: NetEnv) -> socket.socket | None:
+        """The previous instance's listener for (pod, port), or None: bind a new one."""
+
+    async def confirm(self, uid: str) -> None:
+        """We accept on the pod's adopted listeners now; the previous instance may stop."""
+
+
+class ListenerSource:
+    """The one place listeners come from. With an `adopter` (the listener handoff), a pod's listener is first asked
+    of the previous instance; only if it has none is a new one bound."""
+
+    def __init__(self) -> None:
+        self.adopter: ListenerAdopter | None = None
+
+    async def listen(self, env: NetEnv, pod_key: str, port: int, ip: str | None = None) -> socket.socket:
+        if self.adopter is not None:
+            adopted = await self.adopter.take(pod_key, port, env)
+            if adopted is not None:
+                adopted.setblocking(False)
+                return adopted
+        return await env.listener(port, ip)
+
+
+class Acceptor:
+    """Accepts on one listening socket and hands each connection to `handle`. `stop()` stops accepting and keeps
+    the socket open (so it can be handed off); `close()` also closes it."""
+
+    def __init__(self, sock: socket.socket, handle: Callable[[socket.socket], Awaitable[None] | None], name: str):
+        self.sock = sock
+        self.handle = handle
+        self.name = name
+        self.accepted = 0
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self.sock.getsockname()[1])
+
+    @property
+    def accepting(self) -> bool:
+        return self._task is not None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = spawn(self._run(), f"accept-{self.name}")
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(self.sock)
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    _log.error("accept failed", extra={"fields": {"listener": self.name, "error": str(exc)}})
+                    await asyncio.sleep(0.1)  # back off under fd exhaustion instead of spinning
+                    continue
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
+                    continue
+                raise
+            self.accepted += 1
+            conn.setblocking(False)
+            result = self.handle(conn)
+            if result is not None:
+                spawn(_guard(result, conn), f"conn-{self.name}")
+
+    def pause(self) -> None:
+        """Stop accepting now (sync, for signal-driven drain); the socket stays open."""
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def close(self) -> None:
+        await self.stop()
+        self.sock.close()
+
+
+async def _guard(awaitable: Awaitable[None], conn: socket.socket) -> None:
+    """A connection's setup coroutine; an unexpected error closes the socket instead of leaking it."""
+    try:
+        await awaitable
+    except Exception:
+        _log.exception("connection handler failed")
+        conn.close()

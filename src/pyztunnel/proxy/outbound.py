@@ -1,0 +1,230 @@
+"""Outbound (15001): original destination → service VIP (a healthy endpoint) or workload IP → HBONE when the
+destination is in the mesh, plain TCP otherwise (reference §3, DESIGN §4)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import socket
+
+from pyztunnel.identity import tls
+from pyztunnel.identity.spiffe import Identity, try_parse
+from pyztunnel.observe.access import ConnectionRecord
+from pyztunnel.protocols import hbone
+from pyztunnel.proxy.h2conn import H2ClientConn
+from pyztunnel.proxy.netsock import family_of
+from pyztunnel.proxy.pod import PodProxy
+from pyztunnel.proxy.relay import Leg, Relay, TcpLeg
+from pyztunnel.proxy.telemetry import OUTBOUND, describe_dst, describe_src, fail, identity_of, new_record
+from pyztunnel.workloads.index import Upstream, WorkloadIndex
+from pyztunnel.workloads.model import Workload
+
+_log = logging.getLogger("pyztunnel.proxy.outbound")
+
+
+class OutboundError(Exception):
+    def __init__(self, message: str, flags: str = "-") -> None:
+        super().__init__(message)
+        self.flags = flags
+
+
+def addr(ip: str, port: int) -> str:
+    return hbone.format_authority(ip, port)
+
+
+def resolve(index: WorkloadIndex, ip: str, port: int) -> Upstream:
+    """Where a connection to ip:port goes (a service VIP picks one healthy endpoint at random)."""
+    service = index.service_by_vip(ip)
+    if service is not None:
+        endpoints = index.endpoints(service, port)
+        if not endpoints:
+            raise OutboundError(f"no healthy upstream for {service.hostname}:{port}", "-")
+        chosen = random.choice(endpoints)
+        return Upstream(chosen.workload.workload_ips[0], chosen.target_port, chosen.workload, service)
+    return Upstream(ip, port, index.workload_by_ip(ip))
+
+
+async def handle(pod: PodProxy, sock: socket.socket) -> None:
+    """Set up one outbound connection; once both legs exist the Relay carries it and this coroutine ends."""
+    loop = asyncio.get_running_loop()
+    shared = pod.shared
+    try:
+        peer_ip, peer_port = sock.getpeername()[:2]
+    except OSError:
+        sock.close()
+        return
+    record = new_record(OUTBOUND, addr(peer_ip, peer_port))
+    listen_port = int(sock.getsockname()[1])
+    dst = pod.env.original_dst(sock, listen_port)
+    if dst is None:
+        fail(record, "no original destination")
+        shared.telemetry.failed(record)
+        sock.close()
+        return
+    dst_ip, dst_port = dst
+    record.dst_addr = addr(dst_ip, dst_port)
+    if dst_port in hbone.ILLEGAL_PORTS and (dst_ip == sock.getsockname()[0] or dst_ip.startswith("127.")):
+        fail(record, f"self call to illegal port {dst_port}")
+        shared.telemetry.failed(record)
+        sock.close()
+        return
+    down = TcpLeg(start_paused=True)
+    try:
+        await loop.connect_accepted_socket(lambda: down, sock)
+    except OSError:
+        sock.close()
+        return
+    src = await pod.workload()
+    describe_src(record, src)
+    try:
+        upstream = resolve(shared.indexes.index, dst_ip, dst_port)
+        describe_dst(record, upstream.workload, upstream.service)
+        up: Leg
+        if upstream.hbone:
+            up = await _hbone(pod, record, src, upstream, peer_ip, peer_port)
+        else:
+            record.dst_addr = addr(upstream.ip, upstream.port)
+            shared.telemetry.opened(record)
+            up = await _tcp(pod, upstream)
+    except OutboundError as exc:
+        _finish_failed(pod, down, record, str(exc), exc.flags)
+        return
+    except (OSError, TimeoutError) as exc:
+        _finish_failed(pod, down, record, f"connect: {exc or type(exc).__name__}", "CONNECT")
+        return
+    relay = Relay(down, up, lambda r, e: _done(pod, r, e), record)
+    pod.track(relay)
+    relay.start()
+
+
+def _finish_failed(pod: PodProxy, down: TcpLeg, record: ConnectionRecord, error: str, flags: str) -> None:
+    fail(record, error, flags)
+    record.bytes_recv = down.received
+    down.abort()
+    pod.shared.telemetry.complete(record)
+
+
+def _done(pod: PodProxy, relay: Relay, error: BaseException | None) -> None:
+    record: ConnectionRecord = relay.info
+    record.bytes_recv = relay.down.received  # request bytes: what the local app sent
+    record.bytes_sent = relay.up.received
+    if error is not None:
+        fail(record, str(error) or type(error).__name__)
+    pod.untrack(relay)
+    pod.shared.telemetry.complete(record)
+
+
+async def _tcp(pod: PodProxy, upstream: Upstream) -> TcpLeg:
+    loop = asyncio.get_running_loop()
+    sock = await pod.env.outgoing(family_of(upstream.ip))
+    try:
+        await asyncio.wait_for(
+            loop.sock_connect(sock, (upstream.ip, upstream.port)), pod.shared.settings.connect_timeout
+        )
+        leg = TcpLeg(start_paused=True)
+        await loop.create_connection(lambda: leg, sock=sock)
+    except BaseException:
+        sock.close()
+        raise
+    return leg
+
+
+async def _hbone(
+    pod: PodProxy, record: ConnectionRecord, src: Workload | None, upstream: Upstream, src_ip: str, src_port: int
+) -> Leg:
+    shared = pod.shared
+    if src is None:
+        raise OutboundError("unknown source workload: no identity to connect with over HBONE", "IDENTITY_ERROR")
+    assert upstream.workload is not None
+    src_id = identity_of(src)
+    dst_id = identity_of(upstream.workload)
+    expected = [dst_id]
+    if upstream.service is not None:
+        expected += [i for san in upstream.service.subject_alt_names if (i := try_parse(san)) is not None]
+    record.mtls = True
+    record.src_identity = src_id.uri
+    record.dst_identity = dst_id.uri
+    record.dst_addr = addr(upstream.ip, hbone.HBONE_PORT)
+    record.dst_hbone_addr = addr(upstream.ip, upstream.port)
+    shared.telemetry.opened(record)  # ztunnel counts it once the destination (and its identity) is known
+
+    async def connect() -> H2ClientConn:
+        return await _connect_hbone(pod, src_id, expected, upstream.ip)
+
+    conn = await pod.pool.get((src_id.uri, dst_id.uri, upstream.ip), connect)
+    host = upstream.service.hostname if upstream.service is not None else None
+    headers = hbone.connect_headers(
+        record.dst_hbone_addr,
+        forwarded_for=hbone.forwarded(src_ip, src_port, host),
+        baggage_value=hbone.baggage(
+            hbone.BaggageInfo(
+                cluster=src.cluster_id or shared.cluster_id,
+                namespace=src.namespace,
+                workload_type=src.workload_type or "pod",
+                workload_name=src.workload_name or src.name,
+                service_name=src.canonical_name,
+                service_version=src.canonical_revision,
+                region=src.locality.region,
+                zone=src.locality.zone,
+            )
+        ),
+        traceparent_value=hbone.traceparent(os.urandom(16), os.urandom(8)),
+    )
+    leg = conn.open_stream(headers)
+    assert leg.response is not None
+    try:
+        response = await asyncio.wait_for(asyncio.shield(leg.response), shared.settings.connect_timeout)
+    except TimeoutError:
+        leg.abort()
+        raise OutboundError("timed out waiting for the HBONE response", "CONNECT") from None
+    except Exception as exc:
+        raise OutboundError(f"hbone stream failed: {exc}", "CONNECT") from None
+    status = hbone.status_of(response)
+    if status != 200:
+        leg.abort()
+        flags = "DENY" if status == 401 else "CONNECT"
+        raise OutboundError(f"http status: {status}", flags)
+    return leg
+
+
+async def _connect_hbone(pod: PodProxy, src_id: Identity, expected: list[Identity], dst_ip: str) -> H2ClientConn:
+    shared = pod.shared
+    loop = asyncio.get_running_loop()
+    try:
+        cert = await shared.certs.get(src_id)
+    except Exception as exc:
+        raise OutboundError(f"no certificate for {src_id}: {exc}", "IDENTITY_ERROR") from None
+    ctx = shared.tls.client(cert)
+    sock = await pod.env.outgoing(family_of(dst_ip))
+    try:
+        try:
+            await asyncio.wait_for(loop.sock_connect(sock, (dst_ip, hbone.HBONE_PORT)), shared.settings.connect_timeout)
+        except TimeoutError:
+            raise OutboundError(f"timed out connecting to {addr(dst_ip, hbone.HBONE_PORT)}", "NETWORK_POLICY") from None
+        conn = H2ClientConn(max_streams=shared.settings.pool_max_streams_per_connection)
+        peer: list[Identity] = []
+
+        def verify(transport: asyncio.Transport) -> None:
+            peer.append(tls.check_server_peer(transport.get_extra_info("ssl_object"), expected))
+
+        conn.verify = verify
+        try:
+            await loop.create_connection(
+                lambda: conn,
+                sock=sock,
+                ssl=ctx,
+                server_hostname="",
+                ssl_handshake_timeout=float(shared.settings.tls_handshake_timeout),
+            )
+        except (OSError, TimeoutError) as exc:
+            raise OutboundError(f"tls handshake: {exc or type(exc).__name__}", "TLS_FAILURE") from None
+    except BaseException:
+        sock.close()
+        raise
+    if not peer:
+        raise OutboundError(f"tls: {conn.error}", "TLS_FAILURE")
+    conn.peer_identity = peer[0].uri
+    conn.info = {"dst.addr": addr(dst_ip, hbone.HBONE_PORT), "dst.identity": peer[0].uri}
+    return conn

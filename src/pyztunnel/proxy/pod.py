@@ -1,0 +1,140 @@
+"""One pod's proxy: its listeners (outbound 15001, inbound plaintext 15006, inbound HBONE 15008), its pool of
+outbound HBONE connections, and its live connections.
+
+The network side comes from a `NetEnv` (the pod's netns in-pod, or loopback in direct mode), so the data path is the
+same code in both modes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import socket
+from collections.abc import Callable
+
+from pyztunnel.protocols import hbone
+from pyztunnel.proxy.h2conn import H2ServerConn
+from pyztunnel.proxy.netsock import Acceptor, NetEnv
+from pyztunnel.proxy.pool import Pool
+from pyztunnel.proxy.relay import Relay
+from pyztunnel.proxy.shared import Shared
+from pyztunnel.workloads.index import WorkloadIndex
+from pyztunnel.workloads.model import Workload
+
+_log = logging.getLogger("pyztunnel.proxy.pod")
+
+WorkloadLookup = Callable[[WorkloadIndex], Workload | None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Ports:
+    outbound: int | None = hbone.OUTBOUND_PORT
+    plaintext: int | None = hbone.INBOUND_PLAINTEXT_PORT
+    hbone: int | None = hbone.HBONE_PORT
+
+
+class PodProxy:
+    def __init__(
+        self, shared: Shared, key: str, env: NetEnv, lookup: WorkloadLookup, ports: Ports | None = None
+    ) -> None:
+        self.shared = shared
+        self.key = key
+        self.env = env
+        self.lookup = lookup
+        self.ports = ports or Ports()
+        self.pool = Pool(idle_timeout=float(shared.settings.pool_unused_release_timeout))
+        self.acceptors: list[Acceptor] = []
+        self.relays: set[Relay] = set()
+        self.servers: set[H2ServerConn] = set()
+        self.stopped = False
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Create (or adopt) every listener, then accept. Raises OSError if a port cannot be had."""
+        from pyztunnel.proxy import inbound, outbound
+
+        wanted: list[tuple[int | None, Callable[[socket.socket], object], str]] = [
+            (self.ports.outbound, lambda s: outbound.handle(self, s), "outbound"),
+            (self.ports.plaintext, lambda s: inbound.handle_plaintext(self, s), "inbound-plaintext"),
+            (self.ports.hbone, lambda s: inbound.handle_hbone(self, s), "inbound"),
+        ]
+        try:
+            for port, handler, name in wanted:
+                if port is None:
+                    continue
+                sock = await self.shared.listeners.listen(self.env, self.key, port)
+                self.acceptors.append(Acceptor(sock, handler, f"{name}-{self.env.name}"))  # type: ignore[arg-type]
+        except BaseException:
+            for acceptor in self.acceptors:
+                acceptor.sock.close()
+            self.acceptors.clear()
+            raise
+        for acceptor in self.acceptors:
+            acceptor.start()
+        # Adopted listeners: we accept on them now, so the previous instance may stop.
+        if self.shared.listeners.adopter is not None:
+            await self.shared.listeners.adopter.confirm(self.key)
+
+    async def stop_accepting(self) -> None:
+        """Stop accepting; listening sockets stay open (they may be handed off)."""
+        for acceptor in self.acceptors:
+            await acceptor.stop()
+
+    def goaway(self) -> None:
+        for server in list(self.servers):
+            server.goaway()
+        self.pool.close()
+
+    async def close_listeners(self) -> None:
+        for acceptor in self.acceptors:
+            await acceptor.close()
+        self.acceptors.clear()
+
+    async def drain_immediate(self) -> None:
+        """DelWorkload: the pod is gone; stop everything now (ztunnel's DrainMode::Immediate)."""
+        self.stopped = True
+        await self.close_listeners()
+        self.goaway()
+        for relay in list(self.relays):
+            relay.reset()
+        for server in list(self.servers):
+            server.reset()
+        self.env.close()
+
+    # ------------------------------------------------------------------ helpers for the data path
+    async def workload(self) -> Workload | None:
+        """This pod's workload from the config, waiting up to `workload_wait` for it to appear (ztunnel waits 5 s)."""
+        holder = self.shared.indexes
+        found = self.lookup(holder.index)
+        if found is not None:
+            return found
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + float(self.shared.settings.workload_wait)
+        while found is None:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(holder.wait_change(), remaining)
+            found = self.lookup(holder.index)
+        return found
+
+    def track(self, relay: Relay) -> None:
+        self.relays.add(relay)
+        self.shared.connections.add(relay)
+
+    def untrack(self, relay: Relay) -> None:
+        self.relays.discard(relay)
+        self.shared.connections.discard(relay)
+
+    def track_server(self, conn: H2ServerConn) -> None:
+        self.servers.add(conn)
+        self.shared.connections.add(conn)
+
+        def gone(_: object) -> None:
+            self.servers.discard(conn)
+            self.shared.connections.discard(conn)
+
+        conn.lost.add_done_callback(gone)

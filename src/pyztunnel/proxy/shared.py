@@ -1,0 +1,57 @@
+"""What every pod's proxy shares: settings, the current workload index, certificates, telemetry, the registry of
+live connections (drain resets what is left in it), and the one source of listening sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from pathlib import Path
+
+from pyztunnel.identity.config import default_key_dir
+from pyztunnel.identity.tls import ContextCache
+from pyztunnel.lifecycle.drainer import ConnectionSet
+from pyztunnel.proxy.certs import CertSource
+from pyztunnel.proxy.config import ProxySettings
+from pyztunnel.proxy.netsock import ListenerSource
+from pyztunnel.proxy.telemetry import Telemetry
+from pyztunnel.workloads.index import WorkloadIndex
+
+
+class IndexHolder:
+    """The current index; swapped whole on every config change. `wait_change()` wakes waiters on the next swap."""
+
+    def __init__(self, index: WorkloadIndex | None = None) -> None:
+        self.index = index or WorkloadIndex()
+        self.version = 0
+        self._changed = asyncio.Event()
+
+    def set(self, index: WorkloadIndex) -> None:
+        self.index = index
+        self.version += 1
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_change(self) -> None:
+        await self._changed.wait()
+
+
+@dataclasses.dataclass
+class Shared:
+    settings: ProxySettings
+    certs: CertSource
+    indexes: IndexHolder = dataclasses.field(default_factory=IndexHolder)
+    telemetry: Telemetry = dataclasses.field(default_factory=Telemetry)
+    connections: ConnectionSet = dataclasses.field(default_factory=ConnectionSet)
+    listeners: ListenerSource = dataclasses.field(default_factory=ListenerSource)
+    key_dir: Path = dataclasses.field(default_factory=default_key_dir)
+    cluster_id: str = "Kubernetes"
+    contexts: ContextCache | None = None
+
+    def __post_init__(self) -> None:
+        if self.contexts is None:
+            self.contexts = ContextCache(self.key_dir)
+
+    @property
+    def tls(self) -> ContextCache:
+        assert self.contexts is not None
+        return self.contexts

@@ -1,0 +1,2 @@
+"""Proxy rollouts over a `ClusterBackend`: RollingUpdate (surge) and NodeDrain (OnDelete), resumable. See
+docs/lifecycle.md."""

@@ -1,0 +1,151 @@
+"""An in-memory `ClusterBackend` for testing strategies: deployments reschedule evicted pods, proxies of a "broken"
+version never become ready, every call is logged, the number of ready proxies per node is tracked after every change,
+and the run can be interrupted (as by kill -9) at any call, before or after its effect."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+
+from pyztunnel.rollout.backend import BackendError, Node, Pod, ProxyPod
+
+
+class Interrupted(BaseException):
+    """The rollout process died here (BaseException: no strategy code may catch it)."""
+
+
+@dataclasses.dataclass
+class _Proxy:
+    name: str
+    node: str
+    version: str
+    ready: bool = False
+
+
+class FakeCluster:
+    def __init__(self, nodes: list[str], pods: dict[str, int] | None = None, version: str = "v1") -> None:
+        self.schedulable = dict.fromkeys(nodes, True)
+        self.proxy_pods: dict[str, _Proxy] = {}
+        self.pods: dict[str, Pod] = {}
+        self.calls: list[tuple[str, str]] = []
+        self.min_ready: dict[str, int] = {}
+        self.broken_versions: set[str] = set()
+        self.failing_evictions: set[str] = set()
+        self.template: dict[str, object] = {}
+        self.interrupt_at: int | None = None  # interrupt the call with this index…
+        self.interrupt_after_effect = False  # …before (False) or after (True) it took effect
+        self.auto_replace = False  # as the local controller: a node left without a proxy gets one from the template
+        self._seq = itertools.count(1)
+        self.max_surging = 0  # most nodes with two proxies at the same time
+        self.max_unavailable = 0  # most nodes without a ready proxy at the same time
+        for node in nodes:
+            self._add_proxy(node, version, ready=True)
+        for deployment, replicas in (pods or {}).items():
+            for i in range(replicas):
+                self._schedule(deployment, nodes[i % len(nodes)])
+        self._track()
+
+    # Helpers for tests --------------------------------------------------------------------------------------------
+
+    def ready_proxies(self, node: str) -> list[_Proxy]:
+        return [p for p in self.proxy_pods.values() if p.node == node and p.ready]
+
+    def versions(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {n: [] for n in self.schedulable}
+        for p in self.proxy_pods.values():
+            out[p.node].append(p.version)
+        return out
+
+    def _add_proxy(self, node: str, version: str, ready: bool = False) -> _Proxy:
+        proxy = _Proxy(f"ztunnel-{node}-{next(self._seq)}", node, version, ready)
+        self.proxy_pods[proxy.name] = proxy
+        return proxy
+
+    def _schedule(self, deployment: str, node: str, grace: float = 30.0) -> Pod:
+        assert self.schedulable[node], f"scheduled onto cordoned node {node}"
+        pod = Pod(f"{deployment}-{next(self._seq)}", node, grace, deployment)
+        self.pods[pod.name] = pod
+        return pod
+
+    def _track(self) -> None:
+        for node in self.schedulable:
+            n = len(self.ready_proxies(node))
+            self.min_ready[node] = min(self.min_ready.get(node, n), n)
+        surging = sum(1 for node in self.schedulable if sum(p.node == node for p in self.proxy_pods.values()) > 1)
+        missing = sum(1 for node in self.schedulable if not self.ready_proxies(node))
+        self.max_surging = max(self.max_surging, surging)
+        self.max_unavailable = max(self.max_unavailable, missing)
+
+    async def _call(self, op: str, arg: str) -> bool:
+        """Log the call; interrupt before it if asked. Returns whether to interrupt after the effect."""
+        await asyncio.sleep(0)  # let concurrent node tasks interleave, as real calls would
+        index = len(self.calls)
+        self.calls.append((op, arg))
+        if self.interrupt_at == index and not self.interrupt_after_effect:
+            raise Interrupted(f"{op} {arg}")
+        return self.interrupt_at == index
+
+    def _after(self, interrupt: bool, what: str) -> None:
+        self._track()
+        if interrupt:
+            raise Interrupted(what)
+
+    # ClusterBackend -----------------------------------------------------------------------------------------------
+
+    async def nodes(self) -> list[Node]:
+        return [Node(n, s) for n, s in self.schedulable.items()]
+
+    async def cordon(self, node: str) -> None:
+        after = await self._call("cordon", node)
+        self.schedulable[node] = False
+        self._after(after, "cordon")
+
+    async def uncordon(self, node: str) -> None:
+        after = await self._call("uncordon", node)
+        self.schedulable[node] = True
+        self._after(after, "uncordon")
+
+    async def pods_on(self, node: str) -> list[Pod]:
+        return sorted((p for p in self.pods.values() if p.node == node), key=lambda p: p.name)
+
+    async def evict(self, pod: Pod) -> None:
+        after = await self._call("evict", pod.name)
+        if pod.name in self.failing_evictions:
+            raise BackendError(f"pod {pod.name} refused eviction")
+        if pod.name in self.pods:
+            del self.pods[pod.name]
+            targets = [n for n, ok in self.schedulable.items() if ok]
+            if not targets:
+                raise BackendError(f"no schedulable node for {pod.deployment}")
+            load = {n: sum(p.node == n for p in self.pods.values()) for n in targets}
+            self._schedule(pod.deployment or pod.name, min(targets, key=lambda n: (load[n], n)), pod.grace_seconds)
+        self._after(after, "evict")
+
+    async def proxies(self, node: str) -> list[ProxyPod]:
+        return [ProxyPod(p.name, p.node, p.version, p.ready) for p in self.proxy_pods.values() if p.node == node]
+
+    async def create_proxy(self, node: str, version: str) -> ProxyPod:
+        after = await self._call("create_proxy", f"{node}:{version}")
+        proxy = self._add_proxy(node, version)
+        self._after(after, "create_proxy")
+        return ProxyPod(proxy.name, node, version, False)
+
+    async def delete_proxy(self, name: str) -> None:
+        after = await self._call("delete_proxy", name)
+        gone = self.proxy_pods.pop(name, None)
+        if self.auto_replace and gone is not None and not any(p.node == gone.node for p in self.proxy_pods.values()):
+            self._add_proxy(gone.node, str(self.template.get("version", gone.version)))
+        self._after(after, "delete_proxy")
+
+    async def wait_proxy_ready(self, name: str, within: float) -> bool:
+        after = await self._call("wait_proxy_ready", name)
+        proxy = self.proxy_pods.get(name)
+        ok = proxy is not None and proxy.version not in self.broken_versions
+        if proxy is not None and ok:
+            proxy.ready = True
+        self._after(after, "wait_proxy_ready")
+        return ok
+
+    async def update_daemonset(self, *, version: str, strategy: str, grace_seconds: int | None) -> None:
+        self.template = {"version": version, "strategy": strategy, "grace_seconds": grace_seconds}

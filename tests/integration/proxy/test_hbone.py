@@ -1,0 +1,129 @@
+"""Two proxies on loopback exchanging real HBONE (TLS 1.3 + HTTP/2 CONNECT) in direct mode."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.proxy.harness import Mesh, echo_server, start_mesh, stop_mesh
+
+
+@pytest.fixture
+async def mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
+    m = await start_mesh(tmp_path)
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(contextlib.asynccontextmanager(echo_server)(m.b_ip, m.app_port))
+        try:
+            yield m
+        finally:
+            await stop_mesh(m)
+
+
+async def test_echo_through_two_proxies(mesh: Mesh) -> None:
+    assert type(asyncio.get_running_loop()).__module__.startswith("uvloop")
+    reader, writer = await mesh.open_client()
+    writer.write(b"hello mesh")
+    await writer.drain()
+    assert await asyncio.wait_for(reader.readexactly(10), 5) == b"hello mesh"
+    writer.write_eof()
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+    await writer.wait_closed()
+
+
+async def test_100_mib_arrives_intact(tmp_path: Path) -> None:
+    """100 MiB client → app through both proxies; the app answers with the sha256 it saw, after the half-close."""
+    m = await start_mesh(tmp_path)
+    seen: list[str] = []
+
+    async def digest(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        h = hashlib.sha256()
+        while data := await reader.read(1 << 20):
+            h.update(data)
+        seen.append(h.hexdigest())
+        writer.write(h.hexdigest().encode())
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(digest, m.b_ip, m.app_port)
+    try:
+        reader, writer = await m.open_client()
+        block = hashlib.sha512(b"seed").digest() * 16384  # 1 MiB, not all zeroes
+        expected = hashlib.sha256()
+        for i in range(100):
+            chunk = block[i:] + block[:i]
+            expected.update(chunk)
+            writer.write(chunk)
+            await writer.drain()
+        writer.write_eof()
+        answer = await asyncio.wait_for(reader.read(), 60)
+        assert answer.decode() == expected.hexdigest()
+        writer.close()
+        await writer.wait_closed()
+    finally:
+        server.close()
+        await server.wait_closed()
+        await stop_mesh(m)
+
+
+async def test_service_vip_and_passthrough(tmp_path: Path) -> None:
+    """A service VIP resolves to a healthy endpoint's target port over HBONE; a destination outside the mesh is
+    passed through as plain TCP (no HBONE: proxy B sees nothing)."""
+    from pyztunnel.proxy.netsock import DirectNet
+    from pyztunnel.proxy.pod import PodProxy, Ports
+    from tests.integration.proxy.harness import config_text, free_port
+
+    m = await start_mesh(tmp_path)
+    vip, outside = "127.96.0.10", m.b_ip.rsplit(".", 1)[0] + ".30"
+    text = config_text(m.a_ip, m.b_ip).replace(
+        "   workloadIps: ['" + m.b_ip + "'], protocol: HBONE}",
+        "   workloadIps: ['"
+        + m.b_ip
+        + "'], protocol: HBONE, services: {'b/echo.b.svc.cluster.local': {80: "
+        + str(m.app_port)
+        + "}}}",
+    )
+    text += f"services:\n- {{name: echo, namespace: b, hostname: echo.b.svc.cluster.local, vips: ['/{vip}'], ports: {{80: {m.app_port}}}}}\n"
+    m.set_config(text)
+    vip_port, out_port = free_port(m.a_ip), free_port(m.a_ip)
+    outside_port = free_port(outside)
+    extra = [
+        PodProxy(
+            m.node_a,
+            "vip",
+            DirectNet(m.a_ip, {vip_port: (vip, 80)}),
+            lambda i: i.workload_by_ip(m.a_ip),
+            Ports(vip_port, None, None),
+        ),
+        PodProxy(
+            m.node_a,
+            "out",
+            DirectNet(m.a_ip, {out_port: (outside, outside_port)}),
+            lambda i: i.workload_by_ip(m.a_ip),
+            Ports(out_port, None, None),
+        ),
+    ]
+    servers = []
+    try:
+        for pod in extra:
+            await pod.start()
+        async with contextlib.AsyncExitStack() as stack:
+            for ip, port in ((m.b_ip, m.app_port), (outside, outside_port)):
+                servers.append(await stack.enter_async_context(contextlib.asynccontextmanager(echo_server)(ip, port)))
+            for port, payload in ((vip_port, b"via the VIP"), (out_port, b"passthrough")):
+                reader, writer = await asyncio.open_connection(m.a_ip, port)
+                writer.write(payload)
+                assert await asyncio.wait_for(reader.readexactly(len(payload)), 5) == payload
+                writer.close()
+                await writer.wait_closed()
+            await asyncio.wait_for(m.node_a.telemetry.wait_for(lambda t: t.closed_total >= 2), 5)
+        assert m.node_b.telemetry.opened_total == 1  # only the VIP connection came over HBONE
+    finally:
+        for pod in extra:
+            await pod.drain_immediate()
+        await stop_mesh(m)
