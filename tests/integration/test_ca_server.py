@@ -203,3 +203,10 @@ async def test_store_over_real_ca(ca: Ca) -> None:
     finally:
         await store.close()
         await client.close()
+
+
+async def test_second_server_on_same_port_fails(ca: Ca) -> None:
+    from pyztunnel.errors import UserError
+
+    with pytest.raises(UserError, match=r"cannot listen on 127\.0\.0\.1"):
+        await start(CaSettings(state_dir=ca.state_dir, listen=f"127.0.0.1:{ca.port}"))
