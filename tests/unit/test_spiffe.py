@@ -70,7 +70,7 @@ def test_trust_domain_helpers() -> None:
     assert not any_in_trust_domain(["spiffe://other/ns/a/sa/b", "spiffe://td/ns/a"], "td")
 
 
-_part = st.text(alphabet=st.characters(blacklist_characters="/", blacklist_categories=("Cs",)), max_size=20)
+_part = st.text(alphabet=st.characters(exclude_characters="/", exclude_categories=["Cs"]), max_size=20)
 
 
 @given(_part, _part, _part)
