@@ -19,7 +19,7 @@ def fortio_json(codes: dict[str, int], avg: float = 0.02, p99: float = 0.1, retr
         "SocketCount": 100,
         "NumThreads": 100,
         "Retried": retried,
-        "Timeline": [{"t": i, "calls": 10, "errors": 1 if i == 3 else 0} for i in range(6)],
+        "Timeline": [{"Second": i, "Calls": 10, "Errors": 1 if i == 3 else 0} for i in range(6)],
     }
 
 
@@ -68,6 +68,12 @@ def test_fortio_summary_lines() -> None:
     assert "Code  -1 : 5 (0.5 %)" in text
     assert "Code 418 : 995 (99.5 %)" in text
     assert "Sockets used: 100 (for perfect keepalive, would be 100)" in text
+
+
+def test_timeline_reads_the_load_generators_keys() -> None:
+    run = report.Run(seed_scenarios(60)[0], 100, 0, fortio_json({"418": 60}), 1, 3)
+    seconds, calls, errors = report.timeline(run)
+    assert seconds == [0, 1, 2, 3, 4, 5] and calls == [10] * 6 and errors == [0, 0, 0, 1, 0, 0]
 
 
 def test_plot_is_written(tmp_path: Path) -> None:

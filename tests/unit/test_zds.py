@@ -366,3 +366,51 @@ def test_server_and_client_machines_talk_to_each_other() -> None:
     out = pump(server.enqueue(zds.DelWorkload("a"), token="d"))
     assert out[-1] == zds.Completed(zds.DelWorkload("a"), zds.Ack(), "d")
     assert events[-1] == zds.DrainWorkload("a")
+
+
+OPS = st.lists(st.sampled_from(["add", "del", "ack", "nack", "garbage", "timeout", "closed", "hello"]), max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops=OPS, snapshot_size=st.integers(0, 3))
+def test_server_machine_invariants(ops: list[str], snapshot_size: int) -> None:
+    """Whatever happens: one request in flight at most, every waiter answered exactly once, a dead connection only
+    answers new waiters at once."""
+    conn = zds.ServerConnection([zds.KeepWorkload(f"k{i}") for i in range(snapshot_size)])
+    completed: list[int] = []
+    enqueued: list[int] = []
+    in_flight = 0
+    for n, op in enumerate(ops):
+        was_closed = phase(conn) is zds.ServerPhase.CLOSED
+        if op in ("add", "del"):
+            request = zds.AddWorkload(f"u{n}", INFO) if op == "add" else zds.DelWorkload(f"u{n}")
+            enqueued.append(n)
+            actions = conn.enqueue(request, token=n)
+        elif op == "hello":
+            actions = conn.receive_hello(zds.encode_hello())
+        elif op == "ack":
+            actions = conn.receive(zds.encode_ack())
+        elif op == "nack":
+            actions = conn.receive(zds.encode_ack(zds.Ack("no")))
+        elif op == "garbage":
+            actions = conn.receive(b"\xff")
+        elif op == "timeout":
+            actions = conn.timeout()
+        else:
+            actions = conn.closed("EOF")
+        if was_closed:
+            assert all(isinstance(a, zds.Completed) and a.token == n for a in actions)
+        for action in actions:
+            if isinstance(action, zds.Send):
+                in_flight += 1
+            elif isinstance(action, zds.Completed) and not was_closed and phase(conn) is not zds.ServerPhase.CLOSED:
+                in_flight -= 1
+            elif isinstance(action, zds.Close):
+                in_flight = 0
+            if isinstance(action, zds.Completed) and isinstance(action.token, int):
+                completed.append(action.token)
+            assert 0 <= in_flight <= 1
+        assert (in_flight == 1) == conn.busy
+    assert len(completed) == len(set(completed))
+    if phase(conn) is zds.ServerPhase.CLOSED:
+        assert sorted(completed) == enqueued  # nobody is left waiting on a dead connection

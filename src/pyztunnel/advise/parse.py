@@ -31,6 +31,7 @@ _HEAD = re.compile(
 )
 _FIELD_START = re.compile(r"(?:^|\s)([A-Za-z_][\w.]*)=")
 _FIELD = re.compile(r'([A-Za-z_][\w.]*)=("(?:[^"\\]|\\.)*"|"[^\s]*|\S*)')
+_FIELDS_OK = re.compile(r'(?:[A-Za-z_][\w.]*=(?:"(?:[^"\\]|\\.)*"|[^\s"]\S*|)(?:\s+|$))*')
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|us|µs|ns|m)?\s*$")
 _UNIT_SECONDS = {"ms": 1e-3, "s": 1.0, "us": 1e-6, "µs": 1e-6, "ns": 1e-9, "m": 60.0, None: 1e-3}
 
@@ -41,7 +42,6 @@ class Connection:
     service: str  # dst.service, or a stand-in when the destination had none
     direction: str
     error: str | None
-    fields: dict[str, str]
 
 
 class BadLine(Exception):
@@ -62,6 +62,8 @@ def _unquote(raw: str) -> str:
     if raw.startswith('"'):
         if len(raw) < 2 or not raw.endswith('"') or (raw.endswith('\\"') and not raw.endswith('\\\\"')):
             raise BadLine(TRUNCATED)
+        if "\\" not in raw:  # the common case: nothing to unescape
+            return raw[1:-1]
         try:
             value = json.loads(raw)
         except ValueError:
@@ -72,9 +74,11 @@ def _unquote(raw: str) -> str:
 
 def parse_fields(text: str) -> dict[str, str]:
     """`k=v k2="quoted value"` → dict. An unterminated quote means the line was cut: BadLine(TRUNCATED)."""
+    text = text.strip()
+    if _FIELDS_OK.fullmatch(text):  # fast path: the whole line is well-formed, extract in one pass
+        return {key: _unquote(raw) for key, raw in _FIELD.findall(text)}
     fields: dict[str, str] = {}
     pos = 0
-    text = text.strip()
     while pos < len(text):
         match = _FIELD.match(text, pos)
         if match is None:
@@ -86,7 +90,7 @@ def parse_fields(text: str) -> dict[str, str]:
     return fields
 
 
-def _record(message: str, target: str, fields: dict[str, str]) -> Connection:
+def _record(message: str, target: str, fields: dict[str, str]) -> tuple[Connection, dict[str, str]]:
     if target != "access":
         raise BadLine(OTHER_LOG)
     if message != "connection complete":
@@ -99,11 +103,16 @@ def _record(message: str, target: str, fields: dict[str, str]) -> Connection:
     service = (
         fields.get("dst.service") or f"(no service: {fields.get('dst.workload') or fields.get('dst.addr') or '?'})"
     )
-    return Connection(duration, service, fields.get("direction", ""), fields.get("error"), fields)
+    return Connection(duration, service, fields.get("direction", ""), fields.get("error")), fields
 
 
 def parse_line(line: str) -> Connection:
-    """One log line → a Connection, or BadLine(reason)."""
+    """One log line → a Connection (only what the advice needs: logs can hold millions), or BadLine(reason)."""
+    return parse_entry(line)[0]
+
+
+def parse_entry(line: str) -> tuple[Connection, dict[str, str]]:
+    """One log line → its Connection and all its fields, or BadLine(reason)."""
     if "\x00" in line or "\ufffd" in line:
         raise BadLine(BINARY)
     brace = line.find("{")
@@ -127,7 +136,7 @@ def parse_line(line: str) -> Connection:
     return _record(message, target, parse_fields(field_text))
 
 
-def _parse_json(text: str) -> Connection:
+def _parse_json(text: str) -> tuple[Connection, dict[str, str]]:
     try:
         doc = json.loads(text)
     except ValueError:

@@ -1,4 +1,4 @@
-"""Readiness probes, run from inside a node's netns (as the kubelet probes from the node)."""
+"""Readiness probes, run from inside a node's netns (as the kubelet probes from the node), from 169.254.7.127."""
 
 from __future__ import annotations
 
@@ -6,14 +6,17 @@ import asyncio
 import contextlib
 import socket
 
+from pyztunnel.cluster.topology import PROBE_SOURCE
 from pyztunnel.netns import socket_in_netns
 
 
-async def _connect(netns_fd: int, ip: str, port: int) -> socket.socket:
+async def _connect(netns_fd: int, ip: str, port: int, source: str | None) -> socket.socket:
     loop = asyncio.get_running_loop()
     sock = await loop.run_in_executor(None, socket_in_netns, netns_fd)
     sock.setblocking(False)
     try:
+        if source is not None:
+            sock.bind((source, 0))
         await loop.sock_connect(sock, (ip, port))
     except BaseException:
         sock.close()
@@ -21,9 +24,9 @@ async def _connect(netns_fd: int, ip: str, port: int) -> socket.socket:
     return sock
 
 
-async def tcp(netns_fd: int, ip: str, port: int, limit: float) -> bool:
+async def tcp(netns_fd: int, ip: str, port: int, limit: float, source: str | None = PROBE_SOURCE) -> bool:
     try:
-        sock = await asyncio.wait_for(_connect(netns_fd, ip, port), limit)
+        sock = await asyncio.wait_for(_connect(netns_fd, ip, port, source), limit)
     except (OSError, TimeoutError):
         return False
     sock.close()
@@ -34,7 +37,7 @@ async def http_status(netns_fd: int, ip: str, port: int, path: str, limit: float
     """The status code of `GET path`, or None when there is no answer."""
 
     async def get() -> int | None:
-        sock = await _connect(netns_fd, ip, port)
+        sock = await _connect(netns_fd, ip, port, PROBE_SOURCE)
         reader, writer = await asyncio.open_connection(sock=sock)
         try:
             writer.write(f"GET {path} HTTP/1.1\r\nHost: {ip}:{port}\r\nConnection: close\r\n\r\n".encode())

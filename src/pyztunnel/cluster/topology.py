@@ -25,6 +25,9 @@ FIRST_VIP = 10  # 10.96.0.10 is the first service VIP
 NODE_BRIDGE = "cbr0"
 FABRIC_BRIDGE = "br0"
 NFT_TABLE = "pzt-svc"
+# Readiness probes leave the node from this address, as kubelet's do once istio-cni SNATs them: the in-pod
+# redirection lets it through (reference §2.5), so a mesh pod's readiness does not depend on its proxy.
+PROBE_SOURCE = "169.254.7.127"
 
 
 def prefix(cluster: str) -> str:
@@ -96,6 +99,8 @@ def render_fabric(cluster: str, nodes: Sequence[NodeAddr]) -> list[tuple[str | N
     ]
     for n in nodes:
         fab += [f"link set {fabric_veth(n.index)} master {FABRIC_BRIDGE}", f"link set {fabric_veth(n.index)} up"]
+    # Pods (proxies asking the CA) reach the fabric from their pod IPs: answers go back through their node.
+    fab += [f"route add {pod_cidr(n.index)} via {n.ip}" for n in nodes]
     batches: list[tuple[str | None, list[str]]] = [(None, host), (fabric, fab)]
     for n in nodes:
         lines = [
@@ -104,6 +109,7 @@ def render_fabric(cluster: str, nodes: Sequence[NodeAddr]) -> list[tuple[str | N
             "link set eth0 up",
             f"link add {NODE_BRIDGE} type bridge",
             f"addr add {pod_gateway(n.index)}/{POD_PREFIX} dev {NODE_BRIDGE}",
+            f"addr add {PROBE_SOURCE}/32 dev {NODE_BRIDGE}",
             f"link set {NODE_BRIDGE} up",
         ]
         lines += [f"route add {pod_cidr(m.index)} via {m.ip}" for m in nodes if m.index != n.index]

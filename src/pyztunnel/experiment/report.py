@@ -150,9 +150,9 @@ def timeline(run: Run) -> tuple[list[float], list[int], list[int]]:
     """(second, calls, errors) per second of the run, from our Timeline extension of fortio's JSON."""
     seconds, calls, errors = [], [], []
     for i, entry in enumerate(run.result.get("Timeline", []) or []):
-        seconds.append(float(entry.get("t", entry.get("second", i))))
-        calls.append(int(entry.get("calls", 0)))
-        errors.append(int(entry.get("errors", 0)))
+        seconds.append(float(entry.get("Second", i)))
+        calls.append(int(entry.get("Calls", 0)))
+        errors.append(int(entry.get("Errors", 0)))
     return seconds, calls, errors
 
 

@@ -49,18 +49,21 @@ def header_lines(options: LoadOptions, procs: int, cpus: int) -> list[str]:
         f"Fortio {VERSION} running at {go_g(options.qps)} queries per second, {cpus}->{procs} procs, {span}: {options.url}"
     ]
     c = options.connections
-    if options.max_qps:
-        lines.append(f"Starting at max qps with {c} thread(s) [gomax {procs}] {span}")
+    start = f"Starting at max qps with {c} thread(s) [gomax {procs}]"
+    if not options.max_qps:
+        start = f"Starting at {go_g(options.qps)} qps with {c} thread(s) [gomax {procs}]"
+    each, left = divmod(options.exactly, c)
+    if options.exactly and options.max_qps:
+        lines.append(f"{start} for exactly {options.exactly} calls ({each} per thread + {left})")
     elif options.exactly:
-        each = options.exactly // c
-        lines.append(
-            f"Starting at {go_g(options.qps)} qps with {c} thread(s) [gomax {procs}] {span} : {each} calls each (total {options.exactly})"
-        )
+        lines.append(f"{start} : exactly {options.exactly}, {each} calls each (total {each * c} + {left})")
+    elif options.duration <= 0:
+        lines.append(f"{start} until interrupted")
+    elif options.max_qps:
+        lines.append(f"{start} for {go_duration(options.duration)}")
     else:
-        each = int(options.qps * options.duration / c) if options.duration > 0 else 0
-        lines.append(
-            f"Starting at {go_g(options.qps)} qps with {c} thread(s) [gomax {procs}] {span} : {each} calls each (total {each * c})"
-        )
+        each = int(options.qps * options.duration / c)
+        lines.append(f"{start} for {go_duration(options.duration)} : {each} calls each (total {each * c})")
     return lines
 
 
@@ -95,8 +98,19 @@ def text_report(options: LoadOptions, stats: RunStats) -> list[str]:
     out: list[str] = []
     if not quiet:
         out.append(f"Ended after {go_duration(elapsed)} : {stats.calls} calls. qps={actual_qps(stats):.5g}")
+    if not options.max_qps and not quiet and stats.sleeps.count:
+        # fortio: the sleep counter, or the sleep histogram and a warning when > 5 % of sleeps were <= -1 ms
+        behind = 100.0 * stats.sleeps.buckets[0] / stats.sleeps.count
+        if behind > 5:
+            out += histogram_lines("Aggregated Sleep Time", stats.sleeps.export([50]))
+            out.append(f"WARNING {behind:.2f}% of sleep were falling behind")
+        else:
+            out.append(counter_line("Sleep times", stats.sleeps.export()))
     out += histogram_lines("Aggregated Function Time", stats.durations.export(percentiles), quiet=quiet)
-    out += histogram_lines("Error cases", stats.errors.export(percentiles), quiet=quiet)
+    if quiet:  # fortio below warning level: only the errors' counter
+        out.append(counter_line("Error cases", stats.errors.export()))
+    else:
+        out += histogram_lines("Error cases", stats.errors.export(percentiles))
     c = options.connections
     if options.tcp:
         out.append(f"Sockets used: {stats.socket_count} (for perfect no error run, would be {c})")
@@ -124,8 +138,9 @@ def text_report(options: LoadOptions, stats: RunStats) -> list[str]:
         for code in sorted(k for k in stats.codes if isinstance(k, int)):
             n = stats.codes[code]
             out.append(f"Code {code:3d} : {n} ({100.0 * n / total:.1f} %)")
-        out.append(counter_line("Response Header Sizes", stats.header_sizes.export()))
-        out.append(counter_line("Response Body/Total Sizes", stats.sizes.export()))
+        if not quiet:  # fortio prints the size counters at warning level and above
+            out.append(counter_line("Response Header Sizes", stats.header_sizes.export()))
+            out.append(counter_line("Response Body/Total Sizes", stats.sizes.export()))
     out += extra_lines(options, stats)
     avg_ms = 1000.0 * stats.durations.avg
     out.append(

@@ -168,6 +168,7 @@ def _run_processes_inner(options: LoadOptions, workers: int) -> RunStats:
         merged = RunStats.from_state(states[0])
         for state in states[1:]:
             merged.merge_state(state)
+        merged.order_connections()
         merged.interrupted = merged.interrupted or interrupted
         merged.start = start
         return merged

@@ -147,6 +147,7 @@ class Worker:
         self.stats.end = max(ended, self.end_time) if finite and not self.stats.interrupted else ended
         for caller in self.callers:
             caller.close()
+            self.stats.conn_ids.append(caller.id)
             self.stats.sockets.append(caller.sockets)
             self.stats.conn_ips.append(caller.peer)
             self.stats.conn_connect.append(caller.connect_times)
@@ -179,7 +180,7 @@ class Caller:
     def __init__(self, worker: Worker, connection: int, exactly: int) -> None:
         self.worker = worker
         self.id = connection
-        self.exactly = exactly
+        self.limit: int | None = exactly if worker.options.exactly else None  # -n: this connection's share (may be 0)
         self.exchange = worker.exchange_for(connection)
         self.proto: _Proto | None = None
         self.sockets = 0
@@ -231,18 +232,20 @@ class Caller:
     # -- one call ----------------------------------------------------------------------------------------------
     def next_call(self) -> None:
         worker = self.worker
-        if worker.stopping or (self.exactly and self.calls >= self.exactly):
+        if worker.stopping or (self.limit is not None and self.calls >= self.limit):
             return self._finish()
         now = _now()
-        if not self.exactly and now >= worker.end_time:
+        if self.limit is None and now >= worker.end_time:
             return self._finish()
         if self.interval:
             target = worker.stats.start + self.calls * self.interval  # fortio: catch up when behind
             if target > now:
                 if target >= worker.end_time:
                     return self._finish()
+                worker.stats.sleeps.record(round(target - now, 9))
                 self.paced = worker.loop.call_later(target - now, self._paced_call)
                 return None
+            worker.stats.sleeps.record(round(target - now, 9))
         self.begin_call()
         return None
 
@@ -270,7 +273,7 @@ class Caller:
             self.connecting = True
             spawn(self._connect(self.gen), name=f"load-connect-{self.id}")
             return
-        self.proto.transport.write(self.exchange.begin(self.calls))
+        self._write(self.proto.transport)
 
     async def _connect(self, gen: int) -> None:
         worker = self.worker
@@ -300,10 +303,16 @@ class Caller:
         if peer:
             self.peer = f"{peer[0]}:{peer[1]}"
         self.proto = proto
-        transport.write(self.exchange.begin(self.calls))
+        self._write(transport)
         return None
 
+    def _write(self, transport: asyncio.Transport) -> None:
+        payload = self.exchange.begin(self.calls)
+        self.worker.stats.bytes_sent += len(payload)
+        transport.write(payload)
+
     def on_data(self, proto: _Proto, data: bytes) -> None:
+        self.worker.stats.bytes_received += len(data)
         if proto is not self.proto or not self.in_flight:
             if proto is self.proto:  # bytes nobody asked for: the next call would parse them as its answer
                 self._drop_socket(abort=True)

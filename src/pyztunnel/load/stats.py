@@ -54,6 +54,7 @@ class RunStats:
         self.retried = 0
         self.retry_kinds: dict[str, int] = {}
         self.idle_closed = 0  # keep-alive connections the server closed between requests
+        self.conn_ids: list[int] = []  # per connection: its number (fortio's thread id)
         self.sockets: list[int] = []  # per connection: sockets opened
         self.conn_ips: list[str] = []  # per connection: the peer address it last used
         self.conn_connect: list[Histogram] = []  # per connection: connect times
@@ -61,6 +62,9 @@ class RunStats:
         self.header_sizes = Histogram(5)
         self.sizes = Histogram(100)
         self.connect_times = Histogram(resolution)
+        # qps pacing: time slept before each call, negative when behind schedule. fortio's buckets for it are offset by
+        # -1 ms, so bucket 0 holds the sleeps of -1 ms or less ("falling behind").
+        self.sleeps = Histogram(0.001, offset=-0.001)
         self.ip_counts: dict[str, int] = {}
         self.bytes_sent = 0
         self.bytes_received = 0
@@ -118,6 +122,7 @@ class RunStats:
             "retried": self.retried,
             "retry_kinds": dict(self.retry_kinds),
             "idle_closed": self.idle_closed,
+            "conn_ids": list(self.conn_ids),
             "sockets": list(self.sockets),
             "conn_ips": list(self.conn_ips),
             "conn_connect": [h.to_state() for h in self.conn_connect],
@@ -125,6 +130,7 @@ class RunStats:
             "header_sizes": self.header_sizes.to_state(),
             "sizes": self.sizes.to_state(),
             "connect_times": self.connect_times.to_state(),
+            "sleeps": self.sleeps.to_state(),
             "ip_counts": dict(self.ip_counts),
             "bytes_sent": self.bytes_sent,
             "bytes_received": self.bytes_received,
@@ -138,6 +144,14 @@ class RunStats:
             "aborted": self.aborted,
             "interrupted": self.interrupted,
         }
+
+    def order_connections(self) -> None:
+        """Per-connection lists in connection order (worker k owns every k-th connection, so merging interleaves)."""
+        order = sorted(range(len(self.conn_ids)), key=self.conn_ids.__getitem__)
+        self.conn_ids = [self.conn_ids[i] for i in order]
+        self.sockets = [self.sockets[i] for i in order]
+        self.conn_ips = [self.conn_ips[i] for i in order]
+        self.conn_connect = [self.conn_connect[i] for i in order]
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> RunStats:
@@ -156,6 +170,7 @@ class RunStats:
         _add(self.ip_counts, state["ip_counts"])
         self.retried += state["retried"]
         self.idle_closed += state["idle_closed"]
+        self.conn_ids.extend(state["conn_ids"])
         self.sockets.extend(state["sockets"])
         self.conn_ips.extend(state["conn_ips"])
         self.conn_connect.extend(Histogram.from_state(h) for h in state["conn_connect"])
@@ -163,6 +178,7 @@ class RunStats:
         self.header_sizes.merge(Histogram.from_state(state["header_sizes"]))
         self.sizes.merge(Histogram.from_state(state["sizes"]))
         self.connect_times.merge(Histogram.from_state(state["connect_times"]))
+        self.sleeps.merge(Histogram.from_state(state["sleeps"]))
         self.bytes_sent += state["bytes_sent"]
         self.bytes_received += state["bytes_received"]
         for index, sec_state in state["timeline"].items():

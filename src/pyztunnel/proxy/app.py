@@ -189,7 +189,7 @@ class ProxyApp:
             (self.settings.stats_addr, lambda socks: metrics_server(self.metrics, socks), "metrics"),
             (
                 self.settings.admin_addr,
-                lambda socks: admin_server(socks, config_dump=self.config_dump, quit=self._quit),
+                lambda socks: admin_server(socks, config_dump=self.config_dump, on_quit=self._quit),
                 "admin",
             ),
         ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import socket
 import struct
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from pyztunnel.load.histogram import Histogram
 from pyztunnel.load.options import LoadOptions
 from pyztunnel.load.run import RunAborted, _run_here
 from pyztunnel.load.stats import RunStats
@@ -72,6 +74,13 @@ async def test_codes_and_exact_count() -> None:
     assert stats.sockets == [1, 1, 1, 1]
     assert not stats.error_kinds
     assert stats.errors.count == 0  # 418 counts as OK in fortio
+
+
+async def test_fewer_calls_than_connections() -> None:
+    async with serve(status_server) as port:
+        stats = await asyncio.wait_for(_run_here(options(f"http://127.0.0.1:{port}/", connections=5, exactly=3)), 10)
+    assert stats.calls == 3
+    assert stats.sockets == [1, 1, 1, 0, 0]
 
 
 async def test_error_code_is_counted_as_error() -> None:
@@ -201,6 +210,7 @@ async def test_tcp_echo_payload() -> None:
         stats = await _run_here(options(f"tcp://127.0.0.1:{port}", exactly=10, connections=2))
     assert stats.codes == {"OK": 10}
     assert stats.sockets == [1, 1]
+    assert stats.bytes_sent == stats.bytes_received == 24 * 10
 
 
 async def test_tcp_not_echoing() -> None:
@@ -287,6 +297,7 @@ async def test_cli_two_worker_processes_merge_exactly(tmp_path: Path) -> None:
     assert doc["RetCodes"] == {"418": 101}
     assert doc["DurationHistogram"]["Count"] == 101
     assert doc["Sockets"] == [1, 1, 1, 1, 1]
+    assert [line.split("]")[0] for line in out.splitlines() if line.startswith("[")] == ["[0", "[1", "[2", "[3", "[4"]
     assert sum(entry["Calls"] for entry in doc["Timeline"]) == 101
     assert "Code 418 : 101 (100.0 %)" in out
     assert "All done 101 calls (plus 0 warmup)" in out
@@ -321,7 +332,63 @@ def test_stats_survive_the_worker_wire_format() -> None:
     stats = RunStats()
     stats.record(200, 0.001, 0.5)
     stats.record(-1, 0.002, 1.5, "timeout")
+    stats.conn_ids, stats.sockets, stats.conn_ips = [2, 0], [5, 6], ["b", "a"]
+    stats.conn_connect = [Histogram(), Histogram()]
     again = RunStats.from_state(stats.to_state())
+    again.order_connections()
+    assert (again.conn_ids, again.sockets, again.conn_ips) == ([0, 2], [6, 5], ["a", "b"])
     assert again.codes == stats.codes
     assert again.error_kinds == {"timeout": 1}
     assert sorted(again.timeline) == [0, 1]
+
+
+async def test_idle_close_is_not_an_error() -> None:
+    """A server that closes keep-alive connections between paced calls: new sockets, no error, no retry."""
+
+    async def one_per_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()  # then close (finally in serve) without saying Connection: close
+
+    async with serve(one_per_connection) as port:
+        stats = await _run_here(options(f"http://127.0.0.1:{port}/", qps=20, exactly=4))
+    assert stats.codes == {200: 4}
+    assert stats.retried == 0
+    assert stats.idle_closed >= 3  # noticed between the paced calls (50 ms apart)
+    assert stats.sockets == [4]
+
+
+async def test_cli_until_interrupted_still_reports() -> None:
+    """-t 0 runs until SIGINT; the results are printed anyway (fortio's behaviour)."""
+    requests = 0
+    enough = asyncio.Event()
+
+    async def counting(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal requests
+        while True:
+            await reader.readuntil(b"\r\n\r\n")
+            requests += 1
+            if requests >= 20:
+                enough.set()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+
+    async with serve(counting) as port:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "pyztunnel", "load", "-qps", "200", "-c", "2", "-t", "0", "-workers", "2",
+            f"http://127.0.0.1:{port}/", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            await asyncio.wait_for(enough.wait(), timeout=30)
+            proc.send_signal(signal.SIGINT)
+            out, err = await asyncio.wait_for(proc.communicate(), timeout=30)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert proc.returncode == 0, err
+    text = out.decode()
+    assert "Starting at 200 qps with 2 thread(s) [gomax 2] until interrupted" in text
+    assert "Interrupted: results cover the run until the interruption" in text
+    calls = int(text.split("All done ")[1].split(" calls")[0])
+    assert calls >= 18  # 20 requests seen, minus the 2 warmups

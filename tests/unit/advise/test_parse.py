@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from pyztunnel.advise import parse
-from pyztunnel.advise.parse import AccessLogParser, BadLine, parse_fields, parse_line
+from pyztunnel.advise.parse import AccessLogParser, BadLine, parse_entry, parse_fields, parse_line
 from pyztunnel.observe.logging import ZtunnelFormatter
 
 QUOTED = (
@@ -42,7 +42,7 @@ def test_plain_quoted() -> None:
     assert record.duration == 0.012
     assert record.service == "cart.shop.svc.cluster.local"
     assert record.direction == "outbound"
-    assert record.fields["src.identity"] == "spiffe://cluster.local/ns/shop/sa/web"
+    assert parse_entry(QUOTED)[1]["src.identity"] == "spiffe://cluster.local/ns/shop/sa/web"
     assert record.error is None
 
 
@@ -74,7 +74,7 @@ def test_kubectl_prefix_and_failed_connection() -> None:
 
 def test_escaped_quotes_in_values() -> None:
     line = QUOTED.replace('src.workload="web-1"', 'src.workload="we \\"b\\" 1"')
-    assert parse_line(line).fields["src.workload"] == 'we "b" 1'
+    assert parse_entry(line)[1]["src.workload"] == 'we "b" 1'
 
 
 def test_no_service_falls_back_to_workload() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pyztunnel.load.http1 import (
     HttpParseError,
@@ -132,3 +134,29 @@ def test_parse_url_and_build_request() -> None:
 def test_parse_url_rejects(url: str) -> None:
     with pytest.raises(ValueError):
         parse_url(url)
+
+
+@given(
+    st.lists(
+        st.sampled_from([SIMPLE, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"]),
+        min_size=1,
+        max_size=5,
+    ),
+    st.lists(st.integers(min_value=1, max_value=40), min_size=1, max_size=50),
+)
+def test_any_split_gives_the_same_responses(responses: list[bytes], cuts: list[int]) -> None:
+    """However the bytes are cut into reads, the parser finds the same responses."""
+    stream = b"".join(responses)
+    expected = [ResponseParser().feed(r) for r in responses]
+    parser = ResponseParser()
+    got = []
+    pos = 0
+    sizes = iter(cuts * (len(stream) // max(sum(cuts), 1) + 1))
+    while pos < len(stream):
+        size = next(sizes)
+        response = parser.feed(stream[pos : pos + size])
+        pos += size
+        while response is not None:
+            got.append(response)
+            response = parser.feed(b"")
+    assert got == expected

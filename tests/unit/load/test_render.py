@@ -10,7 +10,7 @@ import pytest
 
 from pyztunnel.load.histogram import Histogram
 from pyztunnel.load.options import LoadOptions
-from pyztunnel.load.render import go_json, result_json, text_report
+from pyztunnel.load.render import go_json, header_lines, result_json, text_report
 from pyztunnel.load.stats import RunStats
 
 OPTIONS = LoadOptions(url="http://127.0.0.1:8080/status/418", qps=0, connections=2, duration=2)
@@ -101,17 +101,10 @@ Aggregated Function Time : count 5 avg 0.0525 +/- 0.07594 min 0.0005 max 0.2 sum
 # target 99% 0.199
 # target 99.9% 0.1999
 Error cases : count 1 avg 0.05 +/- 0 min 0.05 max 0.05 sum 0.05
-# target 50% 0.05
-# target 75% 0.05
-# target 90% 0.05
-# target 99% 0.05
-# target 99.9% 0.05
 Sockets used: 3 (for perfect keepalive, would be 2)
 Code  -1 : 1 (20.0 %)
 Code 200 : 1 (20.0 %)
 Code 418 : 3 (60.0 %)
-Response Header Sizes : count 4 avg 100 +/- 0 min 100 max 100 sum 400
-Response Body/Total Sizes : count 4 avg 105 +/- 0 min 105 max 105 sum 420
 Socket errors : connection reset 1
 Retried 1 calls on a fresh socket after a reused keep-alive socket failed (closed by peer 1)
 Errors by second : 1s: 1 errors 1 retried
@@ -208,3 +201,51 @@ def test_json_empty_histogram_has_null_data_and_no_percentiles() -> None:
     doc = json.loads(go_json(result_json(OPTIONS, stats, datetime.datetime.now(datetime.UTC))))
     assert doc["ErrorsDurationHistogram"]["Data"] is None
     assert "Percentiles" not in doc["ErrorsDurationHistogram"]
+
+
+def test_sleep_lines_in_qps_mode() -> None:
+    paced = dataclasses.replace(OPTIONS, qps=10)
+    stats = sample()
+    for _ in range(20):
+        stats.sleeps.record(0.1)
+    stats.sleeps.record(-0.01)  # 1 of 21 <= -1 ms: 4.8 %, under fortio's 5 % threshold
+    lines = text_report(paced, stats)
+    assert lines[1] == "Sleep times : count 21 avg 0.094761905 +/- 0.02343 min -0.01 max 0.1 sum 1.99"
+    stats.sleeps.record(-0.0005)  # behind by less than 1 ms: not counted as falling behind
+    assert text_report(paced, stats)[1].startswith("Sleep times : count 22 ")
+    stats.sleeps.record(-0.02)  # 2 of 23: 8.70 %
+    lines = text_report(paced, stats)
+    assert lines[1].startswith("Aggregated Sleep Time : count 23 ")
+    assert lines[2 : 2 + 1] == ["# range, mid point, percentile, count"]
+    assert "# target 50% " in "\n".join(lines[:10])
+    assert "WARNING 8.70% of sleep were falling behind" in lines
+    assert not any("Sleep" in line for line in text_report(OPTIONS, stats))  # max qps: no pacing, no sleep lines
+
+
+@pytest.mark.parametrize(
+    ("changes", "starting"),
+    [
+        ({}, "Starting at max qps with 2 thread(s) [gomax 2] for 2s"),
+        ({"exactly": 7}, "Starting at max qps with 2 thread(s) [gomax 2] for exactly 7 calls (3 per thread + 1)"),
+        ({"duration": 0}, "Starting at max qps with 2 thread(s) [gomax 2] until interrupted"),
+        ({"qps": 8}, "Starting at 8 qps with 2 thread(s) [gomax 2] for 2s : 8 calls each (total 16)"),
+        (
+            {"qps": 8, "exactly": 7},
+            "Starting at 8 qps with 2 thread(s) [gomax 2] : exactly 7, 3 calls each (total 6 + 1)",
+        ),
+        ({"qps": 2.5, "duration": 0}, "Starting at 2.5 qps with 2 thread(s) [gomax 2] until interrupted"),
+    ],
+)
+def test_header_lines(changes: dict[str, float], starting: str) -> None:
+    options = dataclasses.replace(OPTIONS, **changes)  # type: ignore[arg-type]
+    first, second = header_lines(options, 2, 4)
+    assert first.startswith("Fortio pyztunnel-")
+    assert " running at " in first
+    assert first.endswith(f"queries per second, 4->2 procs, {_span(options)}: {OPTIONS.url}")
+    assert second == starting
+
+
+def _span(options: LoadOptions) -> str:
+    if options.exactly:
+        return f"for {options.exactly} calls"
+    return "until interrupted" if options.duration <= 0 else "for 2s"

@@ -1,0 +1,45 @@
+"""The demo's last step: upgrade every node's proxy of the running demo cluster under load, and say what the
+clients saw. The same pieces as the experiment, one scenario (the cluster as it runs), one run."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pyztunnel.experiment import report
+from pyztunnel.experiment.runner import LoadProcess, client_netns, gateway_url, upgrade
+from pyztunnel.experiment.scenarios import Scenario
+
+CONNECTIONS = 100
+WARM_S = TAIL_S = 3.0
+
+
+def run(cluster: str, state: dict[str, Any]) -> None:
+    daemonset = state["daemonset"]
+    handoff = daemonset.get("env", {}).get("PYZTUNNEL_LISTENER_HANDOFF", "true") != "false"
+    grace = float(daemonset.get("terminationGracePeriodSeconds", 30))
+    scenario = Scenario("demo", "the demo cluster as configured", handoff, True, grace)
+    version = f"{daemonset.get('version', 'v')}-demo{int(time.time())}"
+    out = Path(tempfile.mkdtemp(prefix="pyztunnel-demo-"))
+    click.echo(f"\nupgrade under load: pyztunnel load -qps 0 -c {CONNECTIONS} through the gateway; upgrading every")
+    click.echo(f"node's proxy to {version} (rolling, grace {grace:g}s) after {WARM_S:g}s of load …")
+    load = LoadProcess(client_netns(state), gateway_url(state), CONNECTIONS, "10s", out / "load.json", out / "load.txt")
+    try:
+        load.wait_started()
+        time.sleep(WARM_S)  # steady load before the upgrade, as in the seeds
+        upgrade_start = time.monotonic() - load.started_at
+        upgrade(cluster, version, scenario, out / "upgrade.log")
+        upgrade_end = time.monotonic() - load.started_at
+        time.sleep(TAIL_S)
+    finally:
+        result = load.stop()
+    run_ = report.Run(scenario, CONNECTIONS, 0, result, upgrade_start, upgrade_end)
+    click.echo(report.fortio_summary(run_))
+    click.echo(
+        f"upgrade took {run_.upgrade_s:.1f}s; failed requests: {run_.failed}; retried on a fresh socket: "
+        f"{run_.retried} (target 0). Full output: {out}"
+    )

@@ -1,0 +1,167 @@
+"""Runs the seeds' experiment on the local cluster: for each scenario a cluster configured for it, fortio-style load
+from the client pod (outside the mesh) through the gateway to httpbin, and an upgrade of every node's proxy in the
+middle of the load. The load runs until the upgrade is over plus a tail, then is interrupted (fortio's `-t 0`), so
+the upgrade always falls inside the measured window whatever the grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import yaml
+
+from pyztunnel.cluster import manage, spec
+from pyztunnel.errors import UserError
+from pyztunnel.experiment.report import Run
+from pyztunnel.experiment.scenarios import Scenario
+
+STARTED_PREFIX = "Starting at"  # the load generator's line once every connection is warmed up
+START_TIMEOUT_S = 120.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    cluster: str
+    duration_s: float  # nominal run length: warm-up before the upgrade and tail after it are each a quarter of it
+    connections: tuple[int, ...]
+    repeat: int
+    timeout: str  # the load's per-request timeout, as fortio's -timeout
+    gateway_retry: bool  # nginx retries a request on another upstream connection after an upstream error
+    out: Path
+
+
+def scenario_spec(base: spec.LoadedSpec, scenario: Scenario, gateway_retry: bool) -> spec.LoadedSpec:
+    """The default cluster spec configured for one scenario."""
+    doc = yaml.safe_load(base.text)
+    proxy = doc.setdefault("proxy", {})
+    proxy["terminationGracePeriodSeconds"] = int(scenario.grace_s)
+    proxy.setdefault("env", {})["PYZTUNNEL_LISTENER_HANDOFF"] = "true" if scenario.listener_handoff else "false"
+    if scenario.strategy == "drain":
+        proxy["updateStrategy"] = {"type": "OnDelete"}
+    doc.setdefault("agent", {})["tcpMigrateReq"] = 1 if scenario.tcp_migrate_req else 0
+    for deployment in doc.get("deployments", []):
+        if deployment["name"] != "gateway":
+            continue
+        env = deployment.setdefault("env", {})
+        if scenario.gateway_keepalive_time_s is not None:
+            env["KEEPALIVE_TIME"] = f"{int(scenario.gateway_keepalive_time_s * 1000)}ms"
+        env["PROXY_NEXT_UPSTREAM"] = "error timeout" if gateway_retry else "off"
+    return spec.parse(yaml.safe_dump(doc, sort_keys=False), f"<experiment {scenario.key}>")
+
+
+def gateway_url(state: dict[str, Any]) -> str:
+    gateway = next(s for s in state["services"] if s["name"] == "gateway")
+    return f"http://{gateway['vip']}:{gateway['ports'][0]['port']}/status/418"
+
+
+def client_netns(state: dict[str, Any]) -> str:
+    for pod in state["pods"]:
+        if pod["owner"]["name"] == "client" and pod["ready"]:
+            return str(pod["netns"])
+    raise UserError("the cluster has no ready 'client' pod to run the load from")
+
+
+class LoadProcess:
+    """`pyztunnel load` inside the client pod, until interrupted; its text output is teed to a file."""
+
+    def __init__(self, netns: str, url: str, connections: int, timeout: str, json_path: Path, text_path: Path):
+        argv = ["ip", "netns", "exec", netns, sys.executable, "-m", "pyztunnel", "load"]
+        argv += ["-qps", "0", "-c", str(connections), "-t", "0", "-timeout", timeout, "-json", str(json_path), url]
+        self.json_path = json_path
+        self.text = text_path.open("w")
+        self.started = threading.Event()
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.started_at = 0.0
+        self._reader = threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True)
+        self._reader.start()
+
+    def _read(self, stream: IO[str] | None) -> None:
+        assert stream is not None
+        for line in stream:
+            self.text.write(line)
+            if line.startswith(STARTED_PREFIX) and not self.started.is_set():
+                self.started_at = time.monotonic()
+                self.started.set()
+        self.text.flush()
+
+    def wait_started(self) -> None:
+        if not self.started.wait(START_TIMEOUT_S) or self.proc.poll() is not None:
+            self.stop()
+            raise UserError(f"the load generator did not start; see {self.text.name}")
+
+    def stop(self) -> dict[str, Any]:
+        """Interrupt the load (it prints and writes its results, as fortio does on ^C) and return the JSON."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._reader.join(timeout=10)
+        self.text.close()
+        try:
+            result: dict[str, Any] = json.loads(self.json_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise UserError(f"the load generator wrote no results ({exc}); see {self.text.name}") from None
+        return result
+
+
+def upgrade(cluster: str, version: str, scenario: Scenario, log: Path) -> None:
+    argv = [sys.executable, "-m", "pyztunnel", "upgrade", "--name", cluster, "--version", version]
+    argv += ["--strategy", scenario.strategy, "--grace", str(int(scenario.grace_s))]
+    with log.open("w") as out:
+        done = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "COLUMNS": "120"})
+    if done.returncode != 0:
+        raise UserError(f"the upgrade failed (exit {done.returncode}); see {log}")
+
+
+def run_scenario(
+    plan: Plan, scenario: Scenario, base: spec.LoadedSpec, say: Callable[[str], None], versions: list[int]
+) -> list[Run]:
+    configured = scenario_spec(base, scenario, plan.gateway_retry)
+    say(f"scenario {scenario.key}: {scenario.title}")
+    state = manage.up(configured, plan.cluster)
+    runs: list[Run] = []
+    try:
+        warm = tail = max(1.0, plan.duration_s * scenario.duration_factor / 4)
+        for connections in plan.connections:
+            for repeat in range(plan.repeat):
+                stem = plan.out / "runs" / f"{scenario.key}-c{connections}-{repeat + 1}"
+                load = LoadProcess(
+                    client_netns(state),
+                    gateway_url(state),
+                    connections,
+                    plan.timeout,
+                    stem.with_suffix(".json"),
+                    stem.with_suffix(".txt"),
+                )
+                try:
+                    load.wait_started()
+                    time.sleep(warm)  # the experiment's design: steady load before the upgrade
+                    versions[0] += 1
+                    upgrade_start = time.monotonic() - load.started_at
+                    upgrade(plan.cluster, f"v{versions[0]}", scenario, stem.with_suffix(".upgrade.log"))
+                    upgrade_end = time.monotonic() - load.started_at
+                    time.sleep(tail)  # and steady load after it, so late failures are seen
+                finally:
+                    result = load.stop()
+                run = Run(scenario, connections, repeat, result, upgrade_start, upgrade_end)
+                say(
+                    f"  -c {connections} run {repeat + 1}: {run.calls} calls, {run.failed} failed, {run.retried} retried"
+                )
+                runs.append(run)
+    finally:
+        asyncio.run(manage.down(plan.cluster))
+    return runs
