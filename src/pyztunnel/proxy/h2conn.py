@@ -266,7 +266,7 @@ class H2Conn(asyncio.Protocol):
             rst_transport(self.transport)
 
     def log_fields(self) -> dict[str, Any]:
-        return dict(self.info)
+        return {k: v for k, v in self.info.items() if "." in k or k == "direction"}  # not internal keys
 
     def _fail(self, why: str) -> None:
         self.error = self.error or why
