@@ -163,9 +163,10 @@ def new_connection(client_side: bool) -> HboneConnection:
 
 
 def format_authority(ip: str, port: int) -> str:
-    """`ip:port`, IPv6 as `[addr]:port`."""
-    addr = ipaddress.ip_address(ip)
-    return f"[{addr}]:{port}" if addr.version == 6 else f"{addr}:{port}"
+    """`ip:port`, IPv6 as `[addr]:port` (compressed form)."""
+    if ":" in ip:
+        return f"[{ipaddress.IPv6Address(ip)}]:{port}"
+    return f"{ip}:{port}"
 
 
 def parse_authority(text: str) -> tuple[str, int] | None:
@@ -300,7 +301,7 @@ def parse_connect(headers: Sequence[tuple[bytes, bytes]], arrived_ip: str | None
     ip, port = parsed
     if port in ILLEGAL_PORTS:
         return Reject(400, f"illegal port {port}")
-    if arrived_ip is not None and ipaddress.ip_address(arrived_ip) != ipaddress.ip_address(ip):
+    if arrived_ip is not None and arrived_ip != ip and ipaddress.ip_address(arrived_ip) != ipaddress.ip_address(ip):
         return Reject(400, f"authority ip {ip} does not match the connection's destination {arrived_ip}")
     return ConnectRequest(
         ip=ip,
