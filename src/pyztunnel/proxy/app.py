@@ -180,6 +180,8 @@ class ProxyApp:
         self.metrics.set_proxy_counts(len(self.podset.pods), len(self.podset.pending))
         self.metrics.proxies_started = self.podset.started_total
         self.metrics.proxies_stopped = self.podset.stopped_total
+        if self.zds is not None:
+            self.zds.check_ready()
 
     # ------------------------------------------------------------------ servers
     async def start_servers(self) -> None:
