@@ -159,7 +159,7 @@ async def test_pool_stream_budget_one_connect_at_a_time_and_idle_release(tmp_pat
     try:
         async with contextlib.asynccontextmanager(echo_server)(m.b_ip, m.app_port):
             clients = await asyncio.gather(*(m.open_client() for _ in range(7)))
-            for i, (reader, writer) in enumerate(clients):
+            for i, (_, writer) in enumerate(clients):
                 writer.write(b"%02d" % i)
             for i, (reader, _) in enumerate(clients):
                 assert await asyncio.wait_for(reader.readexactly(2), 5) == b"%02d" % i
