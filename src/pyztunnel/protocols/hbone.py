@@ -18,6 +18,7 @@ from h2.connection import ConnectionInputs, ConnectionState, H2Connection, H2Con
 from h2.exceptions import FrameDataMissingError, ProtocolError
 from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes, Settings
+from h2.stream import StreamState
 from hyperframe.exceptions import InvalidDataError, InvalidFrameError
 from hyperframe.frame import DataFrame, Frame
 
@@ -94,6 +95,10 @@ class _GracefulGoawayStateMachine(H2ConnectionStateMachine):  # type: ignore[mis
     }
 
 
+_SENDING_STREAM_STATES = frozenset({StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE})
+_OPEN_CONNECTION_STATES = frozenset({ConnectionState.CLIENT_OPEN, ConnectionState.SERVER_OPEN})
+
+
 class HboneConnection(H2Connection):  # type: ignore[misc]
     """H2Connection whose output is a list of chunks: a DATA frame goes out as its 9-byte header plus the payload
     object itself, so a relayed chunk is not copied three times before encryption (h2 would serialize, join into a
@@ -117,6 +122,29 @@ class HboneConnection(H2Connection):  # type: ignore[misc]
                     chunks.append(payload)
             else:
                 chunks.append(frame.serialize())
+
+    def send_whole_data(self, stream_id: int, data: bytes) -> bool:
+        """The relay's common case, without h2's per-frame objects: `data` as one DATA frame (no END_STREAM) if the
+        stream is open for sending and the windows and frame size allow it; False leaves everything untouched (use
+        send_data). The same accounting as h2's send_data: for SEND_DATA in these states h2's connection and stream
+        state machines only stay where they are."""
+        stream = self.streams.get(stream_id)
+        size = len(data)
+        if (
+            stream is None
+            or stream.state_machine.state not in _SENDING_STREAM_STATES
+            or self.state_machine.state not in _OPEN_CONNECTION_STATES
+            or size > self.max_outbound_frame_size
+            or size > self.outbound_flow_control_window
+            or size > stream.outbound_flow_control_window
+        ):
+            return False
+        self.outbound_flow_control_window -= size
+        stream.outbound_flow_control_window -= size
+        self._chunks.append(_DATA_HEADER.pack(size >> 8, size & 0xFF, 0, 0, stream_id))
+        if size:
+            self._chunks.append(data)
+        return True
 
     def chunks_to_send(self) -> list[bytes]:
         """Everything queued for the wire, in order, without joining (for `transport.writelines`)."""

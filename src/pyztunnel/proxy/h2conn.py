@@ -163,18 +163,10 @@ class H2Conn(asyncio.Protocol):
         """Send as much of `data` as flow control allows now; returns how many bytes went."""
         total = len(data)
         sent = 0
-        if isinstance(data, bytes) and total <= self.h2.max_outbound_frame_size:
-            # The common case: the whole chunk fits in one frame; hand h2 the bytes object itself (no copy).
-            try:
-                if total <= self.h2.local_flow_control_window(stream_id):
-                    self.h2.send_data(stream_id, data)
-                    self.flush()
-                    return total
-            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError) as exc:
-                leg = self.streams.get(stream_id)
-                if leg is not None:
-                    leg.on_reset(f"cannot send: {exc}")
-                return total
+        if isinstance(data, bytes) and self.h2.send_whole_data(stream_id, data):
+            # The common case: the whole chunk as one frame, the bytes object itself on the wire (no copy).
+            self.flush()
+            return total
         view = memoryview(data)
         try:
             while sent < total:
