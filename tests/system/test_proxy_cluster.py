@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -88,6 +89,13 @@ def test_gateway_to_httpbin_via_vip_logged_with_identities(cluster: dict[str, An
         lambda line: "connection complete" in line and 'direction="inbound"' in line and gw_identity in line
     )
     assert hb_identity in inbound and "error=" not in inbound
+
+
+def test_app_sees_the_original_source(cluster: dict[str, Any]) -> None:
+    """ztunnel's original-source preservation: httpbin sees the gateway pod's IP, not its own."""
+    gateway, httpbin = pod(cluster, "gateway"), service(cluster, "httpbin")
+    out = in_pod(gateway, "curl", "-s", "-m", "10", f"http://{httpbin['vip']}:8000/ip")
+    assert json.loads(out.stdout)["origin"] == gateway["ip"]
 
 
 def test_non_mesh_destination_passes_through(cluster: dict[str, Any]) -> None:

@@ -31,6 +31,9 @@ class ProxySettings:
     connection_termination_deadline: Duration | None = setting(
         None, "drain deadline; wins over the grace period", env="CONNECTION_TERMINATION_DEADLINE"
     )
+    enable_orig_src: bool = setting(
+        True, "connect to the app from the client's IP (IP_TRANSPARENT), as ztunnel", env="ENABLE_ORIG_SRC"
+    )
     listener_handoff: bool = setting(
         True, "adopt/hand off listening sockets across upgrades", env="PYZTUNNEL_LISTENER_HANDOFF"
     )

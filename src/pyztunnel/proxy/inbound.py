@@ -138,7 +138,7 @@ async def _serve_stream(pod: PodProxy, conn: H2ServerConn, leg: StreamLeg, heade
         _reject(pod, conn, leg, record, hbone.DENIED_STATUS, f"connection denied: {decision.reason}", "DENY")
         return
     try:
-        up = await _connect_app(pod, request.ip, request.port)
+        up = await _connect_app(pod, request.ip, request.port, src_ip)
     except (OSError, TimeoutError) as exc:
         _reject(pod, conn, leg, record, 503, f"connect to app: {exc or type(exc).__name__}", "CONNECT")
         return
@@ -189,10 +189,11 @@ def _done(pod: PodProxy, relay: Relay, error: BaseException | None) -> None:
     pod.shared.telemetry.complete(record)
 
 
-async def _connect_app(pod: PodProxy, ip: str, port: int) -> TcpLeg:
-    """Connect to the app inside the pod (a marked socket, so the pod's capture rules let it through)."""
+async def _connect_app(pod: PodProxy, ip: str, port: int, client_ip: str) -> TcpLeg:
+    """Connect to the app inside the pod (a marked socket, so the pod's capture rules let it through), from the
+    client's address where the env preserves it."""
     loop = asyncio.get_running_loop()
-    sock = await pod.env.outgoing(family_of(ip))
+    sock = await pod.env.to_app(family_of(ip), client_ip)
     try:
         await asyncio.wait_for(loop.sock_connect(sock, (ip, port)), pod.shared.settings.connect_timeout)
         leg = TcpLeg(start_paused=True)
@@ -241,7 +242,7 @@ async def handle_plaintext(pod: PodProxy, sock: socket.socket) -> None:
             shared.telemetry.complete(record)
             return
     try:
-        up = await _connect_app(pod, dst_ip, dst_port)
+        up = await _connect_app(pod, dst_ip, dst_port, peer_ip)
     except (OSError, TimeoutError) as exc:
         fail(record, f"connect to app: {exc or type(exc).__name__}", "CONNECT")
         down.abort()
