@@ -801,13 +801,11 @@ def tail(path: Path, lines: int = 2, width: int = 240) -> str:
 
 async def kill_netns_processes(netns: str) -> None:
     """SIGKILL every process still inside a namespace (what a pod leaves behind when its leader is gone)."""
-    from pyztunnel.cluster.reaper import processes_in, sigkill_all
+    from pyztunnel.cluster.reaper import netns_ids, processes_in, sigkill_all
 
-    try:
-        inode = os.stat(NETNS_RUN_DIR / netns).st_ino
-    except OSError:
-        return
-    await sigkill_all(processes_in({inode}))
+    ids = netns_ids([NETNS_RUN_DIR / netns])
+    if ids:
+        await sigkill_all(processes_in(ids))
 
 
 def load_spec(layout: Layout) -> ClusterSpec:
