@@ -210,6 +210,7 @@ class Controller:
         self._generation = 0
         self._published = 0
         self._published_cond = asyncio.Condition()
+        self._write_lock = asyncio.Lock()
         self._published_nft: dict[str, str] = {}
         self._published_workloads = ""
         self._tasks: list[asyncio.Task[Any]] = []
@@ -657,6 +658,11 @@ class Controller:
         ]
 
     async def _write_files(self) -> None:
+        # One writer at a time: an nft apply awaits, and an older ruleset must never land after a newer one.
+        async with self._write_lock:
+            await self._write_files_locked()
+
+    async def _write_files_locked(self) -> None:
         views = self.workload_views()
         rules = [
             topology.ServiceRule(s.namespace, s.name, s.vip, port, target, render.endpoints(s, views))
