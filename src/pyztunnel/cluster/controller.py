@@ -404,7 +404,7 @@ class Controller:
                 # Scale down: not-ready pods first, then the newest (as the ReplicaSet controller ranks them).
                 live.sort(key=lambda p: (p.ready, -p.created_at))
                 for pod in live[: len(live) - want]:
-                    self.start_delete(pod, pod.grace)
+                    self.start_delete(pod, pod.grace, replace=False)
 
     def _create_app_pod(self, dep: DeploymentSpec) -> Pod | None:
         same: dict[str, int] = {}
@@ -594,14 +594,16 @@ class Controller:
             # Until ready, probe often so `cluster up` returns quickly; then at the configured period.
             await asyncio.sleep(spec.periodSeconds if pod.ready else min(0.05, spec.periodSeconds))
 
-    def start_delete(self, pod: Pod, grace: float) -> asyncio.Task[None]:
-        """Mark the pod Terminating (its owner replaces it at once, as the ReplicaSet does) and terminate it."""
+    def start_delete(self, pod: Pod, grace: float, *, replace: bool = True) -> asyncio.Task[None]:
+        """Mark the pod Terminating and terminate it; with `replace`, its owner replaces it at once (as the ReplicaSet
+        does). Scale-down passes replace=False, being the reconciliation itself."""
         if pod.terminating is None:
             pod.phase = "Terminating"
             pod.ready = False
             self.changed()
             pod.terminating = spawn(self._terminate(pod, grace), f"delete-{pod.name}")
-            self.reconcile()
+            if replace:
+                self.reconcile()
         return pod.terminating
 
     async def _terminate(self, pod: Pod, grace: float) -> None:
