@@ -71,9 +71,18 @@ def plain_spec() -> spec.LoadedSpec:
                 "readinessProbe": {"httpGet": {"path": "/status/200", "port": 8080}},
                 "terminationGracePeriodSeconds": 2,
             },
+            {
+                # On the client's node: its VIP exercises the hairpin path (DNAT back into the same bridge).
+                "name": "local",
+                "command": [sys.executable, "-c", STATUS_SERVER, "8080"],
+                "readinessProbe": {"tcpSocket": {"port": 8080}},
+                "terminationGracePeriodSeconds": 2,
+                "nodeName": "node-1",
+            },
         ],
         "services": [
-            {"name": "backend", "selector": {"app": "backend"}, "ports": [{"port": 8000, "targetPort": 8080}]}
+            {"name": "backend", "selector": {"app": "backend"}, "ports": [{"port": 8000, "targetPort": 8080}]},
+            {"name": "local", "selector": {"app": "local"}, "ports": [{"port": 8001, "targetPort": 8080}]},
         ],
     }
     return spec.parse(yaml.safe_dump(doc), "test-spec.yaml")
@@ -134,7 +143,7 @@ def test_up_builds_nodes_and_ready_pods(plain: dict[str, Any]) -> None:
     backends = [p for p in plain["pods"] if p["owner"]["name"] == "backend"]
     assert len(backends) == 2 and all(p["ready"] for p in backends)
     assert len({p["node"] for p in backends}) == 2  # replicas spread
-    (svc,) = plain["services"]
+    svc = plain["services"][0]
     assert svc["vip"] == "10.96.0.10"
     assert sorted(svc["endpoints"]) == sorted(p["ip"] for p in backends)
 
@@ -143,6 +152,14 @@ def test_http_to_pod_ip_and_service_vip(plain: dict[str, Any]) -> None:
     backends = [p for p in plain["pods"] if p["owner"]["name"] == "backend"]
     urls = [f"http://{p['ip']}:8080/status/418" for p in backends] + ["http://10.96.0.10:8000/status/418"] * 6
     assert fetch(cname(1), *urls) == ["418"] * len(urls)
+
+
+def test_service_vip_with_an_endpoint_on_the_clients_own_node(plain: dict[str, Any]) -> None:
+    local = next(p for p in plain["pods"] if p["owner"]["name"] == "local")
+    client = next(p for p in plain["pods"] if p["owner"]["name"] == "client")
+    assert local["node"] == client["node"]
+    assert plain["services"][1]["endpoints"] == [local["ip"]]
+    assert fetch(cname(1), *["http://10.96.0.11:8001/status/418"] * 3) == ["418"] * 3
 
 
 def test_exec_passes_the_exit_code(plain: dict[str, Any]) -> None:
