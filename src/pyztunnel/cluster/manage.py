@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +76,7 @@ def up(
     base: Path | None = None,
     no_mesh: bool = False,
     timeout: float = UP_TIMEOUT,
-    progress: Any = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Build the cluster and return its state once every pod is ready. On failure everything built is removed and a
     UserError says why."""
@@ -118,7 +119,11 @@ def up(
 
 
 def _wait_ready(
-    client: Client, proc: subprocess.Popen[bytes], layout: Layout, timeout: float, progress: Any
+    client: Client,
+    proc: subprocess.Popen[bytes],
+    layout: Layout,
+    timeout: float,
+    progress: Callable[[dict[str, Any]], None] | None,
 ) -> dict[str, Any]:
     from pyztunnel.cluster.controller import tail
 
