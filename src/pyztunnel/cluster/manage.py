@@ -101,7 +101,17 @@ def up(
     layout.root.mkdir(parents=True)
     (layout.root / "logs").mkdir()
     layout.spec.write_text(loaded.text)
-    argv = [sys.executable, "-m", "pyztunnel", "cluster", "controller", "--name", name, "--state-dir", str(layout.root)]
+    argv = [
+        sys.executable,
+        "-m",
+        "pyztunnel",
+        "cluster",
+        "controller",
+        "--name",
+        name,
+        "--cluster-dir",
+        str(layout.root),
+    ]
     if no_mesh:
         argv.append("--no-mesh")
     if no_agent:
