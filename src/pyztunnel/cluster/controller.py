@@ -559,7 +559,7 @@ class Controller:
         if pod.proc is not None and not pod.proc.running and pod.ready:
             pod.ready = False
         if pod.probe is None and pod.proc is not None:
-            pod.ready = pod.proc.running
+            pod.ready = pod.proc.running and pod.phase != "Terminating"
         if pod.proc is not None and pod.proc.failed_to_start:
             pod.message = pod.proc.failed_to_start
         self.changed()
@@ -581,7 +581,7 @@ class Controller:
                 ok = await probe.http(pod.node.fd, pod.ip, spec.httpGet.port, spec.httpGet.path, spec.timeoutSeconds)
             if ok:
                 failures = 0
-                if not pod.ready and pod.proc.running:
+                if not pod.ready and pod.proc.running and pod.phase != "Terminating":
                     pod.ready = True
                     _log.info("pod %s is ready", pod.name)
                     self.changed()
@@ -611,6 +611,10 @@ class Controller:
         try:
             if pod.task is not None:
                 await cancel_and_wait(pod.task)
+            pod.ready = False
+            # The pod leaves the services' endpoints (nft DNAT, workloads.yaml) before it is signalled, so no new
+            # connection is sent to a process that is going away.
+            await self.published(self.changed())
             if pod.proc is not None:
                 code = await pod.proc.stop(grace)
                 _log.info("pod %s stopped (exit %s)", pod.name, code)
