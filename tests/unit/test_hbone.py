@@ -134,3 +134,41 @@ def test_baggage_omits_empty() -> None:
     assert hbone.baggage(hbone.BaggageInfo()) == ""
     value = hbone.baggage(hbone.BaggageInfo(namespace="a", workload_type="deployment", workload_name="w", zone="z"))
     assert value == "k8s.namespace.name=a,k8s.deployment.name=w,cloud.availability_zone=z"
+
+
+def test_lean_output_is_byte_identical_to_h2() -> None:
+    """HboneConnection writes DATA frames as header + payload chunks: the bytes on the wire are h2's own."""
+    from h2.config import H2Configuration
+
+    lean = hbone.new_connection(True)
+    plain = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+    plain.local_settings = lean.local_settings
+    plain.initiate_connection()
+    plain.increment_flow_control_window(hbone.CONNECTION_WINDOW - hbone.DEFAULT_H2_WINDOW)
+    headers = hbone.connect_headers("10.0.0.1:80", forwarded_for="", baggage_value="", traceparent_value="t")
+    out_lean, out_plain = [lean.data_to_send()], [plain.data_to_send()]
+    for conn, out in ((lean, out_lean), (plain, out_plain)):
+        conn.send_headers(1, headers)
+        conn.send_data(1, b"payload" * 1000)
+        conn.send_data(1, b"")
+        conn.send_data(1, b"last", end_stream=True)
+        out.append(conn.data_to_send())
+    assert b"".join(out_lean) == b"".join(out_plain)
+    chunks = hbone.new_connection(True).chunks_to_send()
+    assert chunks[0].startswith(b"PRI * HTTP/2.0")  # preamble + SETTINGS first, then the WINDOW_UPDATE
+
+
+def test_lean_frame_buffer_parses_split_frames() -> None:
+    client, server = pair()
+    stream_id = client.get_next_available_stream_id()
+    client.send_headers(
+        stream_id, hbone.connect_headers("10.0.0.1:80", forwarded_for="", baggage_value="", traceparent_value="t")
+    )
+    client.send_data(stream_id, bytes(range(256)) * 4096, end_stream=True)
+    wire = client.data_to_send()
+    events = []
+    for i in range(0, len(wire), 7777):  # arbitrary splits across frame boundaries
+        events += server.receive_data(wire[i : i + 7777])
+    data = b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived))
+    assert data == bytes(range(256)) * 4096
+    assert any(isinstance(e, h2.events.StreamEnded) for e in events)

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import struct
 from collections.abc import Iterable, Sequence
 
 from h2.config import H2Configuration
 from h2.connection import H2Connection
+from h2.exceptions import FrameDataMissingError, ProtocolError
+from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes, Settings
+from hyperframe.exceptions import InvalidDataError, InvalidFrameError
+from hyperframe.frame import DataFrame, Frame
 
 OUTBOUND_PORT = 15001
 INBOUND_PLAINTEXT_PORT = 15006
@@ -36,9 +41,89 @@ DEFAULT_H2_WINDOW = 65535
 Headers = list[tuple[bytes, bytes]]
 
 
-def new_connection(client_side: bool) -> H2Connection:
+_DATA_HEADER = struct.Struct("!HBBBL")
+_END_STREAM = 0x1
+
+
+class _LeanFrameBuffer(FrameBuffer):  # type: ignore[misc]  # h2 is untyped for mypy here
+    """h2's FrameBuffer without one of its copies: a frame body is parsed from a view of the buffer instead of a
+    slice copy (hyperframe copies DATA payloads out of the view itself). Same checks, same frames."""
+
+    def __next__(self) -> Frame:
+        data = self._data
+        if len(data) < 9:
+            raise StopIteration
+        try:
+            frame, length = Frame.parse_frame_header(memoryview(data[:9]))
+        except (InvalidDataError, InvalidFrameError) as err:
+            raise ProtocolError(f"Received frame with invalid header: {err!s}") from err
+        if len(data) < length + 9:
+            raise StopIteration
+        self._validate_frame_length(length)
+        view = memoryview(data)
+        body = view[9 : 9 + length]
+        try:
+            frame.parse_body(body)
+        except InvalidDataError as err:
+            raise ProtocolError("Received frame with non-compliant data") from err
+        except InvalidFrameError as err:
+            raise FrameDataMissingError("Frame data missing or invalid") from err
+        finally:
+            body.release()
+            view.release()
+        del data[: 9 + length]
+        new_frame = self._update_header_buffer(frame)
+        return new_frame if new_frame is not None else self.__next__()
+
+
+class HboneConnection(H2Connection):  # type: ignore[misc]
+    """H2Connection whose output is a list of chunks: a DATA frame goes out as its 9-byte header plus the payload
+    object itself, so a relayed chunk is not copied three times before encryption (h2 would serialize, join into a
+    bytearray and copy that into bytes). Everything else is h2's own behaviour."""
+
+    def __init__(self, config: H2Configuration) -> None:
+        super().__init__(config)
+        self._chunks: list[bytes] = []
+        self.incoming_buffer = _LeanFrameBuffer(server=not config.client_side)
+
+    def _prepare_for_sending(self, frames: list[Frame]) -> None:
+        chunks = self._chunks
+        for frame in frames:
+            if type(frame) is DataFrame and "PADDED" not in frame.flags:
+                payload = frame.data
+                size = len(payload)
+                flags = _END_STREAM if "END_STREAM" in frame.flags else 0
+                chunks.append(_DATA_HEADER.pack(size >> 8, size & 0xFF, 0, flags, frame.stream_id))
+                if size:
+                    chunks.append(payload)
+            else:
+                chunks.append(frame.serialize())
+
+    def chunks_to_send(self) -> list[bytes]:
+        """Everything queued for the wire, in order, without joining (for `transport.writelines`)."""
+        out = self._chunks
+        self._chunks = []
+        first: bytearray = self.__dict__["_data_to_send"]  # preamble + first SETTINGS (initiate_connection)
+        if first:
+            out.insert(0, bytes(first))
+            self.__dict__["_data_to_send"] = bytearray()
+        return out
+
+    def data_to_send(self, amount: int | None = None) -> bytes:
+        if amount is not None:
+            raise ValueError("HboneConnection.data_to_send: use chunks_to_send() or no amount")
+        return b"".join(self.chunks_to_send())
+
+    def clear_outbound_data_buffer(self) -> None:
+        super().clear_outbound_data_buffer()
+        self._chunks = []
+
+
+def new_connection(client_side: bool) -> HboneConnection:
     """An H2Connection with ztunnel's settings (§3.3), preamble and SETTINGS already queued in data_to_send()."""
-    conn = H2Connection(H2Configuration(client_side=client_side, header_encoding=None, validate_inbound_headers=True))
+    conn = HboneConnection(
+        H2Configuration(client_side=client_side, header_encoding=None, validate_inbound_headers=True)
+    )
     settings: dict[SettingCodes | int, int] = {
         SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
         SettingCodes.MAX_FRAME_SIZE: FRAME_SIZE,

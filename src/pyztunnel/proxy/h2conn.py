@@ -17,11 +17,21 @@ from typing import Any
 import h2.errors
 import h2.events
 import h2.exceptions
+import hyperframe.frame
 
 from pyztunnel.protocols import hbone
 from pyztunnel.proxy.relay import Reset, StreamLeg
 
 _log = logging.getLogger("pyztunnel.proxy.h2")
+
+
+def _cheap_data_repr(frame: hyperframe.frame.DataFrame) -> str:
+    return f"data=<{len(frame.data)} bytes>"
+
+
+# h2 formats repr(frame) for a trace log on every received frame, and hyperframe's DATA frame repr re-serializes and
+# hex-encodes the whole payload (1 MiB here) before truncating it: a copy and a hexlify per frame on the hot path.
+hyperframe.frame.DataFrame._body_repr = _cheap_data_repr
 
 
 class H2Conn(asyncio.Protocol):
@@ -145,6 +155,18 @@ class H2Conn(asyncio.Protocol):
         """Send as much of `data` as flow control allows now; returns how many bytes went."""
         total = len(data)
         sent = 0
+        if isinstance(data, bytes) and total <= self.h2.max_outbound_frame_size:
+            # The common case: the whole chunk fits in one frame; hand h2 the bytes object itself (no copy).
+            try:
+                if total <= self.h2.local_flow_control_window(stream_id):
+                    self.h2.send_data(stream_id, data)
+                    self.flush()
+                    return total
+            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError) as exc:
+                leg = self.streams.get(stream_id)
+                if leg is not None:
+                    leg.on_reset(f"cannot send: {exc}")
+                return total
         view = memoryview(data)
         try:
             while sent < total:
@@ -193,9 +215,9 @@ class H2Conn(asyncio.Protocol):
 
     # ------------------------------------------------------------------ connection-level
     def flush(self) -> None:
-        data = self.h2.data_to_send()
-        if data and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+        chunks = self.h2.chunks_to_send()
+        if chunks and self.transport is not None and not self.transport.is_closing():
+            self.transport.writelines(chunks)
 
     def goaway(self) -> None:
         """Graceful shutdown: GOAWAY(NO_ERROR); existing streams go on, the connection closes when they are done."""

@@ -15,6 +15,7 @@ other (RST_STREAM / TCP RST). All the state of one proxied connection lives in i
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import socket
 import struct
@@ -199,7 +200,9 @@ class StreamLeg(Leg):
         super().__init__()
         self.conn = conn
         self.stream_id = stream_id
-        self._pending = bytearray()  # bytes to send once the peer's window opens
+        # Chunks to send once the peer's window opens (no copying: the head chunk is sent from an offset).
+        self._pending: collections.deque[bytes] = collections.deque()
+        self._offset = 0
         self._pending_eof = False
         self._blocked = False  # we paused our peer because the send window is exhausted
         self._unacked = 0  # received flow-controlled bytes not yet handed back (peer paused / not started)
@@ -232,11 +235,12 @@ class StreamLeg(Leg):
         if self.done or self.eof_out:
             return
         if self._pending:
-            self._pending += data
+            self._pending.append(data)
             return
         sent = self.conn.send(self.stream_id, data)
         if sent < len(data):
-            self._pending += memoryview(data)[sent:]
+            self._pending.append(data)
+            self._offset = sent
             if not self._blocked and self.peer is not None:
                 self._blocked = True
                 self.peer.pause_reading()
@@ -244,11 +248,16 @@ class StreamLeg(Leg):
     def _send_pending(self) -> None:
         if self.done:
             return
-        if self._pending:
-            sent = self.conn.send(self.stream_id, self._pending)
-            del self._pending[:sent]
-        if self._pending:
-            return
+        pending = self._pending
+        while pending:
+            head = pending[0]
+            want = len(head) - self._offset
+            sent = self.conn.send(self.stream_id, memoryview(head)[self._offset :] if self._offset else head)
+            if sent < want:
+                self._offset += sent
+                return
+            pending.popleft()
+            self._offset = 0
         if self._blocked and self.peer is not None:
             self._blocked = False
             self.peer.resume_reading()
