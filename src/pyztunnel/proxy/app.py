@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,9 +19,19 @@ from pyztunnel.aio import cancel_and_wait, spawn
 from pyztunnel.errors import UserError
 from pyztunnel.identity.config import CaClientSettings
 from pyztunnel.identity.spiffe import Identity
+from pyztunnel.identity.store import CertificateStore
 from pyztunnel.lifecycle import drain
 from pyztunnel.lifecycle.drainer import Drainer
 from pyztunnel.lifecycle.handoff_io import HandoffService
+from pyztunnel.observe.metrics import Metrics
+from pyztunnel.observe.servers import (
+    HttpServer,
+    Readiness,
+    admin_server,
+    listening_socket,
+    metrics_server,
+    readiness_server,
+)
 from pyztunnel.protocols import hbone
 from pyztunnel.proxy.certs import CertSource, StaticCerts
 from pyztunnel.proxy.config import ProxySettings
@@ -29,7 +40,9 @@ from pyztunnel.proxy.netsock import DirectNet
 from pyztunnel.proxy.pod import PodProxy, Ports
 from pyztunnel.proxy.podset import PodSet
 from pyztunnel.proxy.shared import IndexHolder, Shared
+from pyztunnel.proxy.telemetry import Telemetry
 from pyztunnel.proxy.zds_client import READINESS_TASK, ZdsClient
+from pyztunnel.settings import declared
 from pyztunnel.workloads.index import WorkloadIndex
 from pyztunnel.workloads.model import Protocol, Workload
 from pyztunnel.workloads.watch import ConfigWatch
@@ -37,6 +50,7 @@ from pyztunnel.workloads.watch import ConfigWatch
 _log = logging.getLogger("pyztunnel.proxy.app")
 
 STATE_MANAGER = "state manager"
+CERTIFICATES = "workload certificates"
 
 
 def parse_hostport(text: str, what: str) -> tuple[str, int]:
@@ -85,23 +99,6 @@ def _by_ip(ip: str) -> Callable[[WorkloadIndex], Workload | None]:
     return lookup
 
 
-class Readiness:
-    """Named blocking tasks; ready when none is left (ztunnel's readiness, §1.5). Replaced by observe.servers'."""
-
-    def __init__(self) -> None:
-        self.pending: set[str] = set()
-
-    def block(self, name: str) -> None:
-        self.pending.add(name)
-
-    def unblock(self, name: str) -> None:
-        self.pending.discard(name)
-
-    @property
-    def ready(self) -> bool:
-        return not self.pending
-
-
 class ProxyApp:
     def __init__(
         self,
@@ -114,17 +111,21 @@ class ProxyApp:
         self.ca_settings = ca_settings
         self.environ = dict(os.environ if environ is None else environ)
         self.readiness = Readiness()
-        self._store: object | None = None
+        self.metrics = Metrics(tag=settings.version)
+        self.servers: list[HttpServer] = []
+        self._store: CertificateStore | None = None
+        self._cert_wait: asyncio.Task[None] | None = None
         self.certs = certs or self._make_certs()
         self.shared = Shared(
             settings,
             self.certs,
             IndexHolder(),
+            telemetry=Telemetry(self.metrics),
             key_dir=ca_settings.key_dir,
             cluster_id=ca_settings.cluster_id,
         )
         self.direct: list[PodProxy] = direct_pods(self.shared, settings)
-        self.podset = PodSet(self.shared)
+        self.podset = PodSet(self.shared, on_change=self._pods_changed)
         self.zds: ZdsClient | None = None
         self.watch: ConfigWatch | None = None
         self.drainer: Drainer | None = None
@@ -136,8 +137,7 @@ class ProxyApp:
     def _make_certs(self) -> CertSource:
         if self.settings.cert_dir is not None:
             return StaticCerts.from_dir(self.settings.cert_dir)
-        from pyztunnel.identity.client import CaClient
-        from pyztunnel.identity.store import CertificateStore
+        from pyztunnel.identity.client import CaClient  # grpc: imported only when a CA is used
 
         client = CaClient(self.ca_settings, environ=self.environ)
         store = CertificateStore(client.fetch)
@@ -153,10 +153,8 @@ class ProxyApp:
 
     def _prefetch(self, index: WorkloadIndex) -> None:
         """Warm the certificates of this node's mesh workloads; forget those that left (§4)."""
-        from pyztunnel.identity.store import CertificateStore
-
         store = self._store
-        if not isinstance(store, CertificateStore):
+        if store is None:
             return
         wanted = {
             Identity.for_workload(w.namespace, w.service_account, w.trust_domain)
@@ -166,10 +164,89 @@ class ProxyApp:
         for identity in wanted:
             store.prefetch(identity)
         store.retain(wanted)
+        # Ready only once every local identity has its certificate (DESIGN §5.1): the first connection of a pod
+        # must not wait for a CSR round trip.
+        if self._cert_wait is not None and not self._cert_wait.done():
+            self._cert_wait.cancel()
+        self.readiness.block(CERTIFICATES)
+        self._cert_wait = spawn(self._await_certificates(store, sorted(wanted)), "cert-warmup")
+
+    async def _await_certificates(self, store: CertificateStore, identities: list[Identity]) -> None:
+        await asyncio.gather(*(store.wait_available(identity) for identity in identities))
+        self.readiness.unblock(CERTIFICATES)
+        _log.info("certificates ready", extra={"fields": {"identities": len(identities)}})
+
+    def _pods_changed(self) -> None:
+        self.metrics.set_proxy_counts(len(self.podset.pods), len(self.podset.pending))
+        self.metrics.proxies_started = self.podset.started_total
+        self.metrics.proxies_stopped = self.podset.stopped_total
+
+    # ------------------------------------------------------------------ servers
+    async def start_servers(self) -> None:
+        """Readiness (15021), metrics (15020), admin (127.0.0.1:15000); an empty address turns one off."""
+        wanted: list[tuple[str, Callable[[list[socket.socket]], HttpServer], str]] = [
+            (self.settings.readiness_addr, lambda socks: readiness_server(self.readiness, socks), "readiness"),
+            (self.settings.stats_addr, lambda socks: metrics_server(self.metrics, socks), "metrics"),
+            (
+                self.settings.admin_addr,
+                lambda socks: admin_server(socks, config_dump=self.config_dump, quit=self._quit),
+                "admin",
+            ),
+        ]
+        for address, make, what in wanted:
+            if not address:
+                continue
+            host, port = parse_hostport(address, f"{what} address")
+            try:
+                sock = listening_socket(host, port)
+            except OSError as exc:
+                raise UserError(f"cannot listen on {address} for the {what} server: {exc.strerror or exc}") from None
+            server = make([sock])
+            await server.start()
+            self.servers.append(server)
+
+    def _quit(self) -> None:
+        if self.drainer is not None:
+            self.drainer.quitquitquit()
+
+    def config_dump(self) -> dict[str, object]:
+        """ztunnel's /config_dump keys (§6.2)."""
+        index = self.shared.indexes.index
+        config = index.config
+        return {
+            "workloads": [w.model_dump(by_alias=True, mode="json") for w in config.workloads],
+            "services": [s.model_dump(by_alias=True, mode="json") for s in config.services],
+            "policies": [p.model_dump(by_alias=True, mode="json") for p in config.policies],
+            "stagedServices": {},
+            "staticConfig": self._static_config(),
+            "version": self.settings.version,
+            "config": {
+                d.yaml_key: (str(v) if v is not None and not isinstance(v, bool | int | float | list) else v)
+                for d in declared(ProxySettings)
+                for v in [getattr(self.settings, d.name)]
+            },
+            "certificates": self._store.dump() if self._store is not None else [],
+            "workloadState": {
+                **{uid: {"state": "Up", "info": pod.key} for uid, pod in self.podset.pods.items()},
+                **{
+                    uid: {"state": "Pending", "info": f"{info.namespace}/{info.name}"}
+                    for uid, (info, _) in self.podset.pending.items()
+                },
+            },
+        }
+
+    def _static_config(self) -> str:
+        path = self.settings.local_xds_path
+        if path is None:
+            return ""
+        try:
+            return Path(path).read_text()
+        except OSError:
+            return ""
 
     # ------------------------------------------------------------------ run
     async def start(self) -> None:
-        if isinstance(self._store, object) and hasattr(self._store, "start"):
+        if self._store is not None:
             self._store.start()
         self.readiness.block(STATE_MANAGER)
         if self.settings.local_xds_path is not None:
@@ -218,6 +295,9 @@ class ProxyApp:
     def stop_accepting(self) -> None:
         if self.zds is not None:
             self.zds.stop()
+        # ztunnel's readiness/admin/metrics servers stop accepting when the drain starts (§1.2)
+        for server in self.servers:
+            self._tasks.append(spawn(server.stop_accepting(), f"{server.name}-stop"))
         for pod in self.pods():
             for acceptor in pod.acceptors:
                 acceptor.pause()
@@ -240,6 +320,7 @@ class ProxyApp:
         if install_signals:
             self.drainer.install_signal_handlers()
         try:
+            await self.start_servers()
             await self.start()
             _log.info("proxy started", extra={"fields": {"pods": len(self.pods())}})
             return await self.drainer.run()
@@ -249,6 +330,12 @@ class ProxyApp:
             await self.close()
 
     async def close(self) -> None:
+        if self._cert_wait is not None:
+            await cancel_and_wait(self._cert_wait)
+        for server in self.servers:
+            with contextlib.suppress(Exception):
+                await server.close()
+        self.servers.clear()
         await cancel_and_wait(*self._tasks)
         self._tasks.clear()
         if self.handoff_service is not None:
@@ -256,10 +343,9 @@ class ProxyApp:
         for pod in self.direct:
             await pod.drain_immediate()
         await self.podset.close()
-        store = self._store
-        if store is not None and hasattr(store, "close"):
+        if self._store is not None:
             with contextlib.suppress(Exception):
-                await store.close()
+                await self._store.close()
         client = getattr(self, "_ca_client", None)
         if client is not None:
             with contextlib.suppress(Exception):

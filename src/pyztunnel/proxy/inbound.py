@@ -12,12 +12,13 @@ from pyztunnel import authz
 from pyztunnel.aio import spawn
 from pyztunnel.identity import tls
 from pyztunnel.identity.spiffe import Identity
+from pyztunnel.observe.access import ConnectionRecord
 from pyztunnel.protocols import hbone
 from pyztunnel.proxy.h2conn import H2ServerConn
 from pyztunnel.proxy.netsock import family_of
 from pyztunnel.proxy.pod import PodProxy
 from pyztunnel.proxy.relay import Relay, StreamLeg, TcpLeg
-from pyztunnel.proxy.telemetry import INBOUND, ConnRecord
+from pyztunnel.proxy.telemetry import INBOUND, describe_dst, describe_src, fail, identity_of, new_record
 
 _log = logging.getLogger("pyztunnel.proxy.inbound")
 
@@ -44,10 +45,10 @@ async def handle_hbone(pod: PodProxy, sock: socket.socket) -> None:
         sock.close()
         return
     (peer_ip, peer_port), (local_ip, local_port) = ends
-    record = ConnRecord(INBOUND, src_addr=_addr(peer_ip, peer_port), dst_addr=_addr(local_ip, local_port), mtls=True)
+    record = new_record(INBOUND, _addr(peer_ip, peer_port), _addr(local_ip, local_port), mtls=True)
     workload = await pod.workload()
     if workload is None:
-        record.fail("unknown local workload: no certificate to serve")
+        fail(record, "unknown local workload: no certificate to serve")
         shared.telemetry.failed(record)
         sock.close()
         return
@@ -55,7 +56,7 @@ async def handle_hbone(pod: PodProxy, sock: socket.socket) -> None:
     try:
         cert = await shared.certs.get(local_id)
     except Exception as exc:
-        record.fail(f"no certificate for {local_id}: {exc}", "IDENTITY_ERROR")
+        fail(record, f"no certificate for {local_id}: {exc}", "IDENTITY_ERROR")
         shared.telemetry.failed(record)
         sock.close()
         return
@@ -75,12 +76,12 @@ async def handle_hbone(pod: PodProxy, sock: socket.socket) -> None:
             ssl_handshake_timeout=float(shared.settings.tls_handshake_timeout),
         )
     except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
-        record.fail(f"tls handshake: {exc or type(exc).__name__}", "TLS_FAILURE")
+        fail(record, f"tls handshake: {exc or type(exc).__name__}", "TLS_FAILURE")
         shared.telemetry.failed(record)
         sock.close()
         return
     if "src.identity" not in conn.info:
-        record.fail(f"tls: {conn.error}", "TLS_FAILURE")
+        fail(record, f"tls: {conn.error}", "TLS_FAILURE")
         shared.telemetry.failed(record)
         return
     conn.info["local_ip"] = local_ip
@@ -89,7 +90,7 @@ async def handle_hbone(pod: PodProxy, sock: socket.socket) -> None:
     def ended(_: object) -> None:
         # A connection-level failure (HTTP/2 protocol error, oversized headers, ping timeout) is logged once.
         if conn.error is not None:
-            record.fail(conn.error)
+            fail(record, conn.error)
             shared.telemetry.failed(record)
 
     conn.lost.add_done_callback(ended)
@@ -102,43 +103,36 @@ def _on_request(pod: PodProxy, conn: H2ServerConn, leg: StreamLeg, headers: list
 async def _serve_stream(pod: PodProxy, conn: H2ServerConn, leg: StreamLeg, headers: list[tuple[bytes, bytes]]) -> None:
     shared = pod.shared
     peer_identity = str(conn.info["src.identity"])
-    record = ConnRecord(
-        INBOUND,
-        src_addr=str(conn.info["src.addr"]),
-        dst_addr=str(conn.info["dst.addr"]),
-        mtls=True,
-        src_identity=peer_identity,
-    )
+    record = new_record(INBOUND, str(conn.info["src.addr"]), str(conn.info["dst.addr"]), mtls=True)
+    record.src_identity = peer_identity
     arrived = str(conn.info["local_ip"]) if pod.env.check_authority_ip else None
     request = hbone.parse_connect(headers, arrived)
     if isinstance(request, hbone.Reject):
         _reject(pod, conn, leg, record, request.status, request.reason, request.response_flags)
         return
-    record.hbone_addr = request.authority
+    record.dst_hbone_addr = request.authority
     forwarded = hbone.forwarded_for(request.forwarded)
     src_ip = forwarded[0] if forwarded else record.src_addr.rpartition(":")[0].strip("[]")
     index = shared.indexes.index
-    record.src_workload = index.workload_by_ip(src_ip)
+    describe_src(record, index.workload_by_ip(src_ip))
     workload = index.workload_by_ip(request.ip)
-    record.dst_workload = workload
+    describe_dst(record, workload)
     if workload is None:
         _reject(pod, conn, leg, record, 503, f"unknown destination workload {request.ip}", "-")
         return
-    record.dst_identity = Identity.for_workload(workload.namespace, workload.service_account, workload.trust_domain).uri
+    record.dst_identity = identity_of(workload).uri
     shared.telemetry.opened(record)
     decision = authz.evaluate(
         index.policies_for(workload),
         authz.ConnectionInfo(src_ip=src_ip, dst_ip=request.ip, dst_port=request.port, identity=peer_identity),
     )
     if not decision.allowed:
-        _reject(
-            pod, conn, leg, record, hbone.DENIED_STATUS, f"connection denied: {decision.reason}", "DENY", opened=True
-        )
+        _reject(pod, conn, leg, record, hbone.DENIED_STATUS, f"connection denied: {decision.reason}", "DENY")
         return
     try:
         up = await _connect_app(pod, request.ip, request.port)
     except (OSError, TimeoutError) as exc:
-        _reject(pod, conn, leg, record, 503, f"connect to app: {exc or type(exc).__name__}", "CONNECT", opened=True)
+        _reject(pod, conn, leg, record, 503, f"connect to app: {exc or type(exc).__name__}", "CONNECT")
         return
     record.dst_addr = _addr(request.ip, request.port)
     conn.respond(leg, hbone.response_headers(200, _baggage(workload, shared.cluster_id)))
@@ -167,25 +161,22 @@ def _reject(
     pod: PodProxy,
     conn: H2ServerConn,
     leg: StreamLeg,
-    record: ConnRecord,
+    record: ConnectionRecord,
     status: int,
     reason: str,
     flags: str,
-    opened: bool = False,
 ) -> None:
     conn.respond(leg, hbone.response_headers(status), end=True)
-    record.fail(reason, flags)
-    if not opened:
-        pod.shared.telemetry.opened(record)
+    fail(record, reason, flags)
     pod.shared.telemetry.complete(record)
 
 
 def _done(pod: PodProxy, relay: Relay, error: BaseException | None) -> None:
-    record: ConnRecord = relay.info
-    record.bytes_recv = relay.down.received
+    record: ConnectionRecord = relay.info
+    record.bytes_recv = relay.down.received  # request bytes: from the remote client towards the app
     record.bytes_sent = relay.up.received
     if error is not None:
-        record.fail(str(error) or type(error).__name__)
+        fail(record, str(error) or type(error).__name__)
     pod.untrack(relay)
     pod.shared.telemetry.complete(record)
 
@@ -213,10 +204,10 @@ async def handle_plaintext(pod: PodProxy, sock: socket.socket) -> None:
         sock.close()
         return
     (peer_ip, peer_port), (_local_ip, local_port) = ends
-    record = ConnRecord(INBOUND, src_addr=_addr(peer_ip, peer_port))
+    record = new_record(INBOUND, _addr(peer_ip, peer_port))
     dst = pod.env.original_dst(sock, local_port)
     if dst is None or dst[1] in hbone.ILLEGAL_PORTS:
-        record.fail("no usable original destination")
+        fail(record, "no usable original destination")
         shared.telemetry.failed(record)
         sock.close()
         return
@@ -224,8 +215,8 @@ async def handle_plaintext(pod: PodProxy, sock: socket.socket) -> None:
     record.dst_addr = _addr(dst_ip, dst_port)
     index = shared.indexes.index
     workload = index.workload_by_ip(dst_ip) or await pod.workload()
-    record.dst_workload = workload
-    record.src_workload = index.workload_by_ip(peer_ip)
+    describe_dst(record, workload)
+    describe_src(record, index.workload_by_ip(peer_ip))
     down = TcpLeg(start_paused=True)
     try:
         await loop.connect_accepted_socket(lambda: down, sock)
@@ -239,14 +230,14 @@ async def handle_plaintext(pod: PodProxy, sock: socket.socket) -> None:
             authz.ConnectionInfo(src_ip=peer_ip, dst_ip=dst_ip, dst_port=dst_port, identity=None),
         )
         if not decision.allowed:
-            record.fail(f"connection denied: {decision.reason}", "DENY")
+            fail(record, f"connection denied: {decision.reason}", "DENY")
             down.abort()
             shared.telemetry.complete(record)
             return
     try:
         up = await _connect_app(pod, dst_ip, dst_port)
     except (OSError, TimeoutError) as exc:
-        record.fail(f"connect to app: {exc or type(exc).__name__}", "CONNECT")
+        fail(record, f"connect to app: {exc or type(exc).__name__}", "CONNECT")
         down.abort()
         shared.telemetry.complete(record)
         return

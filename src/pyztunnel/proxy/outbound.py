@@ -11,12 +11,13 @@ import socket
 
 from pyztunnel.identity import tls
 from pyztunnel.identity.spiffe import Identity, try_parse
+from pyztunnel.observe.access import ConnectionRecord
 from pyztunnel.protocols import hbone
 from pyztunnel.proxy.h2conn import H2ClientConn
 from pyztunnel.proxy.netsock import family_of
 from pyztunnel.proxy.pod import PodProxy
 from pyztunnel.proxy.relay import Leg, Relay, TcpLeg
-from pyztunnel.proxy.telemetry import OUTBOUND, ConnRecord
+from pyztunnel.proxy.telemetry import OUTBOUND, describe_dst, describe_src, fail, identity_of, new_record
 from pyztunnel.workloads.index import Upstream, WorkloadIndex
 from pyztunnel.workloads.model import Workload
 
@@ -31,10 +32,6 @@ class OutboundError(Exception):
 
 def addr(ip: str, port: int) -> str:
     return hbone.format_authority(ip, port)
-
-
-def identity_of(workload: Workload) -> Identity:
-    return Identity.for_workload(workload.namespace, workload.service_account, workload.trust_domain)
 
 
 def resolve(index: WorkloadIndex, ip: str, port: int) -> Upstream:
@@ -58,18 +55,18 @@ async def handle(pod: PodProxy, sock: socket.socket) -> None:
     except OSError:
         sock.close()
         return
-    record = ConnRecord(OUTBOUND, src_addr=addr(peer_ip, peer_port))
+    record = new_record(OUTBOUND, addr(peer_ip, peer_port))
     listen_port = int(sock.getsockname()[1])
     dst = pod.env.original_dst(sock, listen_port)
     if dst is None:
-        record.fail("no original destination")
+        fail(record, "no original destination")
         shared.telemetry.failed(record)
         sock.close()
         return
     dst_ip, dst_port = dst
     record.dst_addr = addr(dst_ip, dst_port)
     if dst_port in hbone.ILLEGAL_PORTS and (dst_ip == sock.getsockname()[0] or dst_ip.startswith("127.")):
-        record.fail(f"self call to illegal port {dst_port}")
+        fail(record, f"self call to illegal port {dst_port}")
         shared.telemetry.failed(record)
         sock.close()
         return
@@ -80,17 +77,16 @@ async def handle(pod: PodProxy, sock: socket.socket) -> None:
         sock.close()
         return
     src = await pod.workload()
-    record.src_workload = src
-    shared.telemetry.opened(record)
+    describe_src(record, src)
     try:
         upstream = resolve(shared.indexes.index, dst_ip, dst_port)
-        record.dst_workload = upstream.workload
-        record.dst_service = upstream.service
+        describe_dst(record, upstream.workload, upstream.service)
         up: Leg
         if upstream.hbone:
             up = await _hbone(pod, record, src, upstream, peer_ip, peer_port)
         else:
             record.dst_addr = addr(upstream.ip, upstream.port)
+            shared.telemetry.opened(record)
             up = await _tcp(pod, upstream)
     except OutboundError as exc:
         _finish_failed(pod, down, record, str(exc), exc.flags)
@@ -103,19 +99,19 @@ async def handle(pod: PodProxy, sock: socket.socket) -> None:
     relay.start()
 
 
-def _finish_failed(pod: PodProxy, down: TcpLeg, record: ConnRecord, error: str, flags: str) -> None:
-    record.fail(error, flags)
-    record.bytes_sent = down.received
+def _finish_failed(pod: PodProxy, down: TcpLeg, record: ConnectionRecord, error: str, flags: str) -> None:
+    fail(record, error, flags)
+    record.bytes_recv = down.received
     down.abort()
     pod.shared.telemetry.complete(record)
 
 
 def _done(pod: PodProxy, relay: Relay, error: BaseException | None) -> None:
-    record: ConnRecord = relay.info
-    record.bytes_sent = relay.down.received
-    record.bytes_recv = relay.up.received
+    record: ConnectionRecord = relay.info
+    record.bytes_recv = relay.down.received  # request bytes: what the local app sent
+    record.bytes_sent = relay.up.received
     if error is not None:
-        record.fail(str(error) or type(error).__name__)
+        fail(record, str(error) or type(error).__name__)
     pod.untrack(relay)
     pod.shared.telemetry.complete(record)
 
@@ -136,7 +132,7 @@ async def _tcp(pod: PodProxy, upstream: Upstream) -> TcpLeg:
 
 
 async def _hbone(
-    pod: PodProxy, record: ConnRecord, src: Workload | None, upstream: Upstream, src_ip: str, src_port: int
+    pod: PodProxy, record: ConnectionRecord, src: Workload | None, upstream: Upstream, src_ip: str, src_port: int
 ) -> Leg:
     shared = pod.shared
     if src is None:
@@ -151,7 +147,8 @@ async def _hbone(
     record.src_identity = src_id.uri
     record.dst_identity = dst_id.uri
     record.dst_addr = addr(upstream.ip, hbone.HBONE_PORT)
-    record.hbone_addr = addr(upstream.ip, upstream.port)
+    record.dst_hbone_addr = addr(upstream.ip, upstream.port)
+    shared.telemetry.opened(record)  # ztunnel counts it once the destination (and its identity) is known
 
     async def connect() -> H2ClientConn:
         return await _connect_hbone(pod, src_id, expected, upstream.ip)
@@ -159,7 +156,7 @@ async def _hbone(
     conn = await pod.pool.get((src_id.uri, dst_id.uri, upstream.ip), connect)
     host = upstream.service.hostname if upstream.service is not None else None
     headers = hbone.connect_headers(
-        record.hbone_addr,
+        record.dst_hbone_addr,
         forwarded_for=hbone.forwarded(src_ip, src_port, host),
         baggage_value=hbone.baggage(
             hbone.BaggageInfo(

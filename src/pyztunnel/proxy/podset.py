@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Callable
 
 from pyztunnel.aio import cancel_and_wait, spawn
 from pyztunnel.protocols.zds import WorkloadInfo
@@ -20,7 +21,13 @@ RETRY_INTERVAL = 5.0
 
 
 class PodSet:
-    def __init__(self, shared: Shared, ports: Ports | None = None, retry_interval: float = RETRY_INTERVAL) -> None:
+    def __init__(
+        self,
+        shared: Shared,
+        ports: Ports | None = None,
+        retry_interval: float = RETRY_INTERVAL,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
         self.shared = shared
         self.ports = ports or Ports()
         self.retry_interval = retry_interval
@@ -30,10 +37,13 @@ class PodSet:
         self.stopped_total = 0
         self._retry: asyncio.Task[None] | None = None
         self.changed = asyncio.Event()
+        self.on_change = on_change
 
     def _notify(self) -> None:
         self.changed.set()
         self.changed = asyncio.Event()
+        if self.on_change is not None:
+            self.on_change()
 
     async def start(self, uid: str, info: WorkloadInfo, netns_fd: int) -> str | None:
         """Start the pod's proxy; takes ownership of `netns_fd`. Returns None, or the error (the pod stays pending)."""

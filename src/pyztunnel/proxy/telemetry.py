@@ -1,112 +1,85 @@
-"""One record per proxied connection and what the proxy reports from it: ztunnel's access-log lines (§6.3) and the
-per-connection metrics (§6.1).
+"""What the proxy reports per connection: ztunnel's access-log lines (observe.access) and metrics (observe.metrics),
+from one `ConnectionRecord` per connection.
 
-The proxy fills a `ConnRecord` as the connection goes (addresses, workloads, identities, bytes, error, response flag)
-and calls `Telemetry.opened/complete/failed`. This module is the only place that turns records into log lines and
-metric updates, so the observe package's sinks plug in here.
+The proxy fills the record as the connection goes (`describe_src/describe_dst` from the workload model, addresses,
+identities, bytes, `fail(...)`) and calls `Telemetry.opened/complete/failed`. This module is the only place the
+data path talks to the observe package. Bytes follow observe's convention: `bytes_recv` = request bytes (downstream
+→ upstream), `bytes_sent` = response bytes; the access log flips them for outbound as ztunnel does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import dataclasses
-import logging
-import time
 from collections.abc import Callable
-from typing import Any, Protocol
 
-from pyztunnel.observe.logging import Display
+from pyztunnel.identity.spiffe import Identity
+from pyztunnel.observe import access
+from pyztunnel.observe.access import FAILED_FLAGS, NO_FLAGS, ConnectionRecord, Direction
+from pyztunnel.observe.metrics import Metrics, labels_for
 from pyztunnel.workloads.model import Service, Workload
 
-access_log = logging.getLogger("access")
-
-OUTBOUND = "outbound"
-INBOUND = "inbound"
-
-# response_flags (§6.1) that count as a failed connection
-FAILURE_FLAGS = frozenset(
-    {"DENY", "CONNECT", "TLS_FAILURE", "H2_HANDSHAKE_FAILURE", "NETWORK_POLICY", "IDENTITY_ERROR", "CERT_REVOKED"}
-)
+OUTBOUND: Direction = "outbound"
+INBOUND: Direction = "inbound"
 
 
-@dataclasses.dataclass
-class ConnRecord:
-    direction: str
-    src_addr: str = ""
-    dst_addr: str = ""
-    hbone_addr: str = ""
-    src_workload: Workload | None = None
-    dst_workload: Workload | None = None
-    dst_service: Service | None = None
-    src_identity: str | None = None
-    dst_identity: str | None = None
-    bytes_sent: int = 0
-    bytes_recv: int = 0
-    error: str | None = None
-    response_flags: str = "-"
-    mtls: bool = False
-    started: float = dataclasses.field(default_factory=time.monotonic)
-
-    @property
-    def duration_ms(self) -> int:
-        return int((time.monotonic() - self.started) * 1000)
-
-    def fail(self, error: str, flags: str = "-") -> None:
-        if self.error is None:
-            self.error = error
-        if self.response_flags == "-":
-            self.response_flags = flags
-
-    def fields(self) -> dict[str, Any]:
-        """The access-log fields, in ztunnel's order (identities only with mTLS)."""
-        out: dict[str, Any] = {"src.addr": Display(self.src_addr)}
-        src, dst = self.src_workload, self.dst_workload
-        if src is not None:
-            out["src.workload"] = src.name
-            out["src.namespace"] = src.namespace
-        if self.src_identity and self.mtls:
-            out["src.identity"] = self.src_identity
-        if src is not None and src.cluster_id:
-            out["src.cluster"] = src.cluster_id
-        out["dst.addr"] = Display(self.dst_addr)
-        if self.hbone_addr:
-            out["dst.hbone_addr"] = Display(self.hbone_addr)
-        if self.dst_service is not None:
-            out["dst.service"] = self.dst_service.hostname
-        if dst is not None:
-            out["dst.workload"] = dst.name
-            out["dst.namespace"] = dst.namespace
-        if self.dst_identity and self.mtls:
-            out["dst.identity"] = self.dst_identity
-        if dst is not None and dst.cluster_id:
-            out["dst.cluster"] = dst.cluster_id
-        out["direction"] = self.direction
-        out["bytes_sent"] = self.bytes_sent
-        out["bytes_recv"] = self.bytes_recv
-        out["duration"] = f"{self.duration_ms}ms"
-        if self.error is not None:
-            out["error"] = self.error
-        return out
+def new_record(direction: Direction, src_addr: str = "", dst_addr: str = "", *, mtls: bool = False) -> ConnectionRecord:
+    return ConnectionRecord(src_addr=src_addr, dst_addr=dst_addr, direction=direction, mtls=mtls)
 
 
-class MetricsSink(Protocol):
-    def connection_opened(self, record: ConnRecord) -> None: ...
+def fail(record: ConnectionRecord, error: str, flags: str = NO_FLAGS) -> None:
+    """The first error and the first response flag stick (later ones are consequences)."""
+    if record.error is None:
+        record.error = error
+    if record.response_flags == NO_FLAGS:
+        record.response_flags = flags
 
-    def connection_closed(self, record: ConnRecord) -> None: ...
+
+def identity_of(workload: Workload) -> Identity:
+    return Identity.for_workload(workload.namespace, workload.service_account, workload.trust_domain)
+
+
+def describe_src(record: ConnectionRecord, workload: Workload | None) -> None:
+    if workload is None:
+        return
+    record.src_workload = workload.name
+    record.src_workload_name = workload.workload_name
+    record.src_namespace = workload.namespace
+    record.src_cluster = workload.cluster_id
+    record.src_canonical_service = workload.canonical_name
+    record.src_canonical_revision = workload.canonical_revision
+    record.src_region = workload.locality.region
+    record.src_zone = workload.locality.zone
+
+
+def describe_dst(record: ConnectionRecord, workload: Workload | None, service: Service | None = None) -> None:
+    if service is not None:
+        record.dst_service = service.hostname
+        record.dst_service_name = service.name
+        record.dst_service_namespace = service.namespace
+    if workload is None:
+        return
+    record.dst_workload = workload.name
+    record.dst_workload_name = workload.workload_name
+    record.dst_namespace = workload.namespace
+    record.dst_cluster = workload.cluster_id
+    record.dst_canonical_service = workload.canonical_name
+    record.dst_canonical_revision = workload.canonical_revision
+    record.dst_region = workload.locality.region
+    record.dst_zone = workload.locality.zone
 
 
 class Telemetry:
-    """Access logs and counters for the proxy. `metrics` (optional) receives every opened/closed record."""
+    """Access logs and metrics for one proxy process, plus counts the tests and the admin page can read."""
 
-    def __init__(self, metrics: MetricsSink | None = None) -> None:
+    def __init__(self, metrics: Metrics | None = None) -> None:
         self.metrics = metrics
         self.opened_total = 0
         self.closed_total = 0
         self.failed_by_flag: collections.Counter[str] = collections.Counter()
         self.errors: collections.Counter[str] = collections.Counter()
-        self.open = 0
         self._changed = asyncio.Event()
+        self._open: set[int] = set()  # ids of records opened and not yet complete
 
     def _notify(self) -> None:
         self._changed.set()
@@ -117,45 +90,44 @@ class Telemetry:
         while not predicate(self):
             await self._changed.wait()
 
-    def opened(self, record: ConnRecord) -> None:
-        self.opened_total += 1
-        self.open += 1
-        if access_log.isEnabledFor(logging.DEBUG):
-            access_log.debug("connection opened", extra={"fields": record.fields()})
-        if self.metrics is not None:
-            self.metrics.connection_opened(record)
-        self._notify()
-
-    def complete(self, record: ConnRecord) -> None:
-        self.closed_total += 1
-        self.open -= 1
-        if record.response_flags in FAILURE_FLAGS:
+    def _count_close(self, record: ConnectionRecord) -> None:
+        if record.response_flags in FAILED_FLAGS:
             self.failed_by_flag[record.response_flags] += 1
         if record.error is not None:
             self.errors[record.error.split(":")[0]] += 1
-            access_log.error("connection complete", extra={"fields": record.fields()})
-        else:
-            access_log.info("connection complete", extra={"fields": record.fields()})
+
+    def opened(self, record: ConnectionRecord) -> None:
+        if id(record) in self._open:
+            return
+        self._open.add(id(record))
+        self.opened_total += 1
+        access.log_opened(record)
         if self.metrics is not None:
-            self.metrics.connection_closed(record)
+            self.metrics.connection_opened(labels_for(record))
         self._notify()
 
-    def failed(self, record: ConnRecord) -> None:
-        """A failure before the connection had its context (TLS handshake, garbage): ztunnel's `connection failed`."""
-        if record.response_flags in FAILURE_FLAGS:
-            self.failed_by_flag[record.response_flags] += 1
-        self.errors[(record.error or "").split(":")[0]] += 1
-        access_log.warning(
-            "connection failed",
-            extra={
-                "fields": {
-                    "src.addr": Display(record.src_addr),
-                    "dst.addr": Display(record.dst_addr),
-                    "direction": record.direction,
-                    "error": record.error or "",
-                }
-            },
-        )
+    def complete(self, record: ConnectionRecord) -> None:
+        """The connection ended (also when it failed before it was opened: it is opened first, so the counters and
+        `istio_tcp_sockets_open` stay balanced)."""
+        if id(record) not in self._open:
+            self.opened(record)
+        self._open.discard(id(record))
+        self.closed_total += 1
+        self._count_close(record)
+        access.log_complete(record)
         if self.metrics is not None:
-            self.metrics.connection_closed(record)
+            self.metrics.connection_closed(
+                labels_for(record), record.bytes_sent, record.bytes_recv, record.response_flags
+            )
+        self._notify()
+
+    def failed(self, record: ConnectionRecord) -> None:
+        """A failure before the connection had its context (TLS handshake, garbage): ztunnel's `connection failed`.
+        A failure with a response flag still counts in `istio_tcp_connections_failed_total`."""
+        self._count_close(record)
+        access.log_failed(record.src_addr, record.dst_addr, record.direction, record.error or "")
+        if self.metrics is not None and record.response_flags in FAILED_FLAGS:
+            labels = labels_for(record)
+            self.metrics.connection_opened(labels)
+            self.metrics.connection_closed(labels, 0, 0, record.response_flags)
         self._notify()

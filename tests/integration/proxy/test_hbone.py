@@ -69,3 +69,61 @@ async def test_100_mib_arrives_intact(tmp_path: Path) -> None:
         server.close()
         await server.wait_closed()
         await stop_mesh(m)
+
+
+async def test_service_vip_and_passthrough(tmp_path: Path) -> None:
+    """A service VIP resolves to a healthy endpoint's target port over HBONE; a destination outside the mesh is
+    passed through as plain TCP (no HBONE: proxy B sees nothing)."""
+    from pyztunnel.proxy.netsock import DirectNet
+    from pyztunnel.proxy.pod import PodProxy, Ports
+    from tests.integration.proxy.harness import config_text, free_port
+
+    m = await start_mesh(tmp_path)
+    vip, outside = "127.96.0.10", m.b_ip.rsplit(".", 1)[0] + ".30"
+    text = config_text(m.a_ip, m.b_ip).replace(
+        "   workloadIps: ['" + m.b_ip + "'], protocol: HBONE}",
+        "   workloadIps: ['"
+        + m.b_ip
+        + "'], protocol: HBONE, services: {'b/echo.b.svc.cluster.local': {80: "
+        + str(m.app_port)
+        + "}}}",
+    )
+    text += f"services:\n- {{name: echo, namespace: b, hostname: echo.b.svc.cluster.local, vips: ['/{vip}'], ports: {{80: {m.app_port}}}}}\n"
+    m.set_config(text)
+    vip_port, out_port = free_port(m.a_ip), free_port(m.a_ip)
+    outside_port = free_port(outside)
+    extra = [
+        PodProxy(
+            m.node_a,
+            "vip",
+            DirectNet(m.a_ip, {vip_port: (vip, 80)}),
+            lambda i: i.workload_by_ip(m.a_ip),
+            Ports(vip_port, None, None),
+        ),
+        PodProxy(
+            m.node_a,
+            "out",
+            DirectNet(m.a_ip, {out_port: (outside, outside_port)}),
+            lambda i: i.workload_by_ip(m.a_ip),
+            Ports(out_port, None, None),
+        ),
+    ]
+    servers = []
+    try:
+        for pod in extra:
+            await pod.start()
+        async with contextlib.AsyncExitStack() as stack:
+            for ip, port in ((m.b_ip, m.app_port), (outside, outside_port)):
+                servers.append(await stack.enter_async_context(contextlib.asynccontextmanager(echo_server)(ip, port)))
+            for port, payload in ((vip_port, b"via the VIP"), (out_port, b"passthrough")):
+                reader, writer = await asyncio.open_connection(m.a_ip, port)
+                writer.write(payload)
+                assert await asyncio.wait_for(reader.readexactly(len(payload)), 5) == payload
+                writer.close()
+                await writer.wait_closed()
+            await asyncio.wait_for(m.node_a.telemetry.wait_for(lambda t: t.closed_total >= 2), 5)
+        assert m.node_b.telemetry.opened_total == 1  # only the VIP connection came over HBONE
+    finally:
+        for pod in extra:
+            await pod.drain_immediate()
+        await stop_mesh(m)

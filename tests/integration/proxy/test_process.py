@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -55,6 +56,15 @@ class Proc:
         return await asyncio.wait_for(self.proc.wait(), 15)
 
 
+async def http_get(host: str, port: int, path: str, method: str = "GET") -> tuple[int, str]:
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n".encode())
+    raw = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body.decode()
+
+
 async def start_proxy(tmp: Path, name: str, *args: str) -> Proc:
     env = {**os.environ, "PYZTUNNEL_KEY_DIR": str(tmp / f"keys-{name}"), "RUST_LOG": "info"}
     proc = await asyncio.create_subprocess_exec(
@@ -77,11 +87,18 @@ async def test_two_proxy_processes(tmp_path: Path) -> None:
         writer.close()
 
     app = await asyncio.start_server(echo, b_ip, app_port)
-    a = await start_proxy(tmp_path, "a", *common, "--direct-outbound", f"{a_ip}:{out_port}={b_ip}:{app_port}")
-    b = await start_proxy(tmp_path, "b", *common, "--direct-inbound", b_ip)
+    ports = {name: free_port(a_ip) for name in ("ready", "stats", "admin")}
+    servers = [
+        *("--readiness-addr", f"{a_ip}:{ports['ready']}", "--stats-addr", f"{a_ip}:{ports['stats']}"),
+        *("--admin-addr", f"{a_ip}:{ports['admin']}"),
+    ]
+    no_servers = ["--readiness-addr", "", "--stats-addr", "", "--admin-addr", ""]
+    a = await start_proxy(tmp_path, "a", *common, *servers, "--direct-outbound", f"{a_ip}:{out_port}={b_ip}:{app_port}")
+    b = await start_proxy(tmp_path, "b", *common, *no_servers, "--direct-inbound", b_ip)
     try:
         await a.wait_for_line("proxy started")
         await b.wait_for_line("proxy started")
+        assert await http_get(a_ip, ports["ready"], "/healthz/ready") == (200, "ready\n")
         reader, writer = await asyncio.open_connection(a_ip, out_port)
         writer.write(b"ping" * 1000)
         await writer.drain()
@@ -90,6 +107,24 @@ async def test_two_proxy_processes(tmp_path: Path) -> None:
         await writer.wait_closed()
         out_line = await a.wait_for_line("connection complete")
         in_line = await b.wait_for_line("connection complete")
+        status, metrics = await http_get(a_ip, ports["stats"], "/metrics")
+        assert status == 200
+        opened = [line for line in metrics.splitlines() if line.startswith("istio_tcp_connections_opened_total{")]
+        assert len(opened) == 1 and 'reporter="source"' in opened[0] and opened[0].endswith(" 1")
+        assert f'destination_principal="{SERVER_ID}"' in opened[0]
+        status, dump = await http_get(a_ip, ports["admin"], "/config_dump")
+        assert status == 200 and json.loads(dump)["workloads"][0]["name"] == "client-1"
+        # A corrupt config is refused; the last good one keeps serving.
+        cfg.write_text("workloads: [{namespace: a, colour: red}]\n")
+        error_line = await a.wait_for_line("config not loaded")
+        assert f"{cfg}:1: " in error_line
+        reader, writer = await asyncio.open_connection(a_ip, out_port)
+        writer.write(b"again")
+        assert await asyncio.wait_for(reader.readexactly(5), 10) == b"again"
+        writer.close()
+        # POST /quitquitquit drains and exits like SIGTERM
+        assert (await http_get(a_ip, ports["admin"], "/quitquitquit", method="POST"))[0] == 200
+        assert await asyncio.wait_for(a.proc.wait(), 15) == 0
     finally:
         codes = [await a.stop(), await b.stop()]
         sys.stderr.write("".join(a.lines + b.lines))
