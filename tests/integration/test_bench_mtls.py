@@ -23,7 +23,7 @@ def test_bench_mtls_smoke() -> None:
     for tool in ("haproxy", "wrk", "iperf3", "nginx"):
         require(shutil.which(tool) is not None or shutil.which(tool, path="/usr/sbin") is not None, f"'{tool}'")
     before = _children()
-    result = bench_mtls.run(["--duration=1", "--idle=20"])
+    result = bench_mtls.run(["--duration=1", "--rounds=1", "--idle=20"])
     results = result["results"]
     assert isinstance(results, dict)
     assert set(results) == {"direct", "haproxy", "pyztunnel"}
