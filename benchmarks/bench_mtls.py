@@ -7,6 +7,10 @@ Sides (all on loopback, one run, measured measure by measure so machine noise hi
 Each proxy hop is one process with one thread (`nbthread 1`), as each pyztunnel proxy is one Python process.
 Apps: nginx (1 worker, `/` answers "ok\\n") and an iperf3 server.
 
+Every number but memory is the median of interleaved rounds (direct, haproxy, pyztunnel, direct, …), and the ratio
+pyztunnel/haproxy is the median of the ratios measured within each round: the CPUs are shared with other work, and
+a side measured seconds after another sees nearly the same machine.
+
 Flags: `--duration S` seconds per measure and round (default 3), `--rounds N` interleaved rounds of every measure
 but memory (default 3; the median is reported), `--idle N` idle connections for the memory measure (default 1000), `--haproxy-threads N` adds a
 side with N-thread haproxies; `--quick` = 1 s, 1 round, 300 idle connections (about 30 s in all).
@@ -178,11 +182,20 @@ def _ratio(ours: float | None, peer: float | None) -> float | None:
     return ours / peer
 
 
-def build_rows(results: dict[str, dict[str, float | None]], sides: list[str]) -> list[Row]:
+def paired_ratio(ours: list[float], peer: list[float]) -> float | None:
+    """Median over rounds of ours/peer measured in the same round (seconds apart): robust to a neighbour's load that
+    changes between rounds, which a ratio of two medians is not. Rounds where the peer's value is <= 0 are skipped."""
+    ratios = [o / p for o, p in zip(ours, peer, strict=True) if p > 0]
+    return statistics.median(ratios) if ratios else None
+
+
+def build_rows(
+    results: dict[str, dict[str, float | None]], sides: list[str], ratios: dict[str, float | None]
+) -> list[Row]:
     def row(key: str, label: str, unit: str, target: str, check: Callable[[float, float | None], bool | None]) -> Row:
         values = {side: results[side].get(key) for side in sides}
         ours, peer = values.get("pyztunnel"), values.get("haproxy")
-        ratio = _ratio(ours, peer)
+        ratio = ratios[key] if key in ratios else _ratio(ours, peer)
         return Row(label, unit, values, target, None if ours is None else check(ours, ratio), ratio)
 
     def at_most(limit: float) -> Callable[[float, float | None], bool | None]:
@@ -217,7 +230,7 @@ def _fmt(value: float | None) -> str:
 
 
 def render(rows: list[Row], sides: list[str]) -> str:
-    head = ["measure", "unit", *sides, "pyz/haproxy", "target", "met"]
+    head = ["measure", "unit", *sides, "pyz/haproxy (paired)", "target", "met"]
     body = [
         [
             r.measure,
@@ -306,13 +319,22 @@ def run(args: list[str]) -> dict[str, object]:
             results[name][key] = statistics.median(values)
         for n in range(opts.rounds):
             each(f"fixed {FIXED_RATE} rps, round {n + 1}/{opts.rounds}", rate)
+        added: dict[tuple[str, str], list[float]] = {}
         for name in names:
             results[name].update(summarize_fixed_rate(rate_runs[name]))
-        for name in names:
+            if name == "direct":
+                continue
             for p in ("p50", "p99"):
-                own, base = results[name][f"{p}_ms"], results["direct"][f"{p}_ms"]
-                results[name][f"added_{p}_ms"] = None if name == "direct" or own is None or base is None else own - base
-    rows = build_rows(results, names)
+                key = f"added_{p}_ms"
+                added[name, key] = [
+                    getattr(own, f"{p}_ms") - getattr(base, f"{p}_ms")
+                    for own, base in zip(rate_runs[name], rate_runs["direct"], strict=True)
+                ]
+                results[name][key] = statistics.median(added[name, key])
+        ratios = {key: paired_ratio(samples["pyztunnel", key], samples["haproxy", key]) for key in throughput}
+        for key in ("added_p50_ms", "added_p99_ms"):
+            ratios[key] = paired_ratio(added["pyztunnel", key], added["haproxy", key])
+    rows = build_rows(results, names, ratios)
     print(f"load average at the end {_loadavg()} (other processes share these CPUs: compare ratios, not absolutes)")
     print(render(rows, names), flush=True)
     unmet = [r.measure for r in rows if r.met is False]
@@ -326,6 +348,7 @@ def run(args: list[str]) -> dict[str, object]:
         "idle_connections": opts.idle,
         "results": results,
         "rows": [dataclasses.asdict(r) for r in rows],
+        "rounds_samples": {f"{side}/{key}": values for (side, key), values in samples.items()},
         "unmet": unmet,
     }
 
