@@ -66,6 +66,7 @@ async def test_deadline_resets_remaining_connections_with_rst(server: Server, ca
     assert outcome is Outcome.DEADLINE
     assert server.calls == ["stop_accepting", "goaway"]
     assert d.reset_count == 1 and len(server.connections) == 0
+    assert d.finished.is_set() and d.outcome is Outcome.DEADLINE
     # SO_LINGER 0: the peer sees a reset, not an orderly FIN (which would read as b"").
     client.settimeout(5)
     with pytest.raises(ConnectionResetError):
@@ -89,11 +90,17 @@ async def test_connections_ending_within_deadline_finish_clean(server: Server) -
     assert d.reset_count == 0
 
 
-async def test_no_connections_exits_at_once(server: Server) -> None:
-    d = server.drainer(deadline=30)
+async def test_no_connections_exits_at_once_async_callbacks_awaited(server: Server) -> None:
+    stopped = asyncio.Event()
+
+    async def stop_accepting() -> None:
+        stopped.set()
+
+    d = Drainer(30, stop_accepting=stop_accepting, goaway=lambda: None, connections=server.connections)
     run = asyncio.ensure_future(d.run())
     d.signal()
     assert await asyncio.wait_for(run, 5) is Outcome.CLEAN
+    assert stopped.is_set()
 
 
 async def test_real_sigterm_then_second_signal_forces(server: Server, caplog: pytest.LogCaptureFixture) -> None:

@@ -15,10 +15,10 @@ import pytest
 from pyztunnel.aio import cancel_and_wait
 from pyztunnel.lifecycle import handoff, handoff_io
 from pyztunnel.lifecycle.handoff import ListenerKey, PodRequest
-from pyztunnel.lifecycle.testing import TaggedListeners, reuseport_listener
+from pyztunnel.lifecycle.testing import Hammer, TaggedListeners, accept_queue_length, reuseport_listener
 from pyztunnel.netns import netns_inode
 from tests.conftest import require
-from tests.integration.handoff_support import Hammer, old_instance
+from tests.integration.handoff_support import old_instance
 
 SELF = netns_inode("/proc/self/ns/net")
 
@@ -300,3 +300,37 @@ async def test_newer_server_takes_the_path_over(tmp_path: Path) -> None:
     assert path.exists()
     await second.close()
     assert not path.exists()
+
+
+async def test_a_paused_listener_strands_its_share_of_new_connections() -> None:
+    """Why drain must *close* listeners it does not share: a paused (open, not accepting) SO_REUSEPORT sibling keeps
+    getting its hash share of new connections, which wait unanswered until the process exits (then reset, or migrate
+    with tcp_migrate_req=1). A handed-off listener is shared, so closing our copy of it costs nothing."""
+    paused = reuseport_listener()
+    port = paused.getsockname()[1]
+    new = TaggedListeners(b"new\n", SELF)
+    new.add(ListenerKey("pod", port), reuseport_listener(port=port))
+    loop = asyncio.get_running_loop()
+    clients = []
+    try:
+        for _ in range(24):
+            c = socket.socket()
+            c.setblocking(False)
+            await loop.sock_connect(c, ("127.0.0.1", port))  # the handshake completes in the kernel either way
+            clients.append(c)
+
+        async def answered(c: socket.socket) -> bool:
+            try:
+                return await asyncio.wait_for(loop.sock_recv(c, 16), 1.0) == b"new\n"
+            except TimeoutError:
+                return False
+
+        results = await asyncio.gather(*(answered(c) for c in clients))
+        stranded = results.count(False)
+        assert 0 < stranded < len(clients)  # P(all 24 hash to one listener) = 2⁻²³
+        assert accept_queue_length(paused) == stranded
+    finally:
+        for c in clients:
+            c.close()
+        paused.close()
+        await new.close()

@@ -19,6 +19,7 @@ from pyztunnel.observe.metrics import Metrics, labels_for
 from pyztunnel.observe.servers import (
     HttpServer,
     Readiness,
+    ServerGroup,
     admin_server,
     listening_socket,
     metrics_server,
@@ -120,7 +121,7 @@ async def test_admin_endpoints(http: aiohttp.ClientSession, started: Started) ->
     levels = LogLevels(LogFilter.parse("info"))
     server = await started(
         admin_server(
-            [listening_socket("127.0.0.1", 0)], config_dump=dump, quit=lambda: quits.append("q"), log_levels=levels
+            [listening_socket("127.0.0.1", 0)], config_dump=dump, on_quit=lambda: quits.append("q"), log_levels=levels
         )
     )
     async with http.get(url(server, "/")) as resp:
@@ -173,7 +174,7 @@ async def test_drain_stops_accepting_and_finishes_in_flight(http: aiohttp.Client
 
     sock = listening_socket("127.0.0.1", 0)
     port = sock.getsockname()[1]
-    server = admin_server([sock], config_dump=slow_dump, quit=lambda: None)
+    server = admin_server([sock], config_dump=slow_dump, on_quit=lambda: None)
     await server.start()
     try:
         # An idle keep-alive connection and an in-flight request exist when the drain starts.
@@ -207,7 +208,7 @@ async def test_quitquitquit_can_start_a_drain_that_closes_its_own_server(http: a
         await server.close()
         drained.set()
 
-    server = admin_server([sock], config_dump=dict, quit=lambda: spawn(drain(), "drain") and None)
+    server = admin_server([sock], config_dump=dict, on_quit=lambda: spawn(drain(), "drain") and None)
     await server.start()
     async with http.post(f"http://127.0.0.1:{port}/quitquitquit") as resp:
         assert await resp.text() == "shutdown now\n"
@@ -237,3 +238,21 @@ async def test_servers_work_under_uvloop() -> None:
     # A separate thread runs a uvloop loop: the test's own loop is asyncio's.
     result = await asyncio.to_thread(uvloop.run, scenario())
     assert result == (200, True)
+
+
+async def test_server_group_drains_all_three_together(http: aiohttp.ClientSession) -> None:
+    socks = [listening_socket("127.0.0.1", 0) for _ in range(3)]
+    ports = [s.getsockname()[1] for s in socks]
+    readiness = Readiness()
+    group = ServerGroup(
+        readiness_server(readiness, [socks[0]]),
+        metrics_server(Metrics(process_metrics=False), [socks[1]]),
+        admin_server([socks[2]], config_dump=dict, on_quit=lambda: None),
+    )
+    async with group:
+        for port, path in zip(ports, ("/healthz/ready", "/metrics", "/config_dump"), strict=True):
+            async with http.get(f"http://127.0.0.1:{port}{path}") as resp:
+                assert resp.status == 200
+        await group.stop_accepting()
+        assert [await _refused(port) for port in ports] == [True, True, True]
+    assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []

@@ -82,6 +82,7 @@ def test_upgrade_failure_is_one_line_and_resumable(fake: FakeCluster, base: Path
     result = CliRunner().invoke(cli, ["upgrade", "--version", "v2", "--name", "t", "--ready-timeout", "1s"])
     assert result.exit_code == 1
     assert "not ready within 1s; deleted it, the old proxy keeps serving" in str(result.exception)
+    assert "failed" in result.output and "n1" in result.output  # the final table stays, showing where it stopped
     assert fake.versions() == {n: ["v1"] for n in NODES}
     fake.broken_versions.clear()
     again = CliRunner().invoke(cli, ["upgrade", "--version", "v2", "--name", "t"], catch_exceptions=False)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import ssl
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -15,6 +17,7 @@ from pyztunnel.identity import tls
 from pyztunnel.identity.ca import CertificateAuthority
 from pyztunnel.identity.certs import WorkloadCert
 from pyztunnel.identity.spiffe import Identity
+from tests.conftest import require
 
 HANDSHAKE_TIMEOUT = 0.5
 BOUND = 10.0  # no single step of these tests may take longer
@@ -49,35 +52,56 @@ def issue(ca: CertificateAuthority, identity: Identity, *, expired: bool = False
 
 
 class Server:
-    """Accepts one TCP connection and upgrades it to TLS with `ctx`, recording the outcome."""
+    """Accepts one TCP connection and runs the TLS server handshake on it with `ctx`, recording the outcome.
+
+    `connect_accepted_socket(ssl=…)` raises when the handshake fails, so server-side failures are observable (a
+    plain `start_server(ssl=…)` would only log them). It behaves the same on asyncio's loop and on uvloop.
+    """
 
     def __init__(self, ctx: ssl.SSLContext, check: Check) -> None:
         self.ctx, self.check = ctx, check
         self.outcome: asyncio.Future[Identity] = asyncio.get_running_loop().create_future()
-        self.server: asyncio.Server | None = None
+        self.listener = socket.socket()
         self.port = 0
+        self.task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Server:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen()
+        self.listener.setblocking(False)
+        self.port = self.listener.getsockname()[1]
+        self.task = asyncio.ensure_future(self._serve_one())
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        assert self.server is not None
-        self.server.close()
-        await self.server.wait_closed()
+        assert self.task is not None
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+        self.listener.close()
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve_one(self) -> None:
+        loop = asyncio.get_running_loop()
+        conn, _ = await loop.sock_accept(self.listener)
+        reader = asyncio.StreamReader()
+        transport: asyncio.Transport | None = None
         try:
-            await writer.start_tls(self.ctx, ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
-            peer = self.check(writer.get_extra_info("ssl_object"))
-            writer.write(b"ok")
-            await writer.drain()
+            transport, _protocol = await loop.connect_accepted_socket(
+                lambda: asyncio.StreamReaderProtocol(reader),
+                conn,
+                ssl=self.ctx,
+                ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
+            )
+            peer = self.check(transport.get_extra_info("ssl_object"))
+            transport.write(b"ok")
             self.outcome.set_result(peer)
         except Exception as exc:
             self.outcome.set_exception(exc)
         finally:
-            writer.close()
+            if transport is not None:
+                transport.close()
+            else:
+                conn.close()
 
     async def result(self) -> Identity:
         return await asyncio.wait_for(self.outcome, BOUND)
@@ -218,8 +242,11 @@ async def test_rejects_tls12(ca: CertificateAuthority, pair: dict[str, Any]) -> 
     assert "UNSUPPORTED_PROTOCOL" in str(exc) or "VERSION" in str(exc)
 
 
-@pytest.mark.skipif(not tls.restrict_tls13_ciphersuites(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)), reason="no ctypes")
 async def test_rejects_chacha20_only_client(ca: CertificateAuthority, key_dir: Path, pair: dict[str, Any]) -> None:
+    # A client restricted to ChaCha20 needs the ctypes cipher-suite call; locally it may be missing, in CI it must work.
+    require(
+        tls.restrict_tls13_ciphersuites(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)), "SSL_CTX_set_ciphersuites via ctypes"
+    )
     ctx = tls.client_context(issue(ca, CLIENT_ID), key_dir)
     assert tls.set_tls13_ciphersuites(ctx, ["TLS_CHACHA20_POLY1305_SHA256"])
     async with Server(pair["server_ctx"], server_check) as server:
@@ -271,3 +298,73 @@ async def test_switching_server_context_without_cert_aborts(pair: dict[str, Any]
             await connect(server.port, pair["client_ctx"])
         with pytest.raises(ssl.SSLError):
             await server.result()
+
+
+def test_key_files_never_outlive_loading(ca: CertificateAuthority, tmp_path: Path) -> None:
+    cache = tls.ContextCache(tmp_path / "keys")
+    cert = issue(ca, SERVER_ID)
+    first = cache.server(cert)
+    assert cache.server(cert) is first  # cached per certificate
+    assert cache.client(cert) is cache.client(cert)
+    mine = tls.private_dir(cache.key_dir)
+    assert oct(mine.stat().st_mode & 0o777) == "0o700"
+    assert list(mine.iterdir()) == []
+    assert cache.server(issue(ca, SERVER_ID)) is not first  # a rotated certificate gets a new context
+    cache.close()
+    assert not mine.exists()
+
+
+def test_contexts_allow_only_tls13_aes_gcm(ca: CertificateAuthority, key_dir: Path) -> None:
+    cert = issue(ca, SERVER_ID)
+    for ctx in (tls.server_context(cert, key_dir), tls.client_context(cert, key_dir)):
+        assert ctx.minimum_version == ctx.maximum_version == ssl.TLSVersion.TLSv1_3
+        suites = sorted(c["name"] for c in ctx.get_ciphers() if c["protocol"] == "TLSv1.3")
+        assert suites == sorted(tls.AES_GCM_SUITES)
+
+
+async def test_switching_server_context_verifies_with_the_chosen_context(
+    ca: CertificateAuthority, other_ca: CertificateAuthority, key_dir: Path
+) -> None:
+    # The listener context has no roots of its own: verification and cipher suites must come from the chosen one.
+    cache = tls.ContextCache(key_dir)
+    server_cert = issue(ca, SERVER_ID)
+    listener_ctx = tls.switching_server_context(lambda: cache.server(server_cert))
+    foreign = issue(other_ca, Identity("other.domain", "web", "frontend"))
+    foreign_ctx = tls.client_context(
+        WorkloadCert(foreign.identity, foreign.chain, ca.root_pem, foreign.key_pem), key_dir
+    )
+    async with Server(listener_ctx, server_check) as server:
+        exc = await expect_server_failure(server, foreign_ctx)
+    assert "CERTIFICATE_VERIFY_FAILED" in str(exc)
+    if tls.restrict_tls13_ciphersuites(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)):
+        chacha = tls.client_context(issue(ca, CLIENT_ID), key_dir)
+        assert tls.set_tls13_ciphersuites(chacha, ["TLS_CHACHA20_POLY1305_SHA256"])
+        async with Server(listener_ctx, server_check) as server:
+            exc = await expect_server_failure(server, chacha)
+        assert "NO_SHARED_CIPHER" in str(exc)
+
+
+def test_same_behaviour_under_uvloop(ca: CertificateAuthority, key_dir: Path) -> None:
+    """The proxy runs on uvloop: its SSL implementation must give the same outcomes."""
+    import uvloop
+
+    async def scenario() -> None:
+        server_ctx = tls.server_context(issue(ca, SERVER_ID), key_dir)
+        client_ctx = tls.client_context(issue(ca, CLIENT_ID), key_dir)
+        async with Server(server_ctx, server_check) as server:
+            reader, writer = await connect(server.port, client_ctx)
+            assert tls.check_server_peer(writer.get_extra_info("ssl_object"), [SERVER_ID]) == SERVER_ID
+            assert await asyncio.wait_for(reader.read(2), BOUND) == b"ok"
+            assert await server.result() == CLIENT_ID
+            writer.close()
+        wrong_td = tls.client_context(issue(ca, Identity("other.domain", "web", "frontend")), key_dir)
+        async with Server(server_ctx, server_check) as server:
+            assert isinstance(await expect_server_failure(server, wrong_td), tls.TlsError)
+        async with Server(server_ctx, server_check) as server:
+            _reader, raw = await asyncio.open_connection("127.0.0.1", server.port)
+            with pytest.raises((ConnectionAbortedError, TimeoutError)):
+                await server.result()
+            raw.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(scenario())

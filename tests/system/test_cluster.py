@@ -225,3 +225,125 @@ def test_default_spec_without_mesh_client_gateway_httpbin() -> None:
         assert fetch(name, *[f"http://{gateway['vip']}/status/418"] * 4) == ["418"] * 4
     finally:
         asyncio.run(manage.down(name))
+
+
+def wait_state(client: Client, what: str, done: Any, limit: float = 30) -> dict[str, Any]:
+    deadline = time.monotonic() + limit
+    while True:
+        state = client.state()
+        if done(state):
+            return state
+        assert time.monotonic() < deadline, f"timed out waiting for {what}: {json.dumps(state)[:2000]}"
+        time.sleep(0.05)  # polling the controller with a deadline
+
+
+def backends_of(state: dict[str, Any]) -> list[dict[str, Any]]:
+    return [p for p in state["pods"] if p["owner"]["name"] == "backend" and p["phase"] != "Terminating"]
+
+
+def test_a_pod_whose_process_dies_is_restarted(plain: dict[str, Any]) -> None:
+    client = Client(Layout.of("tcl1"), "tcl1")
+    pod = next(p for p in client.state()["pods"] if p["owner"]["name"] == "client")
+    os.kill(pod["pid"], 9)
+
+    def restarted(state: dict[str, Any]) -> bool:
+        now = next(p for p in state["pods"] if p["name"] == pod["name"])
+        return bool(now["restarts"] == pod["restarts"] + 1 and now["ready"] and now["pid"] not in (None, pod["pid"]))
+
+    wait_state(client, "the restart", restarted)
+
+
+def test_scale_cordon_and_drain(plain: dict[str, Any]) -> None:
+    client = Client(Layout.of("tcl1"), "tcl1")
+    assert cli("scale", "--name", "tcl1", "backend", "3").returncode == 0
+    state = wait_state(client, "3 ready backends", lambda s: len([p for p in backends_of(s) if p["ready"]]) == 3)
+    assert len(state["services"][0]["endpoints"]) == 3
+    out = cli("drain", "--name", "tcl1", "node-2")
+    assert out.returncode == 0, out.stderr
+    state = wait_state(
+        client, "3 ready backends off node-2", lambda s: len([p for p in backends_of(s) if p["ready"]]) == 3
+    )
+    assert all(p["node"] != "node-2" for p in state["pods"])
+    assert next(n for n in state["nodes"] if n["name"] == "node-2")["cordoned"]
+    assert cli("uncordon", "--name", "tcl1", "node-2").returncode == 0
+    assert cli("scale", "--name", "tcl1", "backend", "2").returncode == 0
+    state = wait_state(
+        client, "2 backends", lambda s: len([p for p in s["pods"] if p["owner"]["name"] == "backend"]) == 2
+    )
+    assert len(state["services"][0]["endpoints"]) == 2
+    assert fetch("tcl1", "http://10.96.0.10:8000/status/418") == ["418"]
+
+
+def test_down_all_removes_every_cluster() -> None:
+    require(os.geteuid() == 0, "root")
+    names = ["tcl6", "tcl7"]
+    doc = {
+        "nodes": [{"name": "n1"}],
+        "agent": {"enabled": False},
+        "proxy": {"enabled": False},
+        "ca": {"enabled": False},
+    }
+    try:
+        for name in names:
+            manage.up(spec.parse(yaml.safe_dump(doc), "tiny.yaml"), name, timeout=30)
+        assert set(names) <= set(manage.known_clusters())
+        out = cli("down", "--all")
+        assert out.returncode == 0, out.stderr
+        for name in names:
+            assert f"cluster {name} removed" in out.stdout
+            assert leftovers(name) == []
+    finally:
+        for name in names:
+            asyncio.run(manage.down(name))
+
+
+def test_default_spec_in_the_mesh() -> None:
+    """The seed scenario: client (outside the mesh) → gateway VIP → nginx in the mesh → httpbin in the mesh."""
+    require(os.geteuid() == 0, "root")
+    missing = manage.missing_components(spec.load(None).spec)
+    require(not missing, "; ".join(missing))
+    name = "tcl5"
+    asyncio.run(manage.down(name))
+    try:
+        state = manage.up(spec.load(None), name, timeout=60)
+        assert all(p["ready"] for p in state["proxies"]) and len(state["proxies"]) == 3
+        gateway = next(s for s in state["services"] if s["name"] == "gateway")
+        assert fetch(name, *[f"http://{gateway['vip']}/status/418"] * 4) == ["418"] * 4
+        mesh_pod = next(p for p in state["pods"] if p["mesh"])
+        rules = subprocess.run(
+            ["ip", "netns", "exec", mesh_pod["netns"], "nft", "list", "ruleset"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert "15001" in rules and "15006" in rules
+        client_pod = next(p for p in state["pods"] if not p["mesh"])
+        rules = subprocess.run(
+            ["ip", "netns", "exec", client_pod["netns"], "nft", "list", "ruleset"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert "15001" not in rules
+    finally:
+        asyncio.run(manage.down(name))
+
+
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+def test_up_and_down_need_root() -> None:
+    require(os.geteuid() == 0, "root (to drop it)")
+    for command in ("up", "down"):
+        out = subprocess.run(
+            [*NOBODY, sys.executable, "-m", "pyztunnel", "cluster", command, "--name", "tcl8"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd="/",
+        )
+        assert out.returncode == 2
+        assert (
+            out.stderr.strip()
+            == f"error: pyztunnel cluster {command} needs root (network namespaces, nftables); run it with sudo"
+        )

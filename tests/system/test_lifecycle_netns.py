@@ -14,9 +14,9 @@ from pathlib import Path
 from pyztunnel.aio import cancel_and_wait
 from pyztunnel.lifecycle import handoff, handoff_io
 from pyztunnel.lifecycle.handoff import ListenerKey, PodRequest
-from pyztunnel.lifecycle.testing import TaggedListeners
+from pyztunnel.lifecycle.testing import Hammer, TaggedListeners, poll
 from pyztunnel.netns import netns_inode, netns_path, run_in_netns, socket_in_netns
-from tests.integration.handoff_support import Hammer, old_instance, poll
+from tests.integration.handoff_support import old_instance
 
 
 def ip(*args: str) -> None:

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from pyztunnel.identity import certs
 from pyztunnel.identity.ca import CaStateError, CertificateAuthority, CsrError, check_csr, csr_identity
+from pyztunnel.identity.client import read_token, target_of
 from pyztunnel.identity.node_authz import Grant, Refusal, WorkloadsError, decide, identities_by_node
 from pyztunnel.identity.spiffe import Identity
 
@@ -198,3 +199,35 @@ def test_impersonation_authorization(node: str, csr: str, metadata: dict[str, ob
     else:
         assert isinstance(outcome, Refusal)
         assert outcome.code == expected
+
+
+@pytest.mark.parametrize(
+    ("address", "target"),
+    [
+        ("https://10.240.0.254:15012", "10.240.0.254:15012"),
+        ("https://istiod.istio-system.svc:15012/", "istiod.istio-system.svc:15012"),
+        ("localhost", "localhost:15012"),
+        ("https://[::1]:9000", "[::1]:9000"),
+        ("[::1]", "[::1]:15012"),
+        ("::1", "[::1]:15012"),
+    ],
+)
+def test_ca_target(address: str, target: str) -> None:
+    assert target_of(address) == target
+
+
+def test_token_is_file_content_or_literal(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("abc\n")
+    assert read_token(str(token_file)) == "abc"
+    assert read_token("literal-token") == "literal-token"
+
+
+def test_serve_refuses_root_of_another_trust_domain(tmp_path: Path) -> None:
+    from pyztunnel.errors import UserError
+    from pyztunnel.identity.ca_server import load_ca
+    from pyztunnel.identity.config import CaSettings
+
+    CertificateAuthority.load_or_create(tmp_path, "a.example")
+    with pytest.raises(UserError, match=r"trust domain a\.example, not --trust-domain cluster\.local"):
+        load_ca(CaSettings(state_dir=tmp_path))

@@ -6,6 +6,8 @@ import json
 import socket
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pyztunnel.lifecycle import handoff
 from pyztunnel.lifecycle.handoff import (
@@ -190,3 +192,51 @@ def test_server_releases_only_what_it_offered_and_rejects_out_of_order() -> None
 def test_batch_size_is_bounded() -> None:
     with pytest.raises(ValueError):
         HandoffServer(lambda: {}, batch=254)
+
+
+# Whatever a peer sends, the client's bookkeeping holds --------------------------------------------------------------
+
+ENTRY = st.fixed_dictionaries(
+    {"uid": st.sampled_from(["pod-a", "pod-b", "pod-z", ""]), "port": st.sampled_from([15001, 15006, 15008, 1, 0])}
+)
+MESSAGE = st.one_of(
+    st.just({"type": "hello", "version": 1}),
+    st.fixed_dictionaries({"type": st.just("hello"), "version": st.integers(-1, 3)}),
+    st.fixed_dictionaries({"type": st.just("listeners"), "listeners": st.lists(ENTRY, max_size=6)}),
+    st.fixed_dictionaries({"type": st.just("listeners"), "listeners": st.one_of(st.none(), st.integers(), st.text())}),
+    st.fixed_dictionaries(
+        {"type": st.just("done"), "missing": st.lists(st.fixed_dictionaries({"uid": st.text(max_size=5)}))}
+    ),
+    st.fixed_dictionaries({"type": st.sampled_from(["error", "released", "adopted", "x"])}),
+    st.dictionaries(st.text(max_size=4), st.integers(), max_size=2),
+)
+FACTS = st.one_of(
+    st.builds(listener, st.sampled_from([15001, 15006, 15008])),
+    st.builds(lambda p: listener(p, NS_B), st.sampled_from([15001, 15006])),
+    st.just(SocketFacts(error="not a socket")),
+    st.just(SocketFacts(family=socket.AF_INET, type=socket.SOCK_DGRAM, port=15001, netns=NS_A)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.one_of(MESSAGE.map(handoff.encode), st.binary(max_size=8)), st.lists(FACTS, max_size=6)),
+        max_size=6,
+    )
+)
+def test_any_peer_leaves_consistent_decisions(script: list[tuple[bytes, list[SocketFacts]]]) -> None:
+    client = HandoffClient([PodRequest("pod-a", NS_A), PodRequest("pod-b", NS_A, (15001,))])
+    wanted = set(client.wanted())
+    for data, facts in script:
+        step = client.receive(data, facts)
+        decided = sorted([i for i, _ in step.keep] + [i for i, _ in step.reject])
+        assert decided == list(range(len(facts)))  # every fd kept or closed, exactly once
+        assert all(key in wanted for _, key in step.keep)
+        if client.state is ClientState.FINISHED:
+            break
+    client.fail("peer went away")
+    to_bind = client.to_bind()
+    assert client.adopted <= wanted
+    assert set(to_bind) == wanted - client.adopted
+    assert all(reason for reason in to_bind.values())

@@ -158,6 +158,34 @@ def test_lean_output_is_byte_identical_to_h2() -> None:
     assert chunks[0].startswith(b"PRI * HTTP/2.0")  # preamble + SETTINGS first, then the WINDOW_UPDATE
 
 
+def test_whole_data_fast_path_equals_send_data() -> None:
+    """send_whole_data writes the same bytes and does the same flow-control accounting as h2's send_data, and
+    refuses (changing nothing) whatever it cannot do: over the window, over the frame size, a closed stream."""
+    fast, slow = pair(), pair()
+    headers = hbone.connect_headers("10.0.0.1:80", forwarded_for="", baggage_value="", traceparent_value="t")
+    for client, server in (fast, slow):
+        client.send_headers(1, headers)
+        exchange(client, server)
+        server.send_headers(1, hbone.response_headers(200))
+        exchange(client, server)
+    payload = b"p" * 70000
+    assert fast[0].send_whole_data(1, payload)
+    slow[0].send_data(1, payload)
+    wire = fast[0].data_to_send()
+    assert wire == slow[0].data_to_send()
+    assert fast[0].local_flow_control_window(1) == slow[0].local_flow_control_window(1)
+    assert fast[0].outbound_flow_control_window == slow[0].outbound_flow_control_window
+    window = fast[0].local_flow_control_window(1)
+    assert not fast[0].send_whole_data(1, b"x" * (window + 1))
+    assert not fast[0].send_whole_data(1, b"x" * (hbone.FRAME_SIZE + 1))
+    assert not fast[0].send_whole_data(3, b"x")  # no such stream
+    assert fast[0].local_flow_control_window(1) == window
+    events = fast[1].receive_data(wire)
+    assert b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived)) == payload
+    fast[0].end_stream(1)
+    assert not fast[0].send_whole_data(1, b"x")  # half-closed (local): h2 would refuse too
+
+
 def test_lean_frame_buffer_parses_split_frames() -> None:
     client, server = pair()
     stream_id = client.get_next_available_stream_id()
@@ -172,3 +200,25 @@ def test_lean_frame_buffer_parses_split_frames() -> None:
     data = b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived))
     assert data == bytes(range(256)) * 4096
     assert any(isinstance(e, h2.events.StreamEnded) for e in events)
+
+
+def test_streams_continue_after_goaway() -> None:
+    """A GOAWAY (either way) lets open streams finish, as RFC 9113 §6.8 and ztunnel's drain need."""
+    client, server = pair()
+    client.send_headers(
+        1, hbone.connect_headers("10.0.0.1:80", forwarded_for="", baggage_value="", traceparent_value="t")
+    )
+    exchange(client, server)
+    server.send_headers(1, hbone.response_headers(200))
+    server.close_connection(last_stream_id=1)  # the server starts draining
+    events, _ = exchange(client, server)
+    assert any(isinstance(e, h2.events.ConnectionTerminated) and e.error_code == 0 for e in events)
+    client.send_data(1, b"still flowing")
+    server.send_data(1, b"both ways")
+    c_events, s_events = exchange(client, server)
+    assert [e.data for e in s_events if isinstance(e, h2.events.DataReceived)] == [b"still flowing"]
+    assert [e.data for e in c_events if isinstance(e, h2.events.DataReceived)] == [b"both ways"]
+    client.close_connection()  # and the client's own GOAWAY does not stop it either
+    server.send_data(1, b"more", end_stream=True)
+    c_events, _ = exchange(client, server)
+    assert any(isinstance(e, h2.events.StreamEnded) for e in c_events)

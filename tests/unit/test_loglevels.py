@@ -32,6 +32,7 @@ def test_initial_filter_from_rust_log() -> None:
     assert initial_filter({"RUST_LOG": "access=debug,warn"}).render() == "access=debug,warn"
     assert initial_filter({}).render() == "info"
     assert initial_filter({"RUST_LOG": "nonsense"}).render() == "info"
+    assert initial_filter({"RUST_LOG": "access=debug,info", "LOG_LEVEL": "warn"}).render() == "access=debug,warn"
 
 
 @pytest.fixture

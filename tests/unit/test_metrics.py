@@ -144,6 +144,17 @@ def test_failed_counts_only_listed_flags(flag: str) -> None:
     assert [s[1]["response_flags"] for s in fams["istio_tcp_connections_opened"][1]] == ["-"]
 
 
+def test_source_principal_only_from_an_inbound_peer_certificate() -> None:
+    record = inbound()
+    assert labels_for(record).source_principal == "spiffe://cluster.local/ns/default/sa/client"
+    record.mtls = False
+    assert labels_for(record).source_principal == "unknown"
+    record.mtls, record.direction = True, "outbound"
+    labels = labels_for(record)
+    assert labels.source_principal == "unknown" and labels.reporter == "source"
+    assert labels.destination_principal == "spiffe://cluster.local/ns/default/sa/httpbin"
+
+
 def test_sockets_open_tracks_live_connections_per_reporter() -> None:
     m = Metrics(process_metrics=False)
     out = labels_for(ConnectionRecord("a:1", "b:2", "outbound"))
@@ -176,3 +187,32 @@ def test_encoding_escapes_and_integers() -> None:
     assert text == ('# HELP g help with \\\\ and\\nnewline\n# TYPE g gauge\ng{a="q\\"uote\\\\n"} 1.5\ng{a="x"} 3\n')
     parsed = next(iter(text_string_to_metric_families(text)))
     assert parsed.samples[0].labels == {"a": 'q"uote\\n'}
+
+
+def test_live_counters_show_in_scrapes_and_fold_at_close() -> None:
+    m = Metrics(process_metrics=False)
+    labels = labels_for(inbound())
+    conn = m.connection_opened(labels)
+    conn.recv += 10
+    conn.sent += 1000
+    m.add_bytes(labels, recv=1)  # another path adding to the same labels
+    fams = families(m)
+    assert fams["istio_tcp_received_bytes"][1][0][2] == 11
+    assert fams["istio_tcp_sent_bytes"][1][0][2] == 1000
+    conn.recv += 5
+    m.connection_closed(conn, recv=1, response_flags="DENY")
+    assert len(m.live) == 0 and m.received_bytes[labels] == 17 and m.sent_bytes[labels] == 1000
+    fams = families(m)
+    assert fams["istio_tcp_received_bytes"][1][0][2] == 17  # not counted twice once closed
+    assert fams["istio_tcp_connections_failed"][1][0][1]["response_flags"] == "DENY"
+
+
+def test_a_handle_dropped_without_close_does_not_leak() -> None:
+    import gc
+
+    m = Metrics(process_metrics=False)
+    labels = labels_for(inbound())
+    m.connection_opened(labels)  # handle ignored; closed by labels below
+    m.connection_closed(labels, sent=3, recv=4)
+    gc.collect()
+    assert len(m.live) == 0 and m.sent_bytes[labels] == 3 and m.received_bytes[labels] == 4

@@ -58,7 +58,17 @@ def up_cmd(spec_file: Path | None, no_mesh: bool, timeout: float, **kw: Any) -> 
     for warning in loaded.warnings:
         click.echo(f"warning: {warning}", err=True)
     started = time.monotonic()
-    state = manage.up(loaded, name, base=layout.root.parent, no_mesh=no_mesh, timeout=timeout)
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    with console.status(f"cluster {name}: starting") as status:
+
+        def progress(state: dict[str, Any]) -> None:
+            pods = [*state["proxies"], *state["pods"]]
+            ready = sum(p["ready"] for p in pods)
+            status.update(f"cluster {name}: {state['phase']}, {ready}/{len(pods)} pods ready")
+
+        state = manage.up(loaded, name, base=layout.root.parent, no_mesh=no_mesh, timeout=timeout, progress=progress)
     pods = len(state["pods"]) + len(state["proxies"])
     click.echo(f"cluster {name} is up in {time.monotonic() - started:.1f}s: {len(state['nodes'])} nodes, {pods} pods")
 

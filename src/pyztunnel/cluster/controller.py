@@ -32,6 +32,7 @@ from pyztunnel.cluster.scheduling import Candidate, pick_node
 from pyztunnel.cluster.spec import ClusterSpec, DeploymentSpec, Labels, ProxySpec, ReadinessProbe
 from pyztunnel.cluster.spec import parse as parse_spec
 from pyztunnel.netns import NETNS_RUN_DIR
+from pyztunnel.settings import Duration
 
 _log = logging.getLogger("pyztunnel.cluster")
 
@@ -42,6 +43,11 @@ PROXY_READY_PATH = "/healthz/ready"
 PLUMB_RETRY_FIRST = 0.05
 PLUMB_RETRY_MAX = 1.0
 COMPONENT_READY_TIMEOUT = 30.0
+# The cluster is `ready` only once workloads.yaml has not changed for the proxies' poll interval plus this margin: a
+# client sent through the gateway right after `cluster up` must find httpbin's endpoints healthy in every proxy.
+PROXY_CONFIG_POLL_ENV = "PYZTUNNEL_CONFIG_POLL"
+PROXY_CONFIG_POLL_DEFAULT = "0.5s"
+SETTLE_MARGIN = 0.25
 CRASH_LOOP_RESTARTS = 5  # `cluster up` gives up on a process that exited this often without becoming ready
 
 
@@ -107,6 +113,7 @@ class Pod:
     phase: str = "Pending"  # Pending → Running → Terminating
     ready: bool = False
     message: str = ""
+    generation: int = 0  # the change that added it; its files are published once this generation is
     created_at: float = field(default_factory=time.time)
     proc: Supervised | None = None
     task: asyncio.Task[None] | None = None
@@ -200,9 +207,15 @@ class Controller:
             self.podnet = podnet.DirectPodNetwork()
         self.stop_requested = asyncio.Event()
         self._dirty = asyncio.Event()
+        self._generation = 0
+        self._published = 0
+        self._published_cond = asyncio.Condition()
         self._published_nft: dict[str, str] = {}
         self._published_workloads = ""
         self._tasks: list[asyncio.Task[Any]] = []
+        self._pods_allowed = False
+        self._workloads_written_at = 0.0
+        self._proxies_allowed = False
 
     # ----- lifecycle -------------------------------------------------------------------------------------------
 
@@ -243,16 +256,25 @@ class Controller:
             node.run_dir.mkdir(parents=True, exist_ok=True)
         _log.info("fabric and %d nodes built in %.2fs", len(nodes), time.monotonic() - started)
         await self._write_files()
-        waits = []
+        # Pods start as soon as the agents serve; proxies also wait for the CA (their first CSR must not fail).
+        ca_ready: asyncio.Task[None] | None = None
         if self.spec.ca.enabled:
             self._write_tokens()
             self._start_ca()
-            waits.append(self._wait_ca())
-        if self.spec.agent.enabled:
-            for node in self.nodes.values():
-                self._start_agent(node)
-            waits += [self._wait_agent(node) for node in self.nodes.values()]
-        await asyncio.gather(*waits)
+            ca_ready = spawn(self._wait_ca(), "cluster-wait-ca")
+        try:
+            if self.spec.agent.enabled:
+                for node in self.nodes.values():
+                    self._start_agent(node)
+                await asyncio.gather(*(self._wait_agent(node) for node in self.nodes.values()))
+            self._pods_allowed = True
+            self.reconcile()
+            if ca_ready is not None:
+                await ca_ready
+        finally:
+            if ca_ready is not None:
+                await cancel_and_wait(ca_ready)
+        self._proxies_allowed = True
         self.reconcile()
 
     async def _shutdown(self) -> None:
@@ -360,14 +382,14 @@ class Controller:
         """Bring pods to the desired state: one proxy per node, each deployment at its replica count."""
         if self.phase not in ("starting", "running") or self.stop_requested.is_set():
             return
-        if self.daemonset.enabled:
+        if self.daemonset.enabled and self._proxies_allowed:
             for node in self.nodes.values():
                 if not any(
                     p.owner_kind == "DaemonSet" and p.node is node and p.phase != "Terminating"
                     for p in self.pods.values()
                 ):
                     self.create_proxy(node, self.daemonset.version)
-        for dep in self.spec.deployments:
+        for dep in self.spec.deployments if self._pods_allowed else []:
             live = [
                 p
                 for p in self.pods.values()
@@ -462,9 +484,9 @@ class Controller:
         uid = str(uuid.uuid4())
         pod = Pod(uid=uid, ip=node.ipam.allocate(), netns=topology.pod_ns(self.name, kw["name"]), **kw)
         self.pods[pod.name] = pod
+        pod.generation = self.changed()
         pod.task = spawn(self._run_pod(pod), f"pod-{pod.name}")
         _log.info("pod %s scheduled on %s with IP %s", pod.name, node.name, pod.ip)
-        self.changed()
         return pod
 
     # ----- one pod ---------------------------------------------------------------------------------------------
@@ -488,6 +510,9 @@ class Controller:
 
     async def _run_pod(self, pod: Pod) -> None:
         try:
+            # A mesh pod's proxy looks its workload up (and the CA checks its node) in workloads.yaml as soon as the
+            # agent announces it: publish the pod before plumbing it.
+            await self.published(pod.generation)
             await self._plumb(pod)
             env = self._pod_env(pod)
             pod_dir = self.layout.pod_dir(pod.name)
@@ -600,23 +625,35 @@ class Controller:
 
     # ----- publishing ------------------------------------------------------------------------------------------
 
-    def changed(self) -> None:
+    def changed(self) -> int:
+        """Note a change; returns its generation (see `published`)."""
+        self._generation += 1
         self._dirty.set()
+        return self._generation
 
     async def _publisher(self) -> None:
         while True:
             await self._dirty.wait()
             self._dirty.clear()
+            generation = self._generation
             try:
                 await self._write_files()
             except Exception:
                 _log.exception("cannot publish the cluster state")
+            async with self._published_cond:
+                self._published = generation
+                self._published_cond.notify_all()
+
+    async def published(self, generation: int) -> None:
+        """Wait until the files reflect at least this generation of changes."""
+        async with self._published_cond:
+            await self._published_cond.wait_for(lambda: self._published >= generation)
 
     def workload_views(self) -> list[render.WorkloadView]:
         return [
             render.WorkloadView(p.name, p.namespace, p.service_account, p.ip, p.node.name, p.mesh, p.ready, p.labels)
             for p in self.pods.values()
-            if p.owner_kind == "Deployment" and p.phase != "Pending"
+            if p.owner_kind == "Deployment"
         ]
 
     async def _write_files(self) -> None:
@@ -638,6 +675,8 @@ class Controller:
         if workloads != self._published_workloads:
             atomic_write(self.layout.workloads, workloads)
             self._published_workloads = workloads
+            self._workloads_written_at = time.monotonic()
+            asyncio.get_running_loop().call_later(self.settle, self.changed)  # `ready` may flip then
         atomic_write(self.layout.state, json.dumps(self.snapshot(), indent=2) + "\n")
 
     def snapshot(self) -> dict[str, Any]:
@@ -712,9 +751,19 @@ class Controller:
             "daemonset": self.daemonset.model_dump(),
         }
 
+    @property
+    def settle(self) -> float:
+        try:
+            poll = Duration.parse(self.daemonset.env.get(PROXY_CONFIG_POLL_ENV, PROXY_CONFIG_POLL_DEFAULT))
+        except ValueError:
+            poll = Duration.parse(PROXY_CONFIG_POLL_DEFAULT)
+        return float(poll) + SETTLE_MARGIN
+
     def is_ready(self) -> bool:
         if self.phase != "running":
             return False
+        if self.daemonset.enabled and time.monotonic() - self._workloads_written_at < self.settle:
+            return False  # proxies poll workloads.yaml: give them time to see the last change
         if self.agent_api is not None and not all(n.agent_ready for n in self.nodes.values()):
             return False
         if self.daemonset.enabled and not all(

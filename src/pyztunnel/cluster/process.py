@@ -38,7 +38,7 @@ class Supervised:
         env: Mapping[str, str],
         log_path: Path,
         cwd: Path | None = None,
-        on_change: Callable[[], None] = lambda: None,
+        on_change: Callable[[], object] = lambda: None,
     ) -> None:
         self.name = name
         self.argv = list(argv)

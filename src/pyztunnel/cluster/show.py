@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from rich.console import Console
@@ -9,7 +10,8 @@ from rich.table import Table
 
 
 def print_status(state: dict[str, Any], *, stale: bool = False, console: Console | None = None) -> None:
-    console = console or Console()
+    # Piped output keeps whole IPs and names rather than the 80 columns rich assumes without a terminal.
+    console = console or Console(width=None if sys.stdout.isatty() else 160)
     title = f"cluster {state['name']} — {state['phase']}{' (ready)' if state['ready'] else ''}"
     if stale:
         title += " — controller not running, last saved state"

@@ -62,7 +62,13 @@ def seed_scenarios(duration_s: float) -> list[Scenario]:
         Scenario(
             "drain", "node drain (OnDelete, cordon, evict, replace, uncordon)", False, False, ztunnel_grace, "drain"
         ),
-        Scenario("pyztunnel", "pyztunnel's defaults (listener handoff + tcp_migrate_req=1)", True, True, ztunnel_grace),
+        Scenario(
+            "pyztunnel",
+            f"pyztunnel's defaults (listener handoff + tcp_migrate_req=1, grace {ztunnel_grace:g} s)",
+            True,
+            True,
+            ztunnel_grace,
+        ),
     ]
 
 

@@ -189,9 +189,15 @@ class Refused(Exception):
 
 def load_ca(settings: CaSettings) -> CertificateAuthority:
     try:
-        return CertificateAuthority.load_or_create(settings.state_dir, settings.trust_domain)
+        ca = CertificateAuthority.load_or_create(settings.state_dir, settings.trust_domain)
     except (CaStateError, OSError, ValueError) as exc:
         raise UserError(f"CA state directory {settings.state_dir}: {exc}") from None
+    if ca.trust_domain != settings.trust_domain:
+        raise UserError(
+            f"the root in {settings.state_dir} is for trust domain {ca.trust_domain}, not --trust-domain "
+            f"{settings.trust_domain}; use another --state-dir or the matching trust domain"
+        )
+    return ca
 
 
 def split_host_port(listen: str) -> tuple[str, int]:
@@ -208,7 +214,7 @@ async def start(settings: CaSettings) -> tuple[grpc.aio.Server, int, CaService]:
     cert_pem, key_pem = ca.issue_server(settings.server_dns_names, settings.server_ips, SERVER_CERT_VALIDITY)
     (settings.state_dir / SERVER_CERT_FILE).write_text(cert_pem + ca.root_pem)
     credentials = grpc.ssl_server_credentials([(key_pem.encode(), (cert_pem + ca.root_pem).encode())])
-    server = grpc.aio.server()
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])  # a second CA on the same port must fail
     server.add_generic_rpc_handlers((service.handler(),))
     host, port = split_host_port(settings.listen)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

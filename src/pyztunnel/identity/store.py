@@ -148,6 +148,7 @@ class CertificateStore:
 
     async def close(self) -> None:
         self._closed = True
+        self._wake.set()
         tasks = list(self._tasks.values())
         if self._driver is not None:
             tasks.append(self._driver)
@@ -176,7 +177,7 @@ class CertificateStore:
                 future.set_result(None)
 
     async def _drive(self) -> None:
-        while True:
+        while not self._closed:
             self._wake.clear()
             for identity in self._schedule.start_due(self._clock()):
                 self.fetches_started += 1
@@ -184,7 +185,9 @@ class CertificateStore:
             due = self._schedule.next_due()
             timeout = None if due is None else max(0.0, due - self._clock())
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                # asyncio.timeout, not wait_for: wait_for can swallow a cancellation that races with the event
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
 
@@ -196,6 +199,8 @@ class CertificateStore:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            if self._closed:
+                return  # e.g. a gRPC call failing because the store is shutting down
             reason = str(exc) or type(exc).__name__
             delay = self._schedule.failed(identity, reason, self._clock())
             if delay is not None:

@@ -28,6 +28,7 @@ private 0700 directory, loads it, and deletes it at once: no key file outlives t
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import dataclasses
 import logging
@@ -109,8 +110,8 @@ def _get_libssl() -> _LibSsl | None:
 
 def _ssl_ctx_pointer(ctx: ssl.SSLContext, lib: _LibSsl) -> int | None:
     """The `SSL_CTX *` of a CPython SSLContext: the first field after the object header (CPython 3.8–3.13)."""
-    if sys.implementation.name != "cpython" or hasattr(sys, "gettotalrefcount"):
-        return None  # other layouts (PyPy, debug builds): don't guess
+    if sys.implementation.name != "cpython" or hasattr(sys, "gettotalrefcount") or sys.version_info >= (3, 15):
+        return None  # other layouts (PyPy, debug builds, versions not checked): don't guess
     pointer = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
     if not pointer or lib.get_options(pointer) != ctx.options:
         return None
@@ -155,9 +156,18 @@ def private_dir(key_dir: Path) -> Path:
     """This process's 0700 directory for transient key files (under `key_dir`, which is created 0700 if missing)."""
     key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     mine = key_dir / f"p{os.getpid()}"
-    mine.mkdir(mode=0o700, exist_ok=True)
+    if not mine.is_dir():
+        mine.mkdir(mode=0o700)
+        atexit.register(_remove_dir, mine)  # files never outlive a load; the directory goes at exit
     os.chmod(mine, 0o700)
     return mine
+
+
+def _remove_dir(path: Path) -> None:
+    if path.is_dir():
+        for leftover in path.iterdir():
+            leftover.unlink(missing_ok=True)
+        path.rmdir()
 
 
 def _load_cert(ctx: ssl.SSLContext, cert: WorkloadCert, key_dir: Path) -> None:
@@ -252,11 +262,7 @@ class ContextCache:
     def close(self) -> None:
         """Forget every context and remove this process's key directory (empty: files never outlive a load)."""
         self._entries.clear()
-        mine = self.key_dir / f"p{os.getpid()}"
-        if mine.is_dir():
-            for leftover in mine.iterdir():
-                leftover.unlink(missing_ok=True)
-            mine.rmdir()
+        _remove_dir(self.key_dir / f"p{os.getpid()}")
 
 
 # ---------------------------------------------------------------------------------------------- post-handshake

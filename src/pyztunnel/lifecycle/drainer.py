@@ -12,7 +12,7 @@ import logging
 import signal as _signal
 import socket
 import struct
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, Protocol
 
 from pyztunnel.aio import cancel_and_wait, spawn
@@ -45,6 +45,11 @@ def rst_transport(transport: asyncio.BaseTransport) -> None:
         abort()
     else:
         transport.close()
+
+
+async def _maybe_await(result: Awaitable[None] | None) -> None:
+    if result is not None:
+        await result
 
 
 class Resettable(Protocol):
@@ -116,8 +121,8 @@ class Drainer:
         self,
         deadline: float,
         *,
-        stop_accepting: Callable[[], None],
-        goaway: Callable[[], None],
+        stop_accepting: Callable[[], Awaitable[None] | None],
+        goaway: Callable[[], Awaitable[None] | None],
         connections: ConnectionSet,
         component: str = "proxy",
     ) -> None:
@@ -130,6 +135,8 @@ class Drainer:
         self._helpers: list[asyncio.Task[None]] = []
         self._installed: list[int] = []
         self.started = asyncio.Event()  # set when the drain begins (for readiness, admin, tests)
+        self.finished = asyncio.Event()  # set when run() returns (what /quitquitquit waits for)
+        self.outcome: drain.Outcome | None = None
         self.reset_count = 0
 
     # Inputs: safe to call from signal handlers and HTTP handlers; they only queue an event.
@@ -160,17 +167,17 @@ class Drainer:
                     if isinstance(action, drain.Exit):
                         self._finish(action.outcome)
                         return action.outcome
-                    self._do(action)
+                    await self._do(action)
         finally:
             await cancel_and_wait(*self._helpers)
             self._helpers.clear()
 
-    def _do(self, action: drain.Action) -> None:
+    async def _do(self, action: drain.Action) -> None:
         if isinstance(action, drain.StopAccepting):
             self.started.set()
-            self._stop_accepting()
+            await _maybe_await(self._stop_accepting())
         elif isinstance(action, drain.SendGoaway):
-            self._goaway()
+            await _maybe_await(self._goaway())
         elif isinstance(action, drain.StartTimer):
             _log.info(
                 f"drain started, waiting {action.seconds:g}s for any connections to complete",
@@ -187,6 +194,8 @@ class Drainer:
             self.reset_count = self._connections.reset_all()
 
     def _finish(self, outcome: drain.Outcome) -> None:
+        self.outcome = outcome
+        self.finished.set()
         if outcome is drain.Outcome.FORCED:
             _log.warning("second signal, exiting now", extra={"fields": {"component": self._component}})
         _log.info("shutdown complete", extra={"fields": {"component": self._component, "outcome": outcome.value}})

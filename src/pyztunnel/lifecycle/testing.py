@@ -8,26 +8,32 @@ N pods × 3 SO_REUSEPORT listeners on 127.0.0.1 (or adopts them with `--adopt`),
 JSON line `{"event": "ready", "pods": {uid: [ports]}, "netns": [dev, ino]}`, and obeys commands on stdin:
 `pause` (stop accepting, keep the sockets), `close` (close the listeners: ztunnel's behaviour), `queue` (print the
 summed accept-queue length), `exit`. Events (`released`, `paused`, `closed`, `queue`) are JSON lines on stdout.
+
+`Hammer` is the client side: threads that connect() as fast as they can (optionally inside a netns) and count
+answers by tag and failures by exception type.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import json
 import os
 import socket
 import struct
 import sys
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from pyztunnel.aio import cancel_and_wait, spawn
 from pyztunnel.lifecycle import handoff_io
+from pyztunnel.lifecycle.accept import AcceptLoop
 from pyztunnel.lifecycle.handoff import ListenerKey, Netns, PodRequest
-from pyztunnel.netns import netns_inode, netns_path, socket_in_netns
+from pyztunnel.netns import netns_inode, netns_path, setns, socket_in_netns
 
 SELF_NETNS = Path("/proc/self/ns/net")
 
@@ -47,49 +53,101 @@ def accept_queue_length(sock: socket.socket) -> int:
     return int(struct.unpack_from("I", info, 24)[0])
 
 
+async def poll(condition: Callable[[], bool], within: float, what: str) -> None:
+    """Wait until `condition()` holds, checking every millisecond; TimeoutError naming `what` after `within` s."""
+    deadline = time.monotonic() + within
+    while True:
+        if condition():
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not reached within {within}s")
+        await asyncio.sleep(0.001)
+
+
+class Hammer:
+    """Threads that connect() to a port as fast as they can and read the answer; counts answers and failures."""
+
+    def __init__(self, port: int, threads: int = 4, host: str = "127.0.0.1", netns: str | None = None) -> None:
+        self.addr = (host, port)
+        self.netns = netns
+        self.answers: collections.Counter[str] = collections.Counter()
+        self.errors: collections.Counter[str] = collections.Counter()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, name=f"hammer-{i}", daemon=True) for i in range(threads)]
+
+    @property
+    def total(self) -> int:
+        with self._lock:
+            return sum(self.answers.values()) + sum(self.errors.values())
+
+    def start(self) -> Hammer:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(10)
+
+    def _run(self) -> None:
+        if self.netns is not None:
+            # A dedicated thread that ends with the hammer: entering the namespace here changes nothing else.
+            fd = os.open(netns_path(self.netns), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                setns(fd)
+            finally:
+                os.close(fd)
+        while not self._stop.is_set():
+            try:
+                with socket.create_connection(self.addr, timeout=5) as s:
+                    data = b""
+                    while chunk := s.recv(16):
+                        data += chunk
+                outcome, bucket = data.decode().strip() or "empty", self.answers
+            except OSError as exc:
+                outcome, bucket = type(exc).__name__, self.errors
+            with self._lock:
+                bucket[outcome] += 1
+
+    async def wait_total(self, n: int, within: float = 60) -> None:
+        await poll(lambda: self.total >= n, within, f"{n} connections")
+
+
 class TaggedListeners:
     def __init__(self, tag: bytes, netns: Netns) -> None:
         self.tag = tag
         self.netns = netns
         self.sockets: dict[ListenerKey, socket.socket] = {}
         self.pod_netns: dict[str, Netns] = {}
-        self._accepting: set[ListenerKey] = set()
+        self._loops: dict[ListenerKey, AcceptLoop] = {}
         self.served = 0
         self.released_keys: list[ListenerKey] = []
         self.on_released: asyncio.Event = asyncio.Event()
 
     def add(self, key: ListenerKey, sock: socket.socket, netns: Netns | None = None) -> None:
-        sock.setblocking(False)
         self.sockets[key] = sock
         self.pod_netns[key.uid] = netns or self.netns
-        asyncio.get_running_loop().add_reader(sock.fileno(), self._accept, sock)
-        self._accepting.add(key)
+        self._loops[key] = AcceptLoop(sock, self._answer, f"{key.uid}:{key.port}")
+        self._loops[key].start()
 
-    def _accept(self, sock: socket.socket) -> None:
-        # Accept synchronously in the reader callback: stopping is then just remove_reader, with no window in which a
-        # connection was accepted but its owner cancelled (cancelling a pending loop.sock_accept() has that window).
-        while True:
-            try:
-                conn, _ = sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            with conn, contextlib.suppress(OSError):
-                conn.send(self.tag)
-            self.served += 1
+    def _answer(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            conn.send(self.tag)
+        self.served += 1
 
     async def pause(self, keys: Sequence[ListenerKey] | None = None) -> None:
-        """Stop accepting (remove from the event loop) without closing anything."""
-        chosen = list(self._accepting) if keys is None else [k for k in keys if k in self._accepting]
-        loop = asyncio.get_running_loop()
-        for key in chosen:
-            loop.remove_reader(self.sockets[key].fileno())
-            self._accepting.discard(key)
+        """Stop accepting without closing anything."""
+        for key in list(self._loops) if keys is None else keys:
+            if key in self._loops:
+                self._loops[key].pause()
 
     async def close(self, keys: Sequence[ListenerKey] | None = None) -> None:
-        chosen = list(self.sockets) if keys is None else [k for k in keys if k in self.sockets]
-        await self.pause(chosen)
-        for key in chosen:
-            self.sockets.pop(key).close()
+        for key in list(self._loops) if keys is None else keys:
+            if key in self._loops:
+                self._loops.pop(key).close()
+                self.sockets.pop(key, None)
 
     def queue_length(self) -> int:
         return sum(accept_queue_length(s) for s in self.sockets.values() if s.fileno() >= 0)

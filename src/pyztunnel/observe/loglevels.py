@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import pkgutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 LEVELS: dict[str, int] = {
@@ -79,14 +80,18 @@ def logger_name(target: str) -> str:
     return ".".join(parts)
 
 
-def initial_filter(environ: dict[str, str] | None = None) -> LogFilter:
-    """The filter a process starts with: RUST_LOG (default `info`), as observe/logging.setup reads it."""
+def initial_filter(environ: Mapping[str, str] | None = None) -> LogFilter:
+    """The filter a process starts with, read as observe/logging.setup reads it: RUST_LOG's directives (default
+    `info`), with LOG_LEVEL, when set, as the default level."""
     env = os.environ if environ is None else environ
-    spec = env.get("RUST_LOG") or env.get("LOG_LEVEL") or "info"
     try:
-        return LogFilter.parse(spec)
+        base = LogFilter.parse(env.get("RUST_LOG") or "info")
     except FilterError:
-        return LogFilter()
+        base = LogFilter()
+    level = (env.get("LOG_LEVEL") or "").strip().lower()
+    if level in LEVELS:
+        base = LogFilter(level, base.targets)
+    return base
 
 
 class LogLevels:

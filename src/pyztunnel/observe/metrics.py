@@ -9,6 +9,7 @@ collector emits no `_created` series, which ztunnel does not have. The event loo
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
@@ -72,7 +73,8 @@ def labels_for(r: ConnectionRecord) -> TrafficLabels:
         source_canonical_service=_v(r.src_canonical_service),
         source_canonical_revision=_v(r.src_canonical_revision),
         source_workload_namespace=_v(r.src_namespace),
-        source_principal=_v(r.src_identity),
+        # ztunnel takes source_principal only from the peer's mTLS certificate, i.e. on inbound (§6.1).
+        source_principal=_v(r.src_identity if r.mtls and r.direction == "inbound" else ""),
         source_app=_v(r.src_canonical_service),
         source_version=_v(r.src_canonical_revision),
         source_cluster=_v(r.src_cluster),
@@ -97,6 +99,19 @@ def labels_for(r: ConnectionRecord) -> TrafficLabels:
     )
 
 
+class ConnectionCounters:
+    """One live connection's byte counts. The relay adds to `sent`/`recv` (a plain attribute add per chunk, the
+    cheapest thing Python offers); scrapes include live connections, so the byte metrics grow while a connection
+    runs, as ztunnel's do; `Metrics.connection_closed` folds the counts into the totals."""
+
+    __slots__ = ("__weakref__", "labels", "recv", "sent")
+
+    def __init__(self, labels: TrafficLabels) -> None:
+        self.labels = labels
+        self.sent = 0  # response bytes (istio_tcp_sent_bytes_total)
+        self.recv = 0  # request bytes (istio_tcp_received_bytes_total)
+
+
 class Metrics:
     """Every metric pyztunnel's proxy exports, on `self.registry`."""
 
@@ -109,6 +124,8 @@ class Metrics:
         self.received_bytes: dict[TrafficLabels, int] = {}
         self.sent_bytes: dict[TrafficLabels, int] = {}
         self.sockets_open: dict[str, int] = {"source": 0, "destination": 0}
+        # Weak: a handle dropped without connection_closed (a caller closing by labels) cannot leak.
+        self.live: weakref.WeakSet[ConnectionCounters] = weakref.WeakSet()
         self.active_proxies = 0
         self.pending_proxies = 0
         self.proxies_started = 0
@@ -118,10 +135,14 @@ class Metrics:
             # process_open_fds and process_max_fds are ztunnel's too; the other process_* series come for free.
             ProcessCollector(registry=self.registry)
 
-    # Traffic (one call each per connection, plus add_bytes as the relay goes).
-    def connection_opened(self, labels: TrafficLabels) -> None:
+    # Traffic: connection_opened and connection_closed once per connection; bytes through the returned counters
+    # (or add_bytes, or the sent/recv of connection_closed).
+    def connection_opened(self, labels: TrafficLabels) -> ConnectionCounters:
         self.opened[labels] = self.opened.get(labels, 0) + 1
         self.sockets_open[labels.reporter] += 1
+        counters = ConnectionCounters(labels)
+        self.live.add(counters)
+        return counters
 
     def add_bytes(self, labels: TrafficLabels, sent: int = 0, recv: int = 0) -> None:
         """Count relayed bytes: `recv` request bytes (received_bytes), `sent` response bytes (sent_bytes)."""
@@ -131,10 +152,22 @@ class Metrics:
             self.sent_bytes[labels] = self.sent_bytes.get(labels, 0) + sent
 
     def connection_closed(
-        self, labels: TrafficLabels, sent: int = 0, recv: int = 0, response_flags: str = NO_FLAGS
+        self,
+        conn: TrafficLabels | ConnectionCounters,
+        sent: int = 0,
+        recv: int = 0,
+        response_flags: str = NO_FLAGS,
     ) -> None:
-        """Record a closed connection. `sent`/`recv` are the bytes not yet given to `add_bytes` (they are counted
-        under the connection's labels, as ztunnel counts them live); `response_flags` marks the close only."""
+        """Record a closed connection, given its counters (from connection_opened) or its labels. `sent`/`recv` are
+        bytes not counted yet; they go under the connection's labels, as ztunnel counts bytes live. `response_flags`
+        marks the close only (closed_total, failed_total), as ztunnel applies the flag at record time."""
+        if isinstance(conn, ConnectionCounters):
+            self.live.discard(conn)
+            labels = conn.labels
+            sent, recv = sent + conn.sent, recv + conn.recv
+            conn.sent = conn.recv = 0
+        else:
+            labels = conn
         self.add_bytes(labels, sent, recv)
         self.sockets_open[labels.reporter] -= 1
         final = labels if response_flags == NO_FLAGS else labels._replace(response_flags=response_flags)
@@ -175,12 +208,12 @@ class _Collector(Collector):
         yield _counter(
             "istio_tcp_received_bytes",
             "The size of total bytes received during request in case of a TCP connection",
-            m.received_bytes,
+            _with_live(m.received_bytes, m.live, "recv"),
         )
         yield _counter(
             "istio_tcp_sent_bytes",
             "The size of total bytes sent during response in case of a TCP connection",
-            m.sent_bytes,
+            _with_live(m.sent_bytes, m.live, "sent"),
         )
         yield _counter("istio_tcp_connections_failed", "The total number of TCP connections that failed", m.failed)
         sockets = GaugeMetricFamily(
@@ -220,6 +253,16 @@ class _Collector(Collector):
                 ),
             )
         )
+
+
+def _with_live(
+    totals: dict[TrafficLabels, int], live: Iterable[ConnectionCounters], attr: str
+) -> dict[TrafficLabels, int]:
+    out = dict(totals)
+    for conn in live:
+        if n := getattr(conn, attr):
+            out[conn.labels] = out.get(conn.labels, 0) + n
+    return out
 
 
 def _plain(rows: Iterable[tuple[str, str, str, int]]) -> Iterator[Metric]:

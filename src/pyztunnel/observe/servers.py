@@ -13,13 +13,14 @@ readiness answers "connection refused", as ztunnel's does); in-flight requests f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import html
 import inspect
 import json
 import logging
 import socket
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -51,6 +52,15 @@ class Readiness:
         if not self._pending:
             self._ready_event.set()
 
+    @contextlib.contextmanager
+    def blocking(self, name: str) -> Iterator[None]:
+        """Block readiness while the body runs (ztunnel's BlockReady guard, released when dropped)."""
+        self.block(name)
+        try:
+            yield
+        finally:
+            self.unblock(name)
+
     @property
     def pending(self) -> list[str]:
         return sorted(self._pending)
@@ -75,31 +85,42 @@ async def _not_found(_request: web.Request) -> web.StreamResponse:
     return _empty(404)
 
 
+def route_app(routes: Mapping[str, Handler]) -> web.Application:
+    """An application answering `routes` (any method; handlers check it) and an empty 404 elsewhere, as ztunnel."""
+    app = web.Application()
+    for path, handler in routes.items():
+        app.router.add_route("*", path, handler)
+    app.router.add_route("*", "/{tail:.*}", _not_found)
+    return app
+
+
 class HttpServer:
-    """One aiohttp application served on already-bound sockets, with ztunnel's drain behaviour."""
+    """An aiohttp application served on already-bound sockets, with ztunnel's drain behaviour. The test backends
+    (apps/httpbin.py) use it too, so every HTTP server of the project drains the same way."""
 
     def __init__(
-        self, name: str, routes: Mapping[str, Handler], sockets: Sequence[socket.socket], shutdown_timeout: float = 5.0
+        self,
+        name: str,
+        app: web.Application,
+        sockets: Sequence[socket.socket],
+        shutdown_timeout: float = 5.0,
+        access_log: logging.Logger | None = None,
+        backlog: int = 1024,
     ) -> None:
         self.name = name
         self._sockets = list(sockets)
-        self.app = web.Application(handler_args={"access_log": None})
-        for path, handler in routes.items():
-            self.app.router.add_route("*", path, handler)
-        self.app.router.add_route("*", "/{tail:.*}", _not_found)  # ztunnel answers unknown paths with an empty 404
-        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=shutdown_timeout)
+        self.addresses: list[Any] = [s.getsockname() for s in self._sockets]
+        self._backlog = backlog  # asyncio calls listen() again with this value
+        self.app = app
+        self._runner = web.AppRunner(app, access_log=access_log, shutdown_timeout=shutdown_timeout)
         self._sites: list[web.SockSite] = []
         self._cleanup: asyncio.Task[None] | None = None
-
-    @property
-    def addresses(self) -> list[Any]:
-        return [s.getsockname() for s in self._sockets]
 
     async def start(self) -> None:
         await self._runner.setup()
         for sock in self._sockets:
             sock.setblocking(False)
-            site = web.SockSite(self._runner, sock)
+            site = web.SockSite(self._runner, sock, backlog=self._backlog)
             await site.start()
             self._sites.append(site)
         _log.info("%s server listening", self.name, extra={"fields": {"addresses": _addrs(self.addresses)}})
@@ -128,6 +149,36 @@ class HttpServer:
         await self.close()
 
 
+class ServerGroup:
+    """Several servers started, drained and closed together (the proxy's readiness, metrics and admin)."""
+
+    def __init__(self, *servers: HttpServer) -> None:
+        self.servers = servers
+
+    async def start(self) -> None:
+        started: list[HttpServer] = []
+        try:
+            for server in self.servers:
+                await server.start()
+                started.append(server)
+        except BaseException:
+            await asyncio.gather(*(s.close() for s in started), return_exceptions=True)
+            raise
+
+    async def stop_accepting(self) -> None:
+        await asyncio.gather(*(s.stop_accepting() for s in self.servers))
+
+    async def close(self) -> None:
+        await asyncio.gather(*(s.close() for s in self.servers))
+
+    async def __aenter__(self) -> ServerGroup:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.close()
+
+
 def _addrs(addresses: Iterable[Any]) -> str:
     return ",".join(f"{a[0]}:{a[1]}" if isinstance(a, tuple) else str(a) for a in addresses)
 
@@ -144,7 +195,7 @@ def readiness_server(readiness: Readiness, sockets: Sequence[socket.socket]) -> 
             return _text(200, "ready\n")
         return _text(500, f"not ready, pending: {', '.join(pending)}\n")
 
-    return HttpServer("readiness", {"/healthz/ready": ready}, sockets)
+    return HttpServer("readiness", route_app({"/healthz/ready": ready}), sockets)
 
 
 # Metrics
@@ -162,7 +213,7 @@ def metrics_server(metrics: Metrics, sockets: Sequence[socket.socket]) -> HttpSe
         response.headers["Vary"] = "Accept-Encoding"
         return response
 
-    return HttpServer("stats", {"/metrics": serve, "/stats/prometheus": serve}, sockets)
+    return HttpServer("stats", route_app({"/metrics": serve, "/stats/prometheus": serve}), sockets)
 
 
 def accepts_gzip(headers: Iterable[str]) -> bool:
@@ -219,10 +270,10 @@ def admin_server(
     sockets: Sequence[socket.socket],
     *,
     config_dump: ConfigDumpProvider,
-    quit: QuitCallback,
+    on_quit: QuitCallback,
     log_levels: LogLevels | None = None,
 ) -> HttpServer:
-    """`quit` is called by `POST /quitquitquit`; it should start the drain and return (not wait for it to finish:
+    """`on_quit` is called by `POST /quitquitquit`; it should start the drain and return (not wait for it to finish:
     the drain closes this very server, which waits for the request that called it)."""
     levels = log_levels or LogLevels()
 
@@ -250,7 +301,7 @@ def admin_server(
     async def quitquitquit(request: web.Request) -> web.StreamResponse:
         if request.method != "POST":
             return _empty(405)
-        result = quit()
+        result = on_quit()
         if inspect.isawaitable(result):
             await result
         return _text(200, "shutdown now\n")
@@ -261,7 +312,7 @@ def admin_server(
         "/logging": logging_,
         "/quitquitquit": quitquitquit,
     }
-    return HttpServer("admin", routes, sockets)
+    return HttpServer("admin", route_app(routes), sockets)
 
 
 def listening_socket(host: str, port: int, backlog: int = 128) -> socket.socket:

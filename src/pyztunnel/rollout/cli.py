@@ -29,8 +29,12 @@ class UpgradeSettings:
         "rolling: new proxy beside the old one per node (RollingUpdate); drain: cordon, evict, replace (OnDelete)",
         choices=("rolling", "drain"),
     )
-    grace: int | None = setting(None, "terminationGracePeriodSeconds of the proxies (the old ones' drain time)")
-    nodes: list[str] = setting([], "Only these nodes, comma-separated (default: every node)")
+    grace: int | None = setting(
+        None,
+        "terminationGracePeriodSeconds for the DaemonSet and the proxies this rollout creates (an old proxy drains "
+        "for the grace it was created with, as in Kubernetes)",
+    )
+    nodes: list[str] = setting([], "Only these nodes, comma-separated (none: every node)")
     name: str = setting("demo", "The local cluster's name")
     max_surge: int = setting(1, "RollingUpdate: nodes that may run two proxies at once")
     max_unavailable: int = setting(0, "RollingUpdate: nodes that may be without a ready proxy at once")
@@ -49,10 +53,16 @@ class ProgressView:
 
     def __init__(self, nodes: list[str]) -> None:
         self.rows: dict[str, Progress] = {n: Progress(n, "pending", "pending", 0.0) for n in nodes}
-        self.started = time.monotonic()
+        self.seen: dict[str, float] = {}  # when each row's event arrived, so running rows keep ticking
 
     def update(self, event: Progress) -> None:
         self.rows[event.node] = event
+        self.seen[event.node] = time.monotonic()
+
+    def elapsed(self, row: Progress) -> float:
+        if row.status != "running" or row.node not in self.seen:
+            return row.elapsed
+        return row.elapsed + time.monotonic() - self.seen[row.node]
 
     def table(self, title: str) -> Table:
         table = Table(title=title, title_justify="left")
@@ -61,7 +71,7 @@ class ProgressView:
         for row in self.rows.values():
             style = STATUS_STYLE.get(row.status, "")
             detail = row.detail if row.status == "failed" else ""
-            table.add_row(row.node, row.phase, f"[{style}]{row.status}[/]", f"{row.elapsed:.1f}s", detail)
+            table.add_row(row.node, row.phase, f"[{style}]{row.status}[/]", f"{self.elapsed(row):.1f}s", detail)
         return table
 
     def seed(self, record: RolloutRecord) -> None:
@@ -97,19 +107,13 @@ async def _upgrade(cfg: UpgradeSettings, console: Console) -> RolloutRecord:
         if previous is not None and previous.resumes(plan.version, plan.strategy):
             view.seed(previous)
         title = f"upgrade to {plan.version} ({plan.strategy})"
-        with Live(view.table(title), console=console, refresh_per_second=8, transient=True) as live:
-
-            def on_progress(event: Progress) -> None:
-                view.update(event)
-                live.update(view.table(title))
-
-            rollout = Rollout(backend, plan, store, on_progress)
-            try:
-                record = await rollout.run()
-            finally:
-                live.update(view.table(title))
-        console.print(view.table(title))
-        return record
+        try:
+            # The live view redraws itself (running rows' elapsed keeps ticking); the final table stays on screen,
+            # also when a step failed or the run was interrupted.
+            with Live(get_renderable=lambda: view.table(title), console=console, refresh_per_second=8, transient=True):
+                return await Rollout(backend, plan, store, view.update).run()
+        finally:
+            console.print(view.table(title))
 
 
 @click.command("upgrade")

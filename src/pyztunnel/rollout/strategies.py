@@ -236,7 +236,7 @@ class Rollout:
     async def _rolling(self, record: RolloutRecord) -> None:
         todo = self._todo(record)
         surge_free, unavailable_free = self.plan.max_surge, self.plan.max_unavailable
-        running: dict[asyncio.Task[None], str] = {}
+        running: dict[asyncio.Task[RolloutFailed | None], str] = {}
         failure: RolloutFailed | None = None
         try:
             while todo or running:
@@ -244,10 +244,10 @@ class Rollout:
                     node = todo.pop(0)
                     if surge_free:
                         surge_free -= 1
-                        running[spawn(self._node(node, self._surge_node), f"rollout-{node}")] = "surge"
+                        running[spawn(self._outcome(node, self._surge_node), f"rollout-{node}")] = "surge"
                     else:
                         unavailable_free -= 1
-                        running[spawn(self._node(node, self._replace_node), f"rollout-{node}")] = "unavailable"
+                        running[spawn(self._outcome(node, self._replace_node), f"rollout-{node}")] = "unavailable"
                 if not running:
                     break
                 done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
@@ -256,15 +256,23 @@ class Rollout:
                         surge_free += 1
                     else:
                         unavailable_free += 1
-                    exc = task.exception()
-                    if isinstance(exc, RolloutFailed):
-                        failure = failure or exc
-                    elif exc is not None:
-                        raise exc
+                    failed = task.result()  # anything but a RolloutFailed (an interruption) propagates from here
+                    if failed is not None:
+                        failure = failure or failed
         finally:
             await cancel_and_wait(*running)
         if failure is not None:
             raise failure
+
+    async def _outcome(
+        self, node: str, body: Callable[[str, NodeRecord, float], Awaitable[None]]
+    ) -> RolloutFailed | None:
+        """A node's rollout as a task: its failure is a result, not an error for the task logger."""
+        try:
+            await self._node(node, body)
+        except RolloutFailed as exc:
+            return exc
+        return None
 
     # NodeDrain --------------------------------------------------------------------------------------------------
 

@@ -1,0 +1,99 @@
+"""`pyztunnel upgrade` against the real local cluster controller (the contract of docs/architecture.md), with a
+stand-in proxy that only answers readiness, so that the rollout logic is checked apart from the proxy itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+NAME = "tlcup"
+
+STAND_IN = textwrap.dedent(
+    """
+    import http.server, os, signal, sys, time
+    if os.environ.get("PYZTUNNEL_VERSION") == "broken":
+        while True:
+            time.sleep(3600)
+    class Ready(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.path == "/healthz/ready" else 404)
+            self.end_headers()
+        def log_message(self, *args):
+            pass
+    signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+    http.server.HTTPServer(("0.0.0.0", 15021), Ready).serve_forever()
+    """
+)
+
+
+def spec(stand_in: Path) -> str:
+    return textwrap.dedent(
+        f"""
+        nodes: [{{name: node-1}}, {{name: node-2}}]
+        deployments:
+          - {{name: web, namespace: default, mesh: false, replicas: 2, command: [sleep, infinity],
+              terminationGracePeriodSeconds: 1}}
+        proxy: {{version: v1, command: [{sys.executable}, {stand_in}], terminationGracePeriodSeconds: 2}}
+        agent: {{enabled: false}}
+        ca: {{enabled: false}}
+        """
+    )
+
+
+def pyz(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pyztunnel", *args], env=env, capture_output=True, text=True, timeout=180, check=check
+    )
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[tuple[dict[str, str], Path]]:
+    stand_in = tmp_path / "stand_in.py"
+    stand_in.write_text(STAND_IN)
+    (tmp_path / "spec.yaml").write_text(spec(stand_in))
+    env = {**os.environ, "PYZTUNNEL_STATE_DIR": str(tmp_path / "state")}
+    try:
+        up = pyz("cluster", "up", "--name", NAME, "-f", str(tmp_path / "spec.yaml"), env=env, check=False)
+        assert up.returncode == 0, up.stdout + up.stderr
+        yield env, tmp_path / "state" / NAME
+    finally:
+        pyz("cluster", "down", "--name", NAME, env=env, check=False)
+
+
+def state(root: Path) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads((root / "state.json").read_text())
+    return loaded
+
+
+def proxies(root: Path) -> list[tuple[str, str, bool]]:
+    return sorted((p["node"], p["version"], p["ready"]) for p in state(root)["proxies"] if p["phase"] != "Terminating")
+
+
+def test_rolling_drain_and_a_never_ready_version(cluster: tuple[dict[str, str], Path]) -> None:
+    env, root = cluster
+    done = pyz("upgrade", "--name", NAME, "--version", "v2", env=env)
+    assert "upgrade to v2 done on 2 node(s)" in done.stdout
+    assert proxies(root) == [("node-1", "v2", True), ("node-2", "v2", True)]
+
+    pyz("upgrade", "--name", NAME, "--version", "v3", "--strategy", "drain", "--grace", "3", env=env)
+    after = state(root)
+    assert proxies(root) == [("node-1", "v3", True), ("node-2", "v3", True)]
+    assert after["daemonset"]["updateStrategy"]["type"] == "OnDelete"
+    assert after["daemonset"]["terminationGracePeriodSeconds"] == 3
+    assert not any(n["cordoned"] for n in after["nodes"])
+    # node-2 was drained last: its pods moved to node-1.
+    assert {p["node"] for p in after["pods"]} == {"node-1"}
+
+    failed = pyz("upgrade", "--name", NAME, "--version", "broken", "--ready-timeout", "2s", env=env, check=False)
+    assert failed.returncode == 1
+    assert "not ready within 2s; deleted it, the old proxy keeps serving" in failed.stderr
+    assert proxies(root) == [("node-1", "v3", True), ("node-2", "v3", True)]
+    assert state(root)["daemonset"]["version"] == "v3"
