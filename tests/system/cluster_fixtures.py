@@ -107,11 +107,7 @@ class Cluster:
 
     def proxy(self, node: str) -> dict[str, Any]:
         """The node's ready, running proxy pod (the newest if two)."""
-        proxies = [
-            p
-            for p in self.state()["proxies"]
-            if p["node"] == node and p["ready"] and p["phase"] == "Running"
-        ]
+        proxies = [p for p in self.state()["proxies"] if p["node"] == node and p["ready"] and p["phase"] == "Running"]
         assert proxies, f"no ready proxy on {node}"
         return max(proxies, key=lambda p: p["createdAt"])
 
@@ -150,7 +146,9 @@ class Cluster:
 
     def config_dump(self, proxy: dict[str, Any]) -> dict[str, Any]:
         """GET 127.0.0.1:15000/config_dump inside the proxy pod."""
-        dump: dict[str, Any] = json.loads(self.python_in(proxy["netns"], HTTP_GET, "http://127.0.0.1:15000/config_dump"))
+        dump: dict[str, Any] = json.loads(
+            self.python_in(proxy["netns"], HTTP_GET, "http://127.0.0.1:15000/config_dump")
+        )
         return dump
 
     # ----- logs ---------------------------------------------------------------------------------------------------

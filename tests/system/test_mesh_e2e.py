@@ -215,7 +215,9 @@ def test_metrics_count_connections_at_source_and_destination(mesh: Cluster) -> N
         return (src, dst) if src >= src_before + requests and dst >= dst_before + requests else None
 
     src_after, dst_after = wait_for(f"{requests} more connections counted at both reporters", grown, LOG_TIMEOUT_S)
-    print(f"opened (reporter=source) {src_before:g} → {src_after:g}; (reporter=destination) {dst_before:g} → {dst_after:g}")
+    print(
+        f"opened (reporter=source) {src_before:g} → {src_after:g}; (reporter=destination) {dst_before:g} → {dst_after:g}"
+    )
 
 
 def test_non_mesh_destination_passes_through(mesh: Cluster) -> None:
@@ -249,9 +251,7 @@ def test_100_mib_stream_through_the_mesh_arrives_intact(mesh: Cluster) -> None:
     proxy = mesh.proxy(client["node"])
     line = wait_for(
         "the stream's access-log line",
-        lambda: access_lines(
-            mesh.log_lines(proxy["name"]), direction="outbound", dst__hbone_addr=f"{sink['ip']}:9100"
-        ),
+        lambda: access_lines(mesh.log_lines(proxy["name"]), direction="outbound", dst__hbone_addr=f"{sink['ip']}:9100"),
         LOG_TIMEOUT_S,
     )[-1]
     assert line["dst.identity"] == spiffe("default", "sink") and int(line["bytes_sent"]) == STREAM_BYTES, line
@@ -298,15 +298,7 @@ def test_deny_policy_blocks_gateway_to_httpbin(mesh: Cluster) -> None:
             ip = line["dst.hbone_addr"].rsplit(":", 1)[0]
             in_proxy = mesh.proxy(pod_by_ip(mesh, ip)["node"])
             assert pod_by_ip(mesh, ip)["node"] in httpbin_nodes
-            denied = wait_for(
-                "the inbound denial",
-                lambda: [
-                    f
-                    for f in access_lines(mesh.log_lines(in_proxy["name"])[before[in_proxy["name"]] :])
-                    if f["direction"] == "inbound" and f.get("dst.hbone_addr") == line["dst.hbone_addr"]
-                ],
-                LOG_TIMEOUT_S,
-            )
+            denied = inbound_since(mesh, in_proxy["name"], before[in_proxy["name"]], line["dst.hbone_addr"])
             for f in denied:
                 assert f["error"] == "connection denied: explicitly denied by: default/deny-gateway", f
                 assert f["src.identity"] == GATEWAY_ID and f["dst.identity"] == HTTPBIN_ID, f
@@ -322,6 +314,16 @@ def test_deny_policy_blocks_gateway_to_httpbin(mesh: Cluster) -> None:
                 LOG_TIMEOUT_S,
                 "policies=0",
             )
+
+
+def inbound_since(mesh: Cluster, proxy: str, first_line: int, hbone_addr: str) -> list[dict[str, str]]:
+    """Inbound access-log lines of `proxy` for `hbone_addr` logged after line `first_line`, once there is one."""
+    lines: list[dict[str, str]] = wait_for(
+        f"an inbound access-log line for {hbone_addr} in {proxy}",
+        lambda: access_lines(mesh.log_lines(proxy)[first_line:], direction="inbound", dst__hbone_addr=hbone_addr),
+        LOG_TIMEOUT_S,
+    )
+    return lines
 
 
 def time_prefix(monotonic_at: float) -> str:
