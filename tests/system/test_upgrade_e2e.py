@@ -434,8 +434,8 @@ def test_drain_strategy_moves_pods_and_their_connections_end_with_them(tmp_path:
             assert proxy["ready"] and proxy["version"] == version and proxy["name"] not in old_proxies, proxy
         assert not before & {p["name"] for p in state["pods"]}, "every pod moved (was evicted and replaced)"
         for name in cluster_pods_seen(cluster, "pinger"):
-            ends = collections.Counter(line for line in cluster.log_lines(name) if line.startswith("ended"))
-            print(f"{name}: connections ended: {dict(ends)}")
+            seen = collections.Counter(line for line in cluster.log_lines(name) if line.startswith("ended"))
+            print(f"{name}: connections ended: {dict(seen)}")
         # Each original pinger's connection ended because its own pod shut down: cleanly, not reset.
         for name in pingers:
             ends = [line for line in cluster.log_lines(name) if line.startswith("ended")]
