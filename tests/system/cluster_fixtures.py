@@ -139,10 +139,11 @@ class Cluster:
 
     # ----- a proxy's endpoints ---------------------------------------------------------------------------------
 
-    def metrics(self, proxy: dict[str, Any]) -> str:
-        """GET :15020/metrics of a proxy pod, from its node's netns."""
+    def metrics(self, proxy: dict[str, Any], check: bool = True) -> str:
+        """GET :15020/metrics of a proxy pod, from its node's netns ("" on failure when not `check`)."""
         node_ns = self.node(proxy["node"])["netns"]
-        return self.python_in(node_ns, HTTP_GET, f"http://{proxy['ip']}:15020/metrics")
+        url = f"http://{proxy['ip']}:15020/metrics"
+        return self.run_in(node_ns, sys.executable, "-c", HTTP_GET, url, check=check)
 
     def config_dump(self, proxy: dict[str, Any]) -> dict[str, Any]:
         """GET 127.0.0.1:15000/config_dump inside the proxy pod."""

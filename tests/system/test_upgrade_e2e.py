@@ -101,23 +101,50 @@ def wait_new_proxy_serving(cluster: Cluster, at_least: int = 20) -> None:
     )
 
 
-def roll_under_load(cluster: Cluster, scenario: Scenario, out: Path) -> tuple[Run, Run, dict[str, str]]:
+def listeners(cluster: Cluster, netns: str) -> dict[int, int]:
+    """Listening TCP sockets per in-pod proxy port (15001, 15006, 15008) in a pod's netns."""
+    out = cluster.run_in(netns, "ss", "-Hltn")
+    ports = [int(line.split()[3].rsplit(":", 1)[1]) for line in out.splitlines() if line.strip()]
+    return {port: ports.count(port) for port in (15001, 15006, 15008)}
+
+
+def roll_under_load(cluster: Cluster, scenario: Scenario, out: Path) -> tuple[Run, Run, dict[str, str], dict[int, int]]:
     """Both loads (keep-alive, and a new connection per request) through one rolling upgrade of every node.
-    Returns the two runs and the old proxy of each node."""
+    Returns the two runs, the old proxy of each node, and the listening sockets in the gateway pod while its node's
+    old proxy was draining."""
     version = f"v{next(_versions)}"
     old = {n["name"]: cluster.proxy(n["name"])["name"] for n in cluster.state()["nodes"]}
+    gateway = cluster.pod("gateway")
+    failure: list[BaseException] = []
+
+    def run_upgrade() -> None:
+        try:
+            upgrade(cluster.name, version, scenario, out / "upgrade.log")
+        except BaseException as exc:
+            failure.append(exc)
+
     with (
         load(cluster, KEEPALIVE_CONNECTIONS, out, "keepalive") as kept,
         load(cluster, NEW_CONNECTION_CONNECTIONS, out, "new-connections", ["-keepalive=false"]) as fresh,
     ):
         start = time.monotonic()
-        upgrade(cluster.name, version, scenario, out / "upgrade.log")
+        roller = threading.Thread(target=run_upgrade)
+        roller.start()
+        try:
+            drain = "drain started"
+            cluster.wait_log(old[gateway["node"]], lambda line: drain in line, UPGRADE_TIMEOUT_S, drain)
+            during_drain = listeners(cluster, gateway["netns"])
+        finally:
+            roller.join(UPGRADE_TIMEOUT_S)
+        assert not roller.is_alive() and not failure, failure
         end = time.monotonic()
         wait_new_proxy_serving(cluster)
         runs = []
         for proc, connections in ((kept, KEEPALIVE_CONNECTIONS), (fresh, NEW_CONNECTION_CONNECTIONS)):
             result = proc.stop()
             runs.append(Run(scenario, connections, 0, result, start - proc.started_at, end - proc.started_at))
+    assert any(log_message(line) == "shutdown complete" for line in cluster.log_lines(old[gateway["node"]]))
+    print(f"{scenario.key}: listening sockets in the gateway pod during its node's drain: {during_drain}")
     for node in cluster.state()["nodes"]:
         assert node["proxyVersion"] == version and not node["cordoned"], node
     for run, kind in zip(runs, ("keep-alive", "new connections"), strict=True):
@@ -125,7 +152,8 @@ def roll_under_load(cluster: Cluster, scenario: Scenario, out: Path) -> tuple[Ru
         print(
             f"{scenario.key} {kind} -c {run.connections}: {run.calls} calls, failed {run.failed} "
             f"(codes {codes}), retried {run.retried} {run.result.get('RetriedKinds', {})}, "
-            f"upgrade {run.upgrade_s:.1f}s"
+            f"upgrade {run.upgrade_s:.1f}s, slowest call {run.result['DurationHistogram']['Max']:.2f}s, "
+            f"socket errors {run.result.get('SocketErrors')}"
         )
         assert run.calls > 0
     gateway_log = cluster.log_lines(cluster.pod("gateway")["name"])
@@ -133,7 +161,7 @@ def roll_under_load(cluster: Cluster, scenario: Scenario, out: Path) -> tuple[Ru
     print(f"{scenario.key}: nginx logged {len(upstream_errors)} upstream errors (it retries those requests itself)")
     for line in upstream_errors[:2]:
         print(f"  e.g. {line[:300]}")
-    return runs[0], runs[1], old
+    return runs[0], runs[1], old, during_drain
 
 
 def assert_lossless(kept: Run, fresh: Run) -> None:
@@ -195,8 +223,10 @@ def handoff_on() -> Iterator[Cluster]:
 def test_rolling_upgrade_with_handoff_loses_nothing(handoff_on: Cluster, tmp_path: Path) -> None:
     """Also: the keep-alive client connections outlive the drain of the gateway node's old proxy; it resets them at
     its deadline and its access log says so."""
-    kept, fresh, old = roll_under_load(handoff_on, ON, tmp_path)
+    kept, fresh, old, during_drain = roll_under_load(handoff_on, ON, tmp_path)
     assert_lossless(kept, fresh)
+    # Handed off: one socket per port, shared by both instances (ss lists sockets, not descriptors).
+    assert during_drain == {15001: 1, 15006: 1, 15008: 1}
     gateway = handoff_on.pod("gateway")
     lines = handoff_on.log_lines(old[gateway["node"]])
     expired = "drain duration expired with pending connections, forcefully shutting down"
@@ -217,11 +247,24 @@ def test_rolling_upgrade_with_handoff_loses_nothing(handoff_on: Cluster, tmp_pat
     assert all(f["to_bind"] == "0" for f in adopted), adopted
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="proxy/app.py ProxyApp.stop_accepting() only pauses each pod's acceptors (netsock.Acceptor.pause cancels "
+    "the sock_accept task) and the in-pod listeners stay open until the process exits at the drain deadline. Without "
+    "handoff the old listeners stay in the SO_REUSEPORT group (2 per port during the drain) and keep receiving their "
+    "share of new connections (client→15006, nginx→15001) that nobody accepts: those calls stall for the whole drain "
+    "(slowest call ≈ 2.2 s) and 1–4 per upgrade end in 'connection reset' (-1) at the deadline, in 4 of 5 runs. "
+    "Fix (docs/lifecycle.md 'At drain, close the in-pod listeners'): close the listeners at drain start (their queues "
+    "migrate with tcp_migrate_req=1; handed-off ones live on in the new instance) and accept with lifecycle.accept."
+    "AcceptLoop (no cancellation window)",
+)
 def test_rolling_upgrade_with_migrate_req_only_loses_nothing(tmp_path: Path) -> None:
     with running("tup2", scenario_doc(MIGRATE)) as cluster:
         gateway = cluster.pod("gateway")
         assert migrate_sysctl(cluster, gateway["netns"]) == "1"
-        kept, fresh, _ = roll_under_load(cluster, MIGRATE, tmp_path)
+        kept, fresh, _, during_drain = roll_under_load(cluster, MIGRATE, tmp_path)
+        # The old proxy has left the SO_REUSEPORT groups: only the new proxy's listeners remain.
+        assert during_drain == {15001: 1, 15006: 1, 15008: 1}
         assert handoff_setting(cluster, cluster.proxy(gateway["node"])) is False
         logs = proxy_logs(cluster)
         assert not any("listener handoff done" in line for lines in logs.values() for line in lines)
@@ -235,7 +278,7 @@ def test_rolling_upgrade_with_both_off_runs_and_reports(tmp_path: Path) -> None:
         # The switches took effect: the agent left tcp_migrate_req at 0 in the pod, the proxies do not hand off.
         assert migrate_sysctl(cluster, gateway["netns"]) == "0"
         assert handoff_setting(cluster, cluster.proxy(gateway["node"])) is False
-        kept, fresh, _ = roll_under_load(cluster, OFF, tmp_path)
+        kept, fresh, _, _ = roll_under_load(cluster, OFF, tmp_path)
         assert handoff_setting(cluster, cluster.proxy(gateway["node"])) is False
         print(f"both off: failed {kept.failed} (keep-alive) + {fresh.failed} (new connections)")
 
