@@ -40,7 +40,9 @@ class H2Conn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, StreamLeg] = {}
         self.closing = False  # GOAWAY sent or received: no new streams
-        self.lost = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        self._flush_pending = False
+        self.lost = self._loop.create_future()
         self.error: str | None = None
         self._paused_streams: list[StreamLeg] | None = None
         self._ping_interval = ping_interval
@@ -138,10 +140,13 @@ class H2Conn(asyncio.Protocol):
                 self._ping_deadline = None
             self._schedule_ping()
         elif isinstance(event, h2.events.ConnectionTerminated):
+            # GOAWAY: no new streams. Streams *we* opened above last_stream_id were not processed by the peer;
+            # streams the peer opened are not covered by its own GOAWAY and go on.
             self.closing = True
             last = event.last_stream_id or 0
+            ours = 1 if self.h2.config.client_side else 0
             for stream_id, leg in list(self.streams.items()):
-                if stream_id > last:
+                if stream_id % 2 == ours and stream_id > last:
                     leg.on_reset("refused by GOAWAY")
             self._check_idle()
         else:
@@ -209,12 +214,21 @@ class H2Conn(asyncio.Protocol):
         if self.streams:
             return
         if self.closing and self.transport is not None:
+            self.flush_now()
             self.transport.close()
         elif self.on_idle is not None:
             self.on_idle(self)
 
     # ------------------------------------------------------------------ connection-level
     def flush(self) -> None:
+        """Send what h2 queued, at the end of this event-loop iteration: every frame produced meanwhile (other
+        streams' data, WINDOW_UPDATEs, responses) goes out in one TLS write and one syscall."""
+        if not self._flush_pending:
+            self._flush_pending = True
+            self._loop.call_soon(self.flush_now)
+
+    def flush_now(self) -> None:
+        self._flush_pending = False
         chunks = self.h2.chunks_to_send()
         if chunks and self.transport is not None and not self.transport.is_closing():
             self.transport.writelines(chunks)
@@ -232,6 +246,7 @@ class H2Conn(asyncio.Protocol):
     def close(self) -> None:
         """Close now: GOAWAY then drop the transport (streams are reset)."""
         self.goaway()
+        self.flush_now()
         if self.transport is not None:
             self.transport.close()
 
@@ -251,6 +266,7 @@ class H2Conn(asyncio.Protocol):
 
     def _fail(self, why: str) -> None:
         self.error = self.error or why
+        self.flush_now()
         if self.transport is not None:
             self.transport.close()
 
@@ -273,7 +289,7 @@ class H2Conn(asyncio.Protocol):
         self.error = "ping timeout"
         with contextlib.suppress(h2.exceptions.ProtocolError):
             self.h2.close_connection()
-            self.flush()
+            self.flush_now()
         self.abort()
 
     def _cancel_ping(self) -> None:

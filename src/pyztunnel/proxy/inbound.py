@@ -122,10 +122,8 @@ async def _serve_stream(pod: PodProxy, conn: H2ServerConn, leg: StreamLeg, heade
         return
     record.dst_identity = identity_of(workload).uri
     shared.telemetry.opened(record)
-    decision = authz.evaluate(
-        index.policies_for(workload),
-        authz.ConnectionInfo(src_ip=src_ip, dst_ip=request.ip, dst_port=request.port, identity=peer_identity),
-    )
+    info = authz.ConnectionInfo(src_ip=src_ip, dst_ip=request.ip, dst_port=request.port, identity=peer_identity)
+    decision = authz.evaluate(index.policies_for(workload), info)
     if not decision.allowed:
         _reject(pod, conn, leg, record, hbone.DENIED_STATUS, f"connection denied: {decision.reason}", "DENY")
         return
@@ -137,7 +135,7 @@ async def _serve_stream(pod: PodProxy, conn: H2ServerConn, leg: StreamLeg, heade
     record.dst_addr = _addr(request.ip, request.port)
     conn.respond(leg, hbone.response_headers(200, _baggage(workload, shared.cluster_id)))
     relay = Relay(leg, up, lambda r, e: _done(pod, r, e), record)
-    pod.track(relay)
+    pod.track(relay, info)
     relay.start()
 
 
@@ -224,11 +222,9 @@ async def handle_plaintext(pod: PodProxy, sock: socket.socket) -> None:
         sock.close()
         return
     shared.telemetry.opened(record)
+    info = authz.ConnectionInfo(src_ip=peer_ip, dst_ip=dst_ip, dst_port=dst_port, identity=None)
     if workload is not None:
-        decision = authz.evaluate(
-            index.policies_for(workload),
-            authz.ConnectionInfo(src_ip=peer_ip, dst_ip=dst_ip, dst_port=dst_port, identity=None),
-        )
+        decision = authz.evaluate(index.policies_for(workload), info)
         if not decision.allowed:
             fail(record, f"connection denied: {decision.reason}", "DENY")
             down.abort()
@@ -242,5 +238,5 @@ async def handle_plaintext(pod: PodProxy, sock: socket.socket) -> None:
         shared.telemetry.complete(record)
         return
     relay = Relay(down, up, lambda r, e: _done(pod, r, e), record)
-    pod.track(relay)
+    pod.track(relay, info)
     relay.start()

@@ -127,3 +127,26 @@ async def test_service_vip_and_passthrough(tmp_path: Path) -> None:
         for pod in extra:
             await pod.drain_immediate()
         await stop_mesh(m)
+
+
+async def test_policy_change_closes_established_connections(mesh: Mesh) -> None:
+    """A DENY policy that arrives while a connection is open closes it (ztunnel's PolicyWatcher); new ones get 401."""
+    from tests.integration.proxy.harness import config_text
+
+    reader, writer = await mesh.open_client()
+    writer.write(b"before")
+    assert await asyncio.wait_for(reader.readexactly(6), 5) == b"before"
+    deny = """\
+- name: deny-all-from-a
+  namespace: b
+  scope: Namespace
+  action: Deny
+  rules: [[[{namespaces: [!Exact a]}]]]
+"""
+    mesh.set_config(config_text(mesh.a_ip, mesh.b_ip, deny))
+    with contextlib.suppress(ConnectionResetError):
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+    telemetry = mesh.node_b.telemetry
+    await asyncio.wait_for(telemetry.wait_for(lambda t: t.errors["connection closed due to policy change"] == 1), 5)
+    assert telemetry.failed_by_flag["DENY"] == 1
