@@ -4,6 +4,7 @@ SO_LINGER left behind, and the bytes that arrived while it was paused wait in th
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import struct
 from collections.abc import Callable
@@ -12,7 +13,8 @@ from typing import Any, cast
 import pytest
 import uvloop
 
-from pyztunnel.lifecycle import migrate
+from pyztunnel.lifecycle import migrate, migrate_io
+from pyztunnel.netns import netns_inode
 from pyztunnel.observe.access import ConnectionRecord
 from pyztunnel.proxy.migration import RelayExport, movable
 from pyztunnel.proxy.pod import PodProxy
@@ -124,3 +126,25 @@ def test_release_sends_nothing_and_the_socket_lives_on(loop_name: str) -> None:
     assert facts["linger"] == 0 and facts["state"] == migrate.TCP_ESTABLISHED
     assert facts["paused_bytes"] == b"while paused"
     assert facts["server_got"] == b"after"
+
+
+def test_without_cap_net_admin_a_socket_of_our_own_namespace_is_recognised(monkeypatch: pytest.MonkeyPatch) -> None:
+    def denied(sock: socket.socket) -> tuple[int, int]:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(migrate_io, "socket_netns", denied)
+    outer, inner = tcp_pair()
+    try:
+        sock, facts = migrate_io.probe_conn(os.dup(inner.fileno()))
+        assert sock is not None
+        sock.close()
+        assert facts.netns == netns_inode("/proc/self/ns/net") and facts.error is None
+        assert facts.tcp_state == migrate.TCP_ESTABLISHED and facts.peer == outer.getsockname()
+        # Not in our namespace's TCP table (as a socket of another namespace would not be): unknown, refused.
+        sock, facts = migrate_io.probe_conn(os.dup(inner.fileno()), own_inodes=set)
+        assert sock is not None
+        sock.close()
+        assert facts.netns is None and facts.error is not None and "SIOCGSKNS" in facts.error
+    finally:
+        outer.close()
+        inner.close()

@@ -14,10 +14,11 @@ import asyncio
 import contextlib
 import dataclasses
 import errno
+import functools
 import logging
 import os
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -27,6 +28,7 @@ from pyztunnel.lifecycle import migrate
 from pyztunnel.lifecycle.handoff import Netns, ProtocolError
 from pyztunnel.lifecycle.handoff_io import SO_ACCEPTCONN, SO_DOMAIN, PeerGone, recv_msg, send_msg, socket_netns
 from pyztunnel.lifecycle.migrate import ConnFacts, ConnHeader, Ends
+from pyztunnel.netns import netns_inode
 
 _log = logging.getLogger("pyztunnel.lifecycle.migrate")
 
@@ -43,7 +45,36 @@ def _norm(addr: object) -> migrate.Addr | None:
     return None
 
 
-def probe_conn(fd: int) -> tuple[socket.socket | None, ConnFacts]:
+def own_netns_tcp_inodes() -> set[int]:
+    """Inodes of every TCP socket of this process's network namespace (/proc/self/net/tcp{,6}: no privilege needed)."""
+    inodes: set[int] = set()
+    for name in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/self/net/{name}") as table:
+                next(table, None)  # header
+                for row in table:
+                    fields = row.split()
+                    if len(fields) > 9:
+                        inodes.add(int(fields[9]))
+        except OSError:
+            continue
+    return inodes
+
+
+def _netns_of(sock: socket.socket, own_inodes: Callable[[], set[int]]) -> Netns:
+    """SIOCGSKNS (needs CAP_NET_ADMIN). Without it, a socket listed in our own namespace's TCP table is in our own
+    namespace (direct mode, unprivileged tests); anything else stays unknown."""
+    try:
+        return socket_netns(sock)
+    except PermissionError:
+        if os.fstat(sock.fileno()).st_ino in own_inodes():
+            return netns_inode("/proc/self/ns/net")
+        raise
+
+
+def probe_conn(
+    fd: int, own_inodes: Callable[[], set[int]] = own_netns_tcp_inodes
+) -> tuple[socket.socket | None, ConnFacts]:
     """Wrap a received fd (the socket object then owns it) and find out what it really is."""
     try:
         sock = socket.socket(fileno=fd)
@@ -64,7 +95,7 @@ def probe_conn(fd: int) -> tuple[socket.socket | None, ConnFacts]:
     except OSError as exc:
         return sock, ConnFacts(error=f"cannot inspect socket: {exc.strerror}")
     try:
-        netns: Netns | None = socket_netns(sock)
+        netns: Netns | None = _netns_of(sock, own_inodes)
         error = None
     except OSError as exc:
         netns, error = None, f"cannot read its network namespace (SIOCGSKNS: {exc.strerror})"
@@ -276,7 +307,8 @@ class Intake:
                 except TimeoutError:
                     _log.warning("old instance did not commit in time; leaving the connections to it")
                     break
-                probed = [probe_conn(fd) for fd in fds]
+                own = functools.cache(own_netns_tcp_inodes)  # read once per message, and only if needed
+                probed = [probe_conn(fd, own) for fd in fds]
                 step = self.taker.receive(data, [facts for _, facts in probed])
                 for header, down_index, up_index in step.hold:
                     down, up = probed[down_index][0], probed[up_index][0]
