@@ -172,3 +172,25 @@ def test_lean_frame_buffer_parses_split_frames() -> None:
     data = b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived))
     assert data == bytes(range(256)) * 4096
     assert any(isinstance(e, h2.events.StreamEnded) for e in events)
+
+
+def test_streams_continue_after_goaway() -> None:
+    """A GOAWAY (either way) lets open streams finish, as RFC 9113 §6.8 and ztunnel's drain need."""
+    client, server = pair()
+    client.send_headers(
+        1, hbone.connect_headers("10.0.0.1:80", forwarded_for="", baggage_value="", traceparent_value="t")
+    )
+    exchange(client, server)
+    server.send_headers(1, hbone.response_headers(200))
+    server.close_connection(last_stream_id=1)  # the server starts draining
+    events, _ = exchange(client, server)
+    assert any(isinstance(e, h2.events.ConnectionTerminated) and e.error_code == 0 for e in events)
+    client.send_data(1, b"still flowing")
+    server.send_data(1, b"both ways")
+    c_events, s_events = exchange(client, server)
+    assert [e.data for e in s_events if isinstance(e, h2.events.DataReceived)] == [b"still flowing"]
+    assert [e.data for e in c_events if isinstance(e, h2.events.DataReceived)] == [b"both ways"]
+    client.close_connection()  # and the client's own GOAWAY does not stop it either
+    server.send_data(1, b"more", end_stream=True)
+    c_events, _ = exchange(client, server)
+    assert any(isinstance(e, h2.events.StreamEnded) for e in c_events)

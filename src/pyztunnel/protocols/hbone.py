@@ -11,9 +11,10 @@ import dataclasses
 import ipaddress
 import struct
 from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar
 
 from h2.config import H2Configuration
-from h2.connection import H2Connection
+from h2.connection import ConnectionInputs, ConnectionState, H2Connection, H2ConnectionStateMachine
 from h2.exceptions import FrameDataMissingError, ProtocolError
 from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes, Settings
@@ -76,6 +77,23 @@ class _LeanFrameBuffer(FrameBuffer):  # type: ignore[misc]  # h2 is untyped for 
         return new_frame if new_frame is not None else self.__next__()
 
 
+class _GracefulGoawayStateMachine(H2ConnectionStateMachine):  # type: ignore[misc]
+    """h2 moves a connection to CLOSED on any GOAWAY, sent or received, after which even existing streams may not
+    send or receive DATA. HTTP/2 (RFC 9113 §6.8) lets streams below the GOAWAY's last stream id run to completion,
+    and drain depends on it (ztunnel sends GOAWAY when the drain starts, then serves open streams until the deadline).
+    Here a GOAWAY leaves an open connection open; the proxy itself stops opening or accepting new streams. A GOAWAY
+    with an error still ends the connection (h2 raises, the proxy closes the transport)."""
+
+    _transitions: ClassVar[dict[Any, Any]] = {
+        **H2ConnectionStateMachine._transitions,
+        **{
+            (state, event): (None, state)
+            for state in (ConnectionState.CLIENT_OPEN, ConnectionState.SERVER_OPEN)
+            for event in (ConnectionInputs.SEND_GOAWAY, ConnectionInputs.RECV_GOAWAY)
+        },
+    }
+
+
 class HboneConnection(H2Connection):  # type: ignore[misc]
     """H2Connection whose output is a list of chunks: a DATA frame goes out as its 9-byte header plus the payload
     object itself, so a relayed chunk is not copied three times before encryption (h2 would serialize, join into a
@@ -85,6 +103,7 @@ class HboneConnection(H2Connection):  # type: ignore[misc]
         super().__init__(config)
         self._chunks: list[bytes] = []
         self.incoming_buffer = _LeanFrameBuffer(server=not config.client_side)
+        self.state_machine = _GracefulGoawayStateMachine()
 
     def _prepare_for_sending(self, frames: list[Frame]) -> None:
         chunks = self._chunks
@@ -144,9 +163,10 @@ def new_connection(client_side: bool) -> HboneConnection:
 
 
 def format_authority(ip: str, port: int) -> str:
-    """`ip:port`, IPv6 as `[addr]:port`."""
-    addr = ipaddress.ip_address(ip)
-    return f"[{addr}]:{port}" if addr.version == 6 else f"{addr}:{port}"
+    """`ip:port`, IPv6 as `[addr]:port` (compressed form)."""
+    if ":" in ip:
+        return f"[{ipaddress.IPv6Address(ip)}]:{port}"
+    return f"{ip}:{port}"
 
 
 def parse_authority(text: str) -> tuple[str, int] | None:
@@ -281,7 +301,7 @@ def parse_connect(headers: Sequence[tuple[bytes, bytes]], arrived_ip: str | None
     ip, port = parsed
     if port in ILLEGAL_PORTS:
         return Reject(400, f"illegal port {port}")
-    if arrived_ip is not None and ipaddress.ip_address(arrived_ip) != ipaddress.ip_address(ip):
+    if arrived_ip is not None and arrived_ip != ip and ipaddress.ip_address(arrived_ip) != ipaddress.ip_address(ip):
         return Reject(400, f"authority ip {ip} does not match the connection's destination {arrived_ip}")
     return ConnectRequest(
         ip=ip,

@@ -184,10 +184,12 @@ class ProxyApp:
         self.metrics.set_proxy_counts(len(self.podset.pods), len(self.podset.pending))
         self.metrics.proxies_started = self.podset.started_total
         self.metrics.proxies_stopped = self.podset.stopped_total
+        if self.zds is not None:
+            self.zds.check_ready()
 
     # ------------------------------------------------------------------ servers
     async def start_servers(self) -> None:
-        """Readiness (15021), metrics (15020), admin (127.0.0.1:15000); an empty address turns one off."""
+        """Readiness (15021), metrics (15020), admin (127.0.0.1:15000); the address `off` (or empty) turns one off."""
         wanted: list[tuple[str, Callable[[list[socket.socket]], HttpServer], str]] = [
             (self.settings.readiness_addr, lambda socks: readiness_server(self.readiness, socks), "readiness"),
             (self.settings.stats_addr, lambda socks: metrics_server(self.metrics, socks), "metrics"),
@@ -198,7 +200,7 @@ class ProxyApp:
             ),
         ]
         for address, make, what in wanted:
-            if not address:
+            if address in ("", "off"):
                 continue
             host, port = parse_hostport(address, f"{what} address")
             try:
@@ -318,9 +320,13 @@ class ProxyApp:
         # ztunnel's readiness/admin/metrics servers stop accepting when the drain starts (§1.2)
         for server in self.servers:
             self._tasks.append(spawn(server.stop_accepting(), f"{server.name}-stop"))
+        # Stop accepting now, then close our listener fds as ztunnel drops its listeners: new connections are refused
+        # instead of queueing on a socket nobody accepts from. A listener handed off to a newer instance lives on
+        # through its copy (closing our descriptor does not touch the shared socket).
         for pod in self.pods():
             for acceptor in pod.acceptors:
                 acceptor.pause()
+            self._tasks.append(spawn(pod.close_listeners(), f"close-listeners-{pod.key}"))
 
     def goaway(self) -> None:
         if self.migration is not None:

@@ -41,9 +41,11 @@ class ProxySettings:
         env="PYZTUNNEL_CONNECTION_MIGRATION",
     )
     version: str = setting("dev", "version tag reported as istio_build{tag}", env="PYZTUNNEL_VERSION")
-    readiness_addr: str = setting("0.0.0.0:15021", "readiness server address", env="PYZTUNNEL_READINESS_ADDR")
-    stats_addr: str = setting("0.0.0.0:15020", "metrics server address", env="PYZTUNNEL_STATS_ADDR")
-    admin_addr: str = setting("127.0.0.1:15000", "admin server address", env="PYZTUNNEL_ADMIN_ADDR")
+    readiness_addr: str = setting(
+        "0.0.0.0:15021", "readiness server address (off: none)", env="PYZTUNNEL_READINESS_ADDR"
+    )
+    stats_addr: str = setting("0.0.0.0:15020", "metrics server address (off: none)", env="PYZTUNNEL_STATS_ADDR")
+    admin_addr: str = setting("127.0.0.1:15000", "admin server address (off: none)", env="PYZTUNNEL_ADMIN_ADDR")
     pool_unused_release_timeout: Duration = setting(
         Duration(300), "close a pooled HBONE connection idle this long", env="POOL_UNUSED_RELEASE_TIMEOUT"
     )

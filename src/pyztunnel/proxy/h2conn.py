@@ -42,6 +42,7 @@ class H2Conn(asyncio.Protocol):
         self.closing = False  # GOAWAY sent or received: no new streams
         self._loop = asyncio.get_running_loop()
         self._flush_pending = False
+        self.goaway_last_stream = 0  # the last peer stream our GOAWAY lets through
         self.lost = self._loop.create_future()
         self.error: str | None = None
         self._paused_streams: list[StreamLeg] | None = None
@@ -139,6 +140,8 @@ class H2Conn(asyncio.Protocol):
                 self._ping_deadline.cancel()
                 self._ping_deadline = None
             self._schedule_ping()
+        elif isinstance(event, h2.events.ConnectionTerminated) and event.error_code:
+            self._fail(f"GOAWAY from peer with error code {event.error_code}")
         elif isinstance(event, h2.events.ConnectionTerminated):
             # GOAWAY: no new streams. Streams *we* opened above last_stream_id were not processed by the peer;
             # streams the peer opened are not covered by its own GOAWAY and go on.
@@ -238,6 +241,7 @@ class H2Conn(asyncio.Protocol):
         if self.closing:
             return
         self.closing = True
+        self.goaway_last_stream = self.h2.highest_inbound_stream_id
         with contextlib.suppress(h2.exceptions.ProtocolError):
             self.h2.close_connection()
             self.flush()
@@ -262,7 +266,7 @@ class H2Conn(asyncio.Protocol):
             rst_transport(self.transport)
 
     def log_fields(self) -> dict[str, Any]:
-        return dict(self.info)
+        return {k: v for k, v in self.info.items() if "." in k or k == "direction"}  # not internal keys
 
     def _fail(self, why: str) -> None:
         self.error = self.error or why
@@ -348,6 +352,9 @@ class H2ServerConn(H2Conn):
     def handle_event(self, event: h2.events.Event) -> None:
         if isinstance(event, h2.events.RequestReceived):
             stream_id = event.stream_id or 0
+            if self.closing and stream_id > self.goaway_last_stream:
+                self.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+                return
             leg = StreamLeg(self, stream_id)
             self.streams[stream_id] = leg
             headers: list[tuple[bytes, bytes]] = list(event.headers or [])

@@ -97,7 +97,17 @@ async def handle_hbone(pod: PodProxy, sock: socket.socket) -> None:
 
 
 def _on_request(pod: PodProxy, conn: H2ServerConn, leg: StreamLeg, headers: list[tuple[bytes, bytes]]) -> None:
-    spawn(_serve_stream(pod, conn, leg, headers), f"hbone-stream-{leg.stream_id}")
+    spawn(_serve_stream_guarded(pod, conn, leg, headers), f"hbone-stream-{leg.stream_id}")
+
+
+async def _serve_stream_guarded(
+    pod: PodProxy, conn: H2ServerConn, leg: StreamLeg, headers: list[tuple[bytes, bytes]]
+) -> None:
+    try:
+        await _serve_stream(pod, conn, leg, headers)
+    except Exception:  # a bug or an unforeseen h2 state: reset this stream only, the connection serves others
+        _log.exception("inbound stream setup failed")
+        leg.abort()
 
 
 async def _serve_stream(pod: PodProxy, conn: H2ServerConn, leg: StreamLeg, headers: list[tuple[bytes, bytes]]) -> None:

@@ -94,6 +94,10 @@ async def handle(pod: PodProxy, sock: socket.socket) -> None:
     except (OSError, TimeoutError) as exc:
         _finish_failed(pod, down, record, f"connect: {exc or type(exc).__name__}", "CONNECT")
         return
+    except Exception as exc:  # a bug or an h2 state we did not foresee: fail this connection, keep the record whole
+        _log.exception("outbound connection setup failed")
+        _finish_failed(pod, down, record, f"internal error: {exc!r}", "-")
+        return
     relay = Relay(down, up, lambda r, e: relay_done(pod, r, e), record)
     pod.track(relay)
     relay.start()
