@@ -268,6 +268,7 @@ class ProxyApp:
                 raise UserError(f"cannot listen for {pod.env.name}: {exc.strerror or exc}") from None
         if self.settings.inpod_uds is None and self.migration is not None:
             # Direct mode: our listeners are up; take the previous instance's connections, then serve the next one.
+            self.migration.attempted = True
             await self.migration.register()
             self._serve_handoff()
         if self.settings.inpod_uds is not None:
@@ -281,9 +282,11 @@ class ProxyApp:
 
     def _zds_ready(self, ready: bool) -> None:
         if ready:
-            if self.migration is not None and not self.migration.attempted:
+            if self.migration is not None and not self.migration.settled:
                 # Register for the previous instance's connections before we report ready (it may drain right after).
-                self._tasks.append(spawn(self._take_connections_then_ready(), "migrate-register"))
+                if not self.migration.attempted:
+                    self.migration.attempted = True
+                    self._tasks.append(spawn(self._take_connections_then_ready(), "migrate-register"))
                 return
             self.readiness.unblock(READINESS_TASK)
             self._serve_handoff()
@@ -293,7 +296,8 @@ class ProxyApp:
     async def _take_connections_then_ready(self) -> None:
         assert self.migration is not None
         await self.migration.register()
-        self._zds_ready(True)
+        if self.zds is not None:
+            self.zds.check_ready()  # ready now, unless ZDS went away meanwhile
 
     def _serve_handoff(self) -> None:
         """Once synced, stop adopting and offer our own listeners (and connections) to the next instance (the

@@ -165,7 +165,8 @@ class Migration:
         self.path = path
         self.give = GiveService(self, **give)
         self.intake: Intake | None = None
-        self.attempted = False
+        self.attempted = False  # registration started (the app sets it before spawning it)
+        self.settled = False  # registration over, whatever its outcome: the app may report ready
         self._own_netns = netns_inode("/proc/self/ns/net")
 
     # --- both sides
@@ -193,10 +194,10 @@ class Migration:
     # --- new instance
     async def register(self) -> None:
         """Ask the previous instance (if any) for its established connections, once, before we report ready."""
-        if self.attempted:
-            return
-        self.attempted = True
-        self.intake = await migrate_io.take(self.path, self)
+        try:
+            self.intake = await migrate_io.take(self.path, self)
+        finally:
+            self.settled = True
 
     async def adopt(self, header: ConnHeader, down_sock: socket.socket, up_sock: socket.socket) -> bool:
         from pyztunnel.proxy import inbound, outbound
