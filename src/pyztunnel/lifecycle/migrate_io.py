@@ -250,13 +250,14 @@ class GiveService:
         except (OSError, PeerGone, ProtocolError) as exc:
             decision = registration.giver.timeout()
             failure = exc
-        with contextlib.suppress(OSError, PeerGone):
-            await send_msg(registration.conn, decision.send)
-        # Commit sent: what it names is the new instance's; release it without a FIN. The rest reads again here.
+        # What the taker took is its own from here: release it (without a FIN; the taker holds its copies) before the
+        # commit goes out, so nothing here (a drain deadline while we wait to send) can touch it afterwards.
         for ident in decision.release:
             ready[ident][0].release()
         for ident in decision.keep:
             ready[ident][0].resume()
+        with contextlib.suppress(OSError, PeerGone):
+            await send_msg(registration.conn, decision.send)
         for ident, reason in decision.refused.items():
             _log.warning("new instance refused a connection", extra={"fields": {"id": ident, "reason": reason}})
         self.kept += len(decision.keep)
