@@ -209,7 +209,10 @@ class GiveService:
                 moved += await self._batch(registration, chunk)
             await send_msg(registration.conn, registration.giver.done())
         except (OSError, PeerGone, ProtocolError) as exc:
-            _log.warning("connection migration stopped", extra={"fields": {"error": str(exc)}})
+            _log.warning(
+                "connection migration stopped; the remaining connections stay here",
+                extra={"fields": {"error": str(exc)}},
+            )
         finally:
             registration.finished.set()
         self.migrated += moved
@@ -246,10 +249,12 @@ class GiveService:
             decision = registration.giver.answer(data)
         except TimeoutError:
             decision = registration.giver.timeout()
-            _log.warning("new instance did not answer in time; keeping the connections")
+            failure = TimeoutError(f"new instance did not answer within {self.answer_timeout:g}s")
         except (OSError, PeerGone, ProtocolError) as exc:
             decision = registration.giver.timeout()
             failure = exc
+        if failure is None and -1 in decision.refused:
+            failure = ProtocolError(decision.refused[-1])
         # What the taker took is its own from here: release it (without a FIN; the taker holds its copies) before the
         # commit goes out, so nothing here (a drain deadline while we wait to send) can touch it afterwards.
         for ident in decision.release:
@@ -259,10 +264,12 @@ class GiveService:
         with contextlib.suppress(OSError, PeerGone):
             await send_msg(registration.conn, decision.send)
         for ident, reason in decision.refused.items():
+            if ident < 0:
+                continue
             _log.warning("new instance refused a connection", extra={"fields": {"id": ident, "reason": reason}})
         self.kept += len(decision.keep)
         if failure is not None:
-            raise failure
+            raise failure  # a peer that broke the exchange gets no further batch: the rest stays here
         return len(decision.release)
 
     async def close(self) -> None:

@@ -119,7 +119,15 @@ class RelayExport:
             self.resume()
             return None
         record: ConnectionRecord = self.relay.info
-        fds = [os.dup(_fileno(leg)) for leg in (down, up)]
+        fds: list[int] = []
+        try:
+            for leg in (down, up):
+                fds.append(os.dup(_fileno(leg)))
+        except OSError:  # out of fds: it stays here
+            for fd in fds:
+                os.close(fd)
+            self.resume()
+            return None
         return Exported(
             uid=self.pod.key,
             kind=KIND_OF[record.direction],
