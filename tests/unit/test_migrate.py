@@ -211,3 +211,28 @@ def test_fds_with_a_control_message_are_refused() -> None:
     giver, taker = registered_pair()
     step = taker.receive(giver.done(), [facts(DOWN)])
     assert step.finished and step.reject == [0]
+
+
+def test_the_access_log_record_travels_whole() -> None:
+    from pyztunnel.observe.access import ConnectionRecord
+    from pyztunnel.proxy.migration import record_context, record_from
+
+    record = ConnectionRecord("10.0.0.9:40000", "10.244.1.5:8080", "inbound", start=100.0)
+    record.dst_workload, record.dst_namespace, record.src_identity = "gateway-1", "istio-system", "spiffe://x/y"
+    context = record_context(record, bytes_recv=1234, bytes_sent=5678)
+    sent = header(1, context=context, elapsed=42.5)
+    # Through the wire format and the taker's parser, as the new instance gets it.
+    giver, taker = registered_pair()
+    received = taker.receive(giver.batch([sent]), [facts(DOWN), facts(UP)]).hold[0][0]
+    rebuilt = record_from(received, now=1000.0)
+    assert rebuilt.start == 1000.0 - 42.5 and rebuilt.direction == "inbound"
+    assert (rebuilt.bytes_recv, rebuilt.bytes_sent) == (1234, 5678)
+    for name in ("src_addr", "dst_addr", "dst_workload", "dst_namespace", "src_identity", "error", "response_flags"):
+        assert getattr(rebuilt, name) == getattr(record, name)
+
+
+def test_a_record_with_wrong_types_keeps_its_defaults() -> None:
+    from pyztunnel.proxy.migration import record_from
+
+    rebuilt = record_from(header(1, kind="outbound-passthrough", context={"bytes_sent": "many", "mtls": 1}), now=5.0)
+    assert rebuilt.bytes_sent == 0 and rebuilt.mtls is False and rebuilt.direction == "outbound"
