@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import errno
 import logging
 import socket
 import struct
@@ -21,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from pyztunnel import netns
-from pyztunnel.lifecycle.accept import AcceptLoop
+from pyztunnel.aio import spawn
 
 _log = logging.getLogger("pyztunnel.proxy.netsock")
 
@@ -228,13 +230,14 @@ class ListenerSource:
 
 class Acceptor:
     """Accepts on one listening socket and hands each connection to `handle`. `stop()` stops accepting and keeps
-    the socket open (so it can be handed off); `close()` also closes it. Accepting happens in the event loop's reader
-    callback (`AcceptLoop`), so stopping can never drop a connection that was already accepted."""
+    the socket open (so it can be handed off); `close()` also closes it."""
 
     def __init__(self, sock: socket.socket, handle: Callable[[socket.socket], Awaitable[None] | None], name: str):
         self.sock = sock
+        self.handle = handle
         self.name = name
-        self._loop = AcceptLoop(sock, handle, name)
+        self.accepted = 0
+        self._task: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
@@ -242,21 +245,53 @@ class Acceptor:
 
     @property
     def accepting(self) -> bool:
-        return self._loop.accepting
-
-    @property
-    def accepted(self) -> int:
-        return self._loop.accepted
+        return self._task is not None
 
     def start(self) -> None:
-        self._loop.start()
+        if self._task is None:
+            self._task = spawn(self._run(), f"accept-{self.name}")
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(self.sock)
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    _log.error("accept failed", extra={"fields": {"listener": self.name, "error": str(exc)}})
+                    await asyncio.sleep(0.1)  # back off under fd exhaustion instead of spinning
+                    continue
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
+                    continue
+                raise
+            self.accepted += 1
+            conn.setblocking(False)
+            result = self.handle(conn)
+            if result is not None:
+                spawn(_guard(result, conn), f"conn-{self.name}")
 
     def pause(self) -> None:
-        """Stop accepting now (sync, for signal-driven drain); the socket and its queue stay."""
-        self._loop.pause()
+        """Stop accepting now (sync, for signal-driven drain); the socket stays open."""
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
 
     async def stop(self) -> None:
-        self._loop.pause()
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def close(self) -> None:
-        self._loop.close()
+        await self.stop()
+        self.sock.close()
+
+
+async def _guard(awaitable: Awaitable[None], conn: socket.socket) -> None:
+    """A connection's setup coroutine; an unexpected error closes the socket instead of leaking it."""
+    try:
+        await awaitable
+    except Exception:
+        _log.exception("connection handler failed")
+        conn.close()
