@@ -106,6 +106,7 @@ class FixedRate:
     qps: float
     calls: int
     cpu_s: tuple[float, ...]  # CPU seconds each proxy process spent over the run
+    wait_s: tuple[float, ...]  # seconds each proxy process waited runnable for a CPU (shared machine)
 
 
 def fixed_rate(url: str, duration: int, pids: tuple[int, ...], tmp: Path) -> FixedRate:
@@ -115,8 +116,10 @@ def fixed_rate(url: str, duration: int, pids: tuple[int, ...], tmp: Path) -> Fix
     cmd = [sys.executable, "-m", "pyztunnel", "load", "-qps", str(FIXED_RATE), "-c", str(RATE_CONNECTIONS)]
     cmd += ["-t", f"{duration}s", "-r", "0.00001", "-workers", "1", "-quiet", "-json", str(result), url]
     before = [tunnels.cpu_seconds(pid) for pid in pids]
+    waited = [tunnels.runqueue_wait_seconds(pid) for pid in pids]
     subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=duration + 30)
     after = [tunnels.cpu_seconds(pid) for pid in pids]
+    wait = tuple(tunnels.runqueue_wait_seconds(pid) - w for pid, w in zip(pids, waited, strict=True))
     data = json.loads(result.read_text())
     codes = data["RetCodes"]
     if set(codes) != {"200"}:
@@ -125,7 +128,7 @@ def fixed_rate(url: str, duration: int, pids: tuple[int, ...], tmp: Path) -> Fix
     pct = {float(p["Percentile"]): float(p["Value"]) * 1000 for p in hist["Percentiles"]}
     calls = int(hist["Count"]) + RATE_CONNECTIONS  # plus one warmup call per connection
     cpu = tuple(a - b for a, b in zip(after, before, strict=True))
-    return FixedRate(pct[50.0], pct[99.0], float(data["ActualQPS"]), calls, cpu)
+    return FixedRate(pct[50.0], pct[99.0], float(data["ActualQPS"]), calls, cpu, wait)
 
 
 def summarize_fixed_rate(runs: list[FixedRate]) -> dict[str, float | None]:
@@ -139,6 +142,7 @@ def summarize_fixed_rate(runs: list[FixedRate]) -> dict[str, float | None]:
         "fixed_qps": statistics.median(r.qps for r in runs),
         "cpu_max_proxy": max(per_proxy) if per_proxy else None,
         "cpu_both": sum(per_proxy) if per_proxy else None,
+        "runq_wait_us": sum(sum(r.wait_s) for r in runs) / calls * 1e6 if per_proxy else None,
     }
 
 
@@ -174,6 +178,7 @@ class Row:
     target: str
     met: bool | None
     ratio: float | None
+    judged: bool = True
 
 
 def _ratio(ours: float | None, peer: float | None) -> float | None:
@@ -192,11 +197,15 @@ def paired_ratio(ours: list[float], peer: list[float]) -> float | None:
 def build_rows(
     results: dict[str, dict[str, float | None]], sides: list[str], ratios: dict[str, float | None]
 ) -> list[Row]:
-    def row(key: str, label: str, unit: str, target: str, check: Callable[[float, float | None], bool | None]) -> Row:
+    def row(
+        key: str, label: str, unit: str, target: str, check: Callable[[float, float | None], bool | None] | None
+    ) -> Row:
+        """CHECK None: an informational row, never judged."""
         values = {side: results[side].get(key) for side in sides}
         ours, peer = values.get("pyztunnel"), values.get("haproxy")
         ratio = ratios[key] if key in ratios else _ratio(ours, peer)
-        return Row(label, unit, values, target, None if ours is None else check(ours, ratio), ratio)
+        met = None if ours is None or check is None else check(ours, ratio)
+        return Row(label, unit, values, target, met, ratio, judged=check is not None)
 
     def at_most(limit: float) -> Callable[[float, float | None], bool | None]:
         # Added latency through HAProxy within noise of zero: no ratio to judge (shown as n/a, never as met).
@@ -215,9 +224,10 @@ def build_rows(
         row("added_p50_ms", "added latency p50 @1000 rps", "ms", "<= 1.5x", at_most(1.5)),
         row("added_p99_ms", "added latency p99 @1000 rps", "ms", "<= 1.5x", at_most(1.5)),
         row("cpu_max_proxy", "CPU per 1000 rps, busiest proxy", "vCPU", "<= 0.2", lambda v, _: v <= 0.2),
-        row("cpu_both", "CPU per 1000 rps, both proxies", "vCPU", "(info)", lambda _v, _r: True),
+        row("cpu_both", "CPU per 1000 rps, both proxies", "vCPU", "(info)", None),
+        row("runq_wait_us", "CPU wait per request, both proxies", "us", "(info: sharing)", None),
         row("idle_kib", "memory per idle connection, both proxies", "KiB", "<= 16", lambda v, _: v <= 16),
-        row("idle_kib_client", "  of which client-side proxy", "KiB", "(info)", lambda _v, _r: True),
+        row("idle_kib_client", "  of which client-side proxy", "KiB", "(info)", None),
     ]
 
 
@@ -238,7 +248,7 @@ def render(rows: list[Row], sides: list[str]) -> str:
             *(_fmt(r.values[s]) for s in sides),
             "-" if r.ratio is None else f"{r.ratio:.2f}x",
             r.target,
-            "n/a" if r.met is None else ("yes" if r.met else "NO"),
+            "" if not r.judged else "n/a" if r.met is None else ("yes" if r.met else "NO"),
         ]
         for r in rows
     ]
@@ -339,7 +349,7 @@ def run(args: list[str]) -> dict[str, object]:
     print(render(rows, names), flush=True)
     unmet = [r.measure for r in rows if r.met is False]
     print("unmet: " + (", ".join(unmet) if unmet else "none"), flush=True)
-    unjudged = [r.measure for r in rows if r.met is None and r.values.get("pyztunnel") is not None]
+    unjudged = [r.measure for r in rows if r.judged and r.met is None and r.values.get("pyztunnel") is not None]
     if unjudged:
         print("not judged (haproxy's own value within noise of zero): " + ", ".join(unjudged), flush=True)
     return {

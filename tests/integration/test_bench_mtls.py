@@ -38,5 +38,5 @@ def test_bench_mtls_smoke() -> None:
             # An RSS delta over 20 connections can round to 0 pages; it must exist and not be absurd.
             assert values["idle_kib"] is not None and 0 <= values["idle_kib"] < 1024, (side, values)
     rows = result["rows"]
-    assert isinstance(rows, list) and len(rows) == 9
+    assert isinstance(rows, list) and len(rows) == 10
     assert _children() == before, "the harness left processes running"

@@ -38,6 +38,11 @@ class ProxySettings:
         True, "adopt/hand off listening sockets across upgrades", env="PYZTUNNEL_LISTENER_HANDOFF"
     )
     handoff_socket: Path | None = setting(None, "unix socket for the listener handoff", env="PYZTUNNEL_HANDOFF_SOCKET")
+    connection_migration: bool = setting(
+        True,
+        "move established TCP↔TCP relays to the new instance at drain instead of resetting them (docs/migration.md)",
+        env="PYZTUNNEL_CONNECTION_MIGRATION",
+    )
     version: str = setting("dev", "version tag reported as istio_build{tag}", env="PYZTUNNEL_VERSION")
     readiness_addr: str = setting(
         "0.0.0.0:15021", "readiness server address (off: none)", env="PYZTUNNEL_READINESS_ADDR"

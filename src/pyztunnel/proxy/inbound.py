@@ -145,7 +145,7 @@ async def _serve_stream(pod: PodProxy, conn: H2ServerConn, leg: StreamLeg, heade
         return
     record.dst_addr = _addr(request.ip, request.port)
     conn.respond(leg, hbone.response_headers(200, baggage_for(workload, shared.cluster_id)))
-    relay = Relay(leg, up, lambda r, e: _done(pod, r, e), record)
+    relay = Relay(leg, up, lambda r, e: relay_done(pod, r, e), record)
     pod.track(relay, info)
     relay.start()
 
@@ -164,7 +164,7 @@ def _reject(
     pod.shared.telemetry.complete(record)
 
 
-def _done(pod: PodProxy, relay: Relay, error: BaseException | None) -> None:
+def relay_done(pod: PodProxy, relay: Relay, error: BaseException | None) -> None:
     record: ConnectionRecord = relay.info
     record.bytes_recv = relay.down.received  # request bytes: from the remote client towards the app
     record.bytes_sent = relay.up.received
@@ -233,6 +233,6 @@ async def handle_plaintext(pod: PodProxy, sock: socket.socket) -> None:
         down.abort()
         shared.telemetry.complete(record)
         return
-    relay = Relay(down, up, lambda r, e: _done(pod, r, e), record)
+    relay = Relay(down, up, lambda r, e: relay_done(pod, r, e), record)
     pod.track(relay, info)
     relay.start()

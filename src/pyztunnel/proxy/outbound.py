@@ -114,7 +114,7 @@ async def handle(pod: PodProxy, sock: socket.socket) -> None:
         _log.exception("outbound connection setup failed")
         _finish_failed(pod, down, record, f"internal error: {exc!r}", "-")
         return
-    relay = Relay(down, up, lambda r, e: _done(pod, r, e), record)
+    relay = Relay(down, up, lambda r, e: relay_done(pod, r, e), record)
     pod.track(relay)
     relay.start()
 
@@ -126,7 +126,7 @@ def _finish_failed(pod: PodProxy, down: TcpLeg, record: ConnectionRecord, error:
     pod.shared.telemetry.complete(record)
 
 
-def _done(pod: PodProxy, relay: Relay, error: BaseException | None) -> None:
+def relay_done(pod: PodProxy, relay: Relay, error: BaseException | None) -> None:
     record: ConnectionRecord = relay.info
     record.bytes_recv = relay.down.received  # request bytes: what the local app sent
     record.bytes_sent = relay.up.received
