@@ -16,6 +16,7 @@ from pyztunnel.observe.access import ConnectionRecord
 from pyztunnel.protocols import hbone
 from pyztunnel.proxy.h2conn import H2ServerConn
 from pyztunnel.proxy.netsock import family_of
+from pyztunnel.proxy.outbound import baggage_for
 from pyztunnel.proxy.pod import PodProxy
 from pyztunnel.proxy.relay import Relay, StreamLeg, TcpLeg
 from pyztunnel.proxy.telemetry import INBOUND, describe_dst, describe_src, fail, identity_of, new_record
@@ -143,26 +144,10 @@ async def _serve_stream(pod: PodProxy, conn: H2ServerConn, leg: StreamLeg, heade
         _reject(pod, conn, leg, record, 503, f"connect to app: {exc or type(exc).__name__}", "CONNECT")
         return
     record.dst_addr = _addr(request.ip, request.port)
-    conn.respond(leg, hbone.response_headers(200, _baggage(workload, shared.cluster_id)))
+    conn.respond(leg, hbone.response_headers(200, baggage_for(workload, shared.cluster_id)))
     relay = Relay(leg, up, lambda r, e: relay_done(pod, r, e), record)
     pod.track(relay, info)
     relay.start()
-
-
-def _baggage(workload: object, cluster: str) -> str:
-    from pyztunnel.workloads.model import Workload
-
-    assert isinstance(workload, Workload)
-    return hbone.baggage(
-        hbone.BaggageInfo(
-            cluster=workload.cluster_id or cluster,
-            namespace=workload.namespace,
-            workload_type=workload.workload_type or "pod",
-            workload_name=workload.workload_name or workload.name,
-            service_name=workload.canonical_name,
-            service_version=workload.canonical_revision,
-        )
-    )
 
 
 def _reject(

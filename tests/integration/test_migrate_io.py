@@ -1,0 +1,134 @@
+"""The old instance's shell (`GiveService`) against scripted takers over a real SEQPACKET pair: what is released,
+what resumes, and that a taker which vanishes or stalls gets no further batch."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Mapping, Sequence
+
+from pyztunnel.aio import spawn
+from pyztunnel.lifecycle import handoff, migrate
+from pyztunnel.lifecycle.handoff import Netns
+from pyztunnel.lifecycle.handoff_io import recv_msg, send_msg
+from pyztunnel.lifecycle.migrate import Ends
+from pyztunnel.lifecycle.migrate_io import Exportable, Exported, GiveService
+
+NS: Netns = (1, 2)
+ENDS = Ends(("127.0.0.1", 1), ("127.0.0.1", 2))
+
+
+class FakeRelay:
+    def __init__(self, movable: bool = True) -> None:
+        self.movable = movable
+        self.state = "running"
+
+    async def prepare(self, within: float) -> Exported | None:
+        if not self.movable:
+            return None
+        self.state = "paused"
+        r, w = os.pipe()  # any fds do for the giver; the taker here does not validate
+        return Exported("pod-a", "outbound-passthrough", ENDS, ENDS, 1.0, {}, r, w)
+
+    def release(self) -> None:
+        self.state = "released"
+
+    def resume(self) -> None:
+        self.state = "running"
+
+
+class Source:
+    def __init__(self, relays: list[FakeRelay]) -> None:
+        self.relays = relays
+
+    def migration_pods(self) -> Mapping[str, Netns]:
+        return {"pod-a": NS}
+
+    def migration_candidates(self, uids: set[str]) -> Sequence[Exportable]:
+        return self.relays
+
+
+async def register(service: GiveService) -> tuple[socket.socket, asyncio.Task[None]]:
+    """A taker registered with `service`; the old side's socket is closed when its exchange ends (as the handoff
+    service does)."""
+    old, new = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    old.setblocking(False)
+    new.setblocking(False)
+    taker = migrate.Taker({"pod-a": NS})
+    await send_msg(new, taker.start())
+    first, _ = await recv_msg(old, max_fds=1)
+    task = spawn(service.handle(old, first), "handle")
+    task.add_done_callback(lambda _: old.close())
+    for _ in range(2):
+        data, _ = await recv_msg(new, max_fds=1)
+        for out in taker.receive(data, []).send:
+            await send_msg(new, out)
+    await asyncio.wait_for(service.registered.wait(), 5)
+    return new, task
+
+
+async def test_taken_relays_are_released_and_the_rest_resume() -> None:
+    relays = [FakeRelay(), FakeRelay(movable=False), FakeRelay()]
+    service = GiveService(Source(relays))
+    new, task = await register(service)
+    try:
+        migrating = spawn(service.migrate(), "migrate")
+        data, fds = await asyncio.wait_for(recv_msg(new), 5)
+        msg = handoff.decode(data)
+        assert len(fds) == 4 and [c["id"] for c in msg["connections"]] == [1, 2]
+        for fd in fds:
+            os.close(fd)
+        answer = {"type": "taken", "batch": msg["batch"], "taken": [2], "refused": [{"id": 1, "reason": "no"}]}
+        await send_msg(new, handoff.encode(answer))
+        assert handoff.decode((await recv_msg(new))[0]) == {"type": "commit", "batch": 1, "ids": [2]}
+        assert handoff.decode((await recv_msg(new))[0]) == {"type": "done"}
+        assert await asyncio.wait_for(migrating, 5) == 1
+        assert [r.state for r in relays] == ["running", "running", "released"]
+        await asyncio.wait_for(task, 5)
+    finally:
+        new.close()
+        await service.close()
+
+
+async def test_a_taker_that_vanishes_leaves_everything_running() -> None:
+    relays = [FakeRelay() for _ in range(150)]  # two batches: the second is never offered
+    service = GiveService(Source(relays))
+    new, task = await register(service)
+    migrating = spawn(service.migrate(), "migrate")
+    _, fds = await asyncio.wait_for(recv_msg(new), 5)
+    assert len(fds) == 2 * migrate.MAX_CONNECTIONS_PER_MESSAGE
+    for fd in fds:
+        os.close(fd)
+    new.close()
+    assert await asyncio.wait_for(migrating, 5) == 0
+    assert {r.state for r in relays} == {"running"}
+    assert service.kept == migrate.MAX_CONNECTIONS_PER_MESSAGE
+    await asyncio.wait_for(task, 5)
+    await service.close()
+
+
+async def test_a_stalled_taker_gets_no_second_batch() -> None:
+    relays = [FakeRelay() for _ in range(150)]
+    service = GiveService(Source(relays), answer_timeout=0.2)
+    new, task = await register(service)
+    try:
+        migrating = spawn(service.migrate(), "migrate")
+        _, fds = await asyncio.wait_for(recv_msg(new), 5)
+        for fd in fds:
+            os.close(fd)
+        assert await asyncio.wait_for(migrating, 5) == 0
+        assert handoff.decode((await recv_msg(new))[0]) == {"type": "abort", "batch": 1}
+        assert {r.state for r in relays} == {"running"}
+        await asyncio.wait_for(task, 5)
+        # Nothing more was sent (no second batch, no done): the next thing is the end of the exchange.
+        assert new.recv(65536) == b""
+    finally:
+        new.close()
+        await service.close()
+
+
+async def test_no_taker_no_migration() -> None:
+    relays = [FakeRelay()]
+    assert await GiveService(Source(relays)).migrate() == 0
+    assert relays[0].state == "running"
