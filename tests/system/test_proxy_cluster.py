@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -71,13 +72,18 @@ def wait_for_log(predicate: Callable[[str], bool], within: float = 15) -> str:
 
 
 def curl(p: dict[str, Any], url: str) -> str:
-    out = in_pod(p, "curl", "-s", "-m", "10", "-o", "/dev/null", "-w", "%{http_code}", url)
+    out = in_pod(p, "curl", "-s", "-m", "20", "-o", "/dev/null", "-w", "%{http_code}", url)
     return out.stdout.decode()
+
+
+def log_tail(lines: int = 30) -> str:
+    """The proxies' last log lines, for assertion messages (a failure says what the proxies saw)."""
+    return "\n".join(proxy_logs().splitlines()[-lines:])
 
 
 def test_gateway_to_httpbin_via_vip_logged_with_identities(cluster: dict[str, Any]) -> None:
     gateway, httpbin = pod(cluster, "gateway"), service(cluster, "httpbin")
-    assert curl(gateway, f"http://{httpbin['vip']}:8000/status/418") == "418"
+    assert curl(gateway, f"http://{httpbin['vip']}:8000/status/418") == "418", log_tail()
     gw_identity = 'src.identity="spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway"'
     hb_identity = 'dst.identity="spiffe://cluster.local/ns/default/sa/httpbin"'
     outbound = wait_for_log(
@@ -88,6 +94,14 @@ def test_gateway_to_httpbin_via_vip_logged_with_identities(cluster: dict[str, An
         lambda line: "connection complete" in line and 'direction="inbound"' in line and gw_identity in line
     )
     assert hb_identity in inbound and "error=" not in inbound
+
+
+def test_app_sees_the_original_source(cluster: dict[str, Any]) -> None:
+    """ztunnel's original-source preservation: httpbin sees the gateway pod's IP, not its own."""
+    gateway, httpbin = pod(cluster, "gateway"), service(cluster, "httpbin")
+    out = in_pod(gateway, "curl", "-s", "-m", "20", f"http://{httpbin['vip']}:8000/ip")
+    assert out.returncode == 0, f"curl exit {out.returncode}\n{log_tail()}"
+    assert json.loads(out.stdout)["origin"] == gateway["ip"]
 
 
 def test_non_mesh_destination_passes_through(cluster: dict[str, Any]) -> None:

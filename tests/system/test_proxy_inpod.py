@@ -139,8 +139,9 @@ async def test_inpod_capture_hbone_and_delete(tmp_path: Path) -> None:
                 assert await asyncio.wait_for(reader.readexactly(16), 10) == b"through the mesh"
                 writer.close()
                 await writer.wait_closed()
-                # B's proxy connected to the app from inside B (a marked socket, not captured again)
-                assert peers and peers[0][0] == B_IP
+                # B's proxy connected to the app from inside B with A's address as source (ztunnel's
+                # original-source preservation through the agent's connmark/route rules), not captured again
+                assert peers and peers[0][0] == A_IP
             assert shared.telemetry.opened_total >= 2  # outbound in A, inbound in B
             # DelWorkload B: its listeners close at once
             acks = await asyncio.wait_for(server.delete("uid-b"), 10)

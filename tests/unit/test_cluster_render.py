@@ -56,6 +56,9 @@ def test_fabric_never_configures_the_host() -> None:
     assert "addr add 10.240.0.254/24 dev br0" in by_ns["pzt-c1-fabric"]
     assert "addr add 10.240.0.2/24 dev eth0" in by_ns["pzt-c1-node-node-2"]
     assert "addr add 10.244.2.1/24 dev cbr0" in by_ns["pzt-c1-node-node-2"]
+    # Bridges have fixed MACs (a bridge otherwise takes its lowest port MAC, which changes as pods come and go).
+    assert "link add cbr0 address 02:00:0a:f4:02:01 type bridge" in by_ns["pzt-c1-node-node-2"]
+    assert "link add br0 address 02:00:0a:f0:fe:01 type bridge" in by_ns["pzt-c1-fabric"]
     assert "route add 10.244.2.0/24 via 10.240.0.2" in by_ns["pzt-c1-fabric"]
     assert "route add 10.244.1.0/24 via 10.240.0.1" in by_ns["pzt-c1-node-node-2"]
     assert not any("10.244.2.0/24" in line for line in by_ns["pzt-c1-node-node-2"] if line.startswith("route"))

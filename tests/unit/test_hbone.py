@@ -186,6 +186,50 @@ def test_whole_data_fast_path_equals_send_data() -> None:
     assert not fast[0].send_whole_data(1, b"x")  # half-closed (local): h2 would refuse too
 
 
+def test_data_receive_fast_path_matches_h2() -> None:
+    """Flagless DATA frames handled by HboneConnection give the events and windows plain h2 gives."""
+    from h2.config import H2Configuration
+
+    lean_client, lean_server = pair()
+    plain_server = H2Connection(H2Configuration(client_side=False, header_encoding=None))
+    plain_server.local_settings = lean_server.local_settings
+    plain_server.initiate_connection()
+    plain_server.increment_flow_control_window(hbone.CONNECTION_WINDOW - hbone.DEFAULT_H2_WINDOW)
+    plain_server.data_to_send()
+    headers = hbone.connect_headers("10.0.0.1:80", forwarded_for="", baggage_value="", traceparent_value="t")
+    lean_client.send_headers(1, headers)
+    for i in range(5):
+        lean_client.send_data(1, bytes([i]) * (1000 * (i + 1)))
+    lean_client.send_data(1, b"end", end_stream=True)
+    wire = hbone.new_connection(True).data_to_send() + lean_client.data_to_send()
+    lean_events = lean_server.receive_data(wire[len(hbone.new_connection(True).data_to_send()) :])
+    plain_events = plain_server.receive_data(wire)
+
+    def shape(events: list[h2.events.Event]) -> list[tuple[str, object, object]]:
+        return [
+            (type(e).__name__, getattr(e, "data", None), getattr(e, "flow_controlled_length", None)) for e in events
+        ]
+
+    def data_only(events: list[h2.events.Event]) -> list[tuple[str, object, object]]:
+        return [x for x in shape(events) if x[0] in ("DataReceived", "StreamEnded")]
+
+    assert data_only(lean_events) == data_only(plain_events)
+    assert lean_server.inbound_flow_control_window == plain_server.inbound_flow_control_window
+    assert (
+        lean_server._get_stream_by_id(1).inbound_flow_control_window
+        == plain_server._get_stream_by_id(1).inbound_flow_control_window
+    )
+    # More than the 4 MiB stream window in one DATA frame: a connection error, as in h2.
+    client, server = pair()
+    client.send_headers(1, headers)
+    exchange(client, server)
+    size = hbone.STREAM_WINDOW + 1
+    server.max_inbound_frame_size = size
+    too_big = size.to_bytes(3, "big") + b"\x00\x00" + (1).to_bytes(4, "big") + b"z" * size
+    with pytest.raises(h2.exceptions.FlowControlError):
+        server.receive_data(too_big)
+
+
 def test_lean_frame_buffer_parses_split_frames() -> None:
     client, server = pair()
     stream_id = client.get_next_available_stream_id()

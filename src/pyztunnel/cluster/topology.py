@@ -67,6 +67,13 @@ def fabric_veth(index: int) -> str:
     return f"n{index}"
 
 
+def bridge_mac(group: int, index: int) -> str:
+    """A fixed, locally administered MAC for a bridge. Without one a Linux bridge takes the lowest MAC of its ports,
+    so it changes whenever a pod's veth comes or goes, and every pod keeps sending to the gateway's old MAC until its
+    ARP entry expires (~30 s of lost traffic after each pod deletion)."""
+    return f"02:00:0a:{group:02x}:{index:02x}:01"
+
+
 def vip(n: int) -> str:
     """The n-th service VIP (0-based): 10.96.0.10, 10.96.0.11, …"""
     return str(SERVICE_CIDR.network_address + FIRST_VIP + n)
@@ -93,7 +100,7 @@ def render_fabric(cluster: str, nodes: Sequence[NodeAddr]) -> list[tuple[str | N
     ]
     fab = [
         "link set lo up",
-        f"link add {FABRIC_BRIDGE} type bridge",
+        f"link add {FABRIC_BRIDGE} address {bridge_mac(0xF0, 0xFE)} type bridge",
         f"addr add {FABRIC_IP}/{FABRIC_PREFIX} dev {FABRIC_BRIDGE}",
         f"link set {FABRIC_BRIDGE} up",
     ]
@@ -107,7 +114,7 @@ def render_fabric(cluster: str, nodes: Sequence[NodeAddr]) -> list[tuple[str | N
             "link set lo up",
             f"addr add {n.ip}/{FABRIC_PREFIX} dev eth0",
             "link set eth0 up",
-            f"link add {NODE_BRIDGE} type bridge",
+            f"link add {NODE_BRIDGE} address {bridge_mac(0xF4, n.index)} type bridge",
             f"addr add {pod_gateway(n.index)}/{POD_PREFIX} dev {NODE_BRIDGE}",
             f"addr add {PROBE_SOURCE}/32 dev {NODE_BRIDGE}",
             f"link set {NODE_BRIDGE} up",
@@ -198,11 +205,18 @@ async def build_fabric(cluster: str, nodes: Sequence[NodeAddr]) -> None:
     batches = render_fabric(cluster, nodes)
     await ip_batch(*batches[0])
     await asyncio.gather(*(ip_batch(ns, lines) for ns, lines in batches[1:]))
-    await asyncio.gather(*(set_sysctl(node_ns(cluster, n.name), "net.ipv4.ip_forward", "1") for n in nodes))
+    await asyncio.gather(*(set_sysctls(node_ns(cluster, n.name), NODE_SYSCTLS) for n in nodes))
 
 
-async def set_sysctl(netns: str, key: str, value: str) -> None:
-    await run(["ip", "netns", "exec", netns, "sysctl", "-q", "-w", f"{key}={value}"])
+# Nodes route between their pods and the fabric. Frames bridged between two pods of a node skip netfilter whatever the
+# host's br_netfilter setting (it is per netns), so the node behaves the same on every machine: the hairpin
+# masquerade of render_services is what makes a VIP work with an endpoint on the client's own node.
+NODE_SYSCTLS = {"net.ipv4.ip_forward": "1", "net.bridge.bridge-nf-call-iptables": "0"}
+
+
+async def set_sysctls(netns: str, values: dict[str, str]) -> None:
+    """Set sysctls inside a namespace; keys this kernel lacks (no br_netfilter) are skipped."""
+    await run(["ip", "netns", "exec", netns, "sysctl", "-e", "-q", "-w", *(f"{k}={v}" for k, v in values.items())])
 
 
 async def apply_nft(netns: str, ruleset: str) -> None:

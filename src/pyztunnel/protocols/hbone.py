@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 from h2.config import H2Configuration
 from h2.connection import ConnectionInputs, ConnectionState, H2Connection, H2ConnectionStateMachine
+from h2.events import DataReceived
 from h2.exceptions import FrameDataMissingError, ProtocolError
 from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes, Settings
@@ -96,6 +97,7 @@ class _GracefulGoawayStateMachine(H2ConnectionStateMachine):  # type: ignore[mis
 
 
 _SENDING_STREAM_STATES = frozenset({StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE})
+_RECEIVING_STREAM_STATES = frozenset({StreamState.OPEN, StreamState.HALF_CLOSED_LOCAL})
 _OPEN_CONNECTION_STATES = frozenset({ConnectionState.CLIENT_OPEN, ConnectionState.SERVER_OPEN})
 
 
@@ -145,6 +147,28 @@ class HboneConnection(H2Connection):  # type: ignore[misc]
         if size:
             self._chunks.append(data)
         return True
+
+    def _receive_frame(self, frame: Frame) -> list[Any]:
+        """DATA without flags on an open stream (the relay's common case) is accounted and turned into its
+        DataReceived event here; every other frame takes h2's path. The same checks and effects as h2's: both flow
+        control windows consumed (raising FlowControlError past them), the body length tracked, and RECV_DATA is a
+        state machine no-op for these states apart from creating the event."""
+        if type(frame) is DataFrame and not len(frame.flags):
+            stream = self.streams.get(frame.stream_id)
+            if (
+                stream is not None
+                and stream.state_machine.state in _RECEIVING_STREAM_STATES
+                and self.state_machine.state in _OPEN_CONNECTION_STATES
+                and stream._expected_content_length is None
+            ):
+                data = frame.data
+                size = len(data)
+                self._inbound_flow_control_window_manager.window_consumed(size)
+                stream._inbound_window_manager.window_consumed(size)
+                stream._actual_content_length += size
+                return [DataReceived(stream_id=frame.stream_id, data=data, flow_controlled_length=size)]
+        events: list[Any] = super()._receive_frame(frame)
+        return events
 
     def chunks_to_send(self) -> list[bytes]:
         """Everything queued for the wire, in order, without joining (for `transport.writelines`)."""

@@ -16,6 +16,7 @@ from pyztunnel.observe.access import ConnectionRecord
 from pyztunnel.protocols import hbone
 from pyztunnel.proxy.h2conn import H2ServerConn
 from pyztunnel.proxy.netsock import family_of
+from pyztunnel.proxy.outbound import baggage_for
 from pyztunnel.proxy.pod import PodProxy
 from pyztunnel.proxy.relay import Relay, StreamLeg, TcpLeg
 from pyztunnel.proxy.telemetry import INBOUND, describe_dst, describe_src, fail, identity_of, new_record
@@ -138,31 +139,15 @@ async def _serve_stream(pod: PodProxy, conn: H2ServerConn, leg: StreamLeg, heade
         _reject(pod, conn, leg, record, hbone.DENIED_STATUS, f"connection denied: {decision.reason}", "DENY")
         return
     try:
-        up = await _connect_app(pod, request.ip, request.port)
+        up = await _connect_app(pod, request.ip, request.port, src_ip)
     except (OSError, TimeoutError) as exc:
         _reject(pod, conn, leg, record, 503, f"connect to app: {exc or type(exc).__name__}", "CONNECT")
         return
     record.dst_addr = _addr(request.ip, request.port)
-    conn.respond(leg, hbone.response_headers(200, _baggage(workload, shared.cluster_id)))
-    relay = Relay(leg, up, lambda r, e: _done(pod, r, e), record)
+    conn.respond(leg, hbone.response_headers(200, baggage_for(workload, shared.cluster_id)))
+    relay = Relay(leg, up, lambda r, e: relay_done(pod, r, e), record)
     pod.track(relay, info)
     relay.start()
-
-
-def _baggage(workload: object, cluster: str) -> str:
-    from pyztunnel.workloads.model import Workload
-
-    assert isinstance(workload, Workload)
-    return hbone.baggage(
-        hbone.BaggageInfo(
-            cluster=workload.cluster_id or cluster,
-            namespace=workload.namespace,
-            workload_type=workload.workload_type or "pod",
-            workload_name=workload.workload_name or workload.name,
-            service_name=workload.canonical_name,
-            service_version=workload.canonical_revision,
-        )
-    )
 
 
 def _reject(
@@ -179,7 +164,7 @@ def _reject(
     pod.shared.telemetry.complete(record)
 
 
-def _done(pod: PodProxy, relay: Relay, error: BaseException | None) -> None:
+def relay_done(pod: PodProxy, relay: Relay, error: BaseException | None) -> None:
     record: ConnectionRecord = relay.info
     record.bytes_recv = relay.down.received  # request bytes: from the remote client towards the app
     record.bytes_sent = relay.up.received
@@ -189,10 +174,11 @@ def _done(pod: PodProxy, relay: Relay, error: BaseException | None) -> None:
     pod.shared.telemetry.complete(record)
 
 
-async def _connect_app(pod: PodProxy, ip: str, port: int) -> TcpLeg:
-    """Connect to the app inside the pod (a marked socket, so the pod's capture rules let it through)."""
+async def _connect_app(pod: PodProxy, ip: str, port: int, client_ip: str) -> TcpLeg:
+    """Connect to the app inside the pod (a marked socket, so the pod's capture rules let it through), from the
+    client's address where the env preserves it."""
     loop = asyncio.get_running_loop()
-    sock = await pod.env.outgoing(family_of(ip))
+    sock = await pod.env.to_app(family_of(ip), client_ip)
     try:
         await asyncio.wait_for(loop.sock_connect(sock, (ip, port)), pod.shared.settings.connect_timeout)
         leg = TcpLeg(start_paused=True)
@@ -241,12 +227,12 @@ async def handle_plaintext(pod: PodProxy, sock: socket.socket) -> None:
             shared.telemetry.complete(record)
             return
     try:
-        up = await _connect_app(pod, dst_ip, dst_port)
+        up = await _connect_app(pod, dst_ip, dst_port, peer_ip)
     except (OSError, TimeoutError) as exc:
         fail(record, f"connect to app: {exc or type(exc).__name__}", "CONNECT")
         down.abort()
         shared.telemetry.complete(record)
         return
-    relay = Relay(down, up, lambda r, e: _done(pod, r, e), record)
+    relay = Relay(down, up, lambda r, e: relay_done(pod, r, e), record)
     pod.track(relay, info)
     relay.start()

@@ -30,6 +30,9 @@ _log = logging.getLogger("pyztunnel.proxy.netsock")
 INPOD_MARK = 1337
 SO_ORIGINAL_DST = 80
 SOL_IPV6 = 41
+IP_TRANSPARENT = 19
+IP_FREEBIND = 15
+IPV6_TRANSPARENT = 75
 LISTEN_BACKLOG = 128
 
 
@@ -49,6 +52,13 @@ def original_dst(sock: socket.socket) -> tuple[str, int] | None:
         return None
 
 
+def nodelay(sock: socket.socket) -> None:
+    """TCP_NODELAY on every proxied socket (ztunnel sets it too): with Nagle, a small HBONE frame waits for the ACK
+    of the previous one whenever other streams keep data in flight, which caps request rates at the ACK clock."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 def family_of(ip: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in ip else socket.AF_INET
 
@@ -65,6 +75,10 @@ class NetEnv:
 
     async def outgoing(self, family: socket.AddressFamily) -> socket.socket:
         raise NotImplementedError
+
+    async def to_app(self, family: socket.AddressFamily, client_ip: str) -> socket.socket:
+        """A socket for the connection to the app; where the env can, it carries the client's address as source."""
+        return await self.outgoing(family)
 
     def original_dst(self, sock: socket.socket, port: int) -> tuple[str, int] | None:
         raise NotImplementedError
@@ -96,10 +110,11 @@ class PodNetns(NetEnv):
 
     check_authority_ip = True
 
-    def __init__(self, netns_fd: int, name: str, mark: int = INPOD_MARK) -> None:
+    def __init__(self, netns_fd: int, name: str, mark: int = INPOD_MARK, original_source: bool = True) -> None:
         self.fd = netns_fd
         self.name = name
         self.mark = mark
+        self.original_source = original_source
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"netns-{name}", initializer=netns.setns, initargs=(netns_fd,)
         )
@@ -120,6 +135,7 @@ class PodNetns(NetEnv):
             sock = socket.socket(family, socket.SOCK_STREAM)
             try:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.mark)
+                nodelay(sock)
                 sock.setblocking(False)
             except BaseException:
                 sock.close()
@@ -127,6 +143,36 @@ class PodNetns(NetEnv):
             return sock
 
         return await self._in_netns(make)
+
+    async def to_app(self, family: socket.AddressFamily, client_ip: str) -> socket.socket:
+        """ztunnel's original-source preservation (`ENABLE_ORIG_SRC`): a transparent socket bound to the client's
+        IP, so the app sees who connected. The agent's rules (connmark 0x111, `ip rule fwmark 0x111 lookup 100`,
+        local route in table 100) bring the app's replies back to this socket. Falls back to a plain marked socket
+        when the kernel refuses (no privilege, address family mismatch)."""
+        if not self.original_source or family_of(client_ip) != family:
+            return await self.outgoing(family)
+
+        def make() -> socket.socket:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                level = socket.SOL_IP if family == socket.AF_INET else SOL_IPV6
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.mark)
+                sock.setsockopt(level, IP_TRANSPARENT if family == socket.AF_INET else IPV6_TRANSPARENT, 1)
+                if family == socket.AF_INET:
+                    sock.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
+                sock.bind((client_ip, 0))
+                nodelay(sock)
+                sock.setblocking(False)
+            except BaseException:
+                sock.close()
+                raise
+            return sock
+
+        try:
+            return await self._in_netns(make)
+        except OSError as exc:
+            _log.debug("original source not preserved", extra={"fields": {"error": str(exc)}})
+            return await self.outgoing(family)
 
     def original_dst(self, sock: socket.socket, port: int) -> tuple[str, int] | None:
         return original_dst(sock)
@@ -157,6 +203,7 @@ class DirectNet(NetEnv):
         try:
             if family == family_of(self.ip):
                 sock.bind((self.ip, 0))
+            nodelay(sock)
             sock.setblocking(False)
         except BaseException:
             sock.close()
@@ -229,6 +276,7 @@ class Acceptor:
                 raise
             self.accepted += 1
             conn.setblocking(False)
+            nodelay(conn)
             result = self.handle(conn)
             if result is not None:
                 spawn(_guard(result, conn), f"conn-{self.name}")

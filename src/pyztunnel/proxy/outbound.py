@@ -34,6 +34,22 @@ def addr(ip: str, port: int) -> str:
     return hbone.format_authority(ip, port)
 
 
+def baggage_for(workload: Workload, cluster: str) -> str:
+    """The `baggage` a workload's HBONE requests (and responses) carry (§3.2)."""
+    return hbone.baggage(
+        hbone.BaggageInfo(
+            cluster=workload.cluster_id or cluster,
+            namespace=workload.namespace,
+            workload_type=workload.workload_type or "pod",
+            workload_name=workload.workload_name or workload.name,
+            service_name=workload.canonical_name,
+            service_version=workload.canonical_revision,
+            region=workload.locality.region,
+            zone=workload.locality.zone,
+        )
+    )
+
+
 def resolve(index: WorkloadIndex, ip: str, port: int) -> Upstream:
     """Where a connection to ip:port goes (a service VIP picks one healthy endpoint at random)."""
     service = index.service_by_vip(ip)
@@ -98,7 +114,7 @@ async def handle(pod: PodProxy, sock: socket.socket) -> None:
         _log.exception("outbound connection setup failed")
         _finish_failed(pod, down, record, f"internal error: {exc!r}", "-")
         return
-    relay = Relay(down, up, lambda r, e: _done(pod, r, e), record)
+    relay = Relay(down, up, lambda r, e: relay_done(pod, r, e), record)
     pod.track(relay)
     relay.start()
 
@@ -110,7 +126,7 @@ def _finish_failed(pod: PodProxy, down: TcpLeg, record: ConnectionRecord, error:
     pod.shared.telemetry.complete(record)
 
 
-def _done(pod: PodProxy, relay: Relay, error: BaseException | None) -> None:
+def relay_done(pod: PodProxy, relay: Relay, error: BaseException | None) -> None:
     record: ConnectionRecord = relay.info
     record.bytes_recv = relay.down.received  # request bytes: what the local app sent
     record.bytes_sent = relay.up.received
@@ -162,18 +178,7 @@ async def _hbone(
     headers = hbone.connect_headers(
         record.dst_hbone_addr,
         forwarded_for=hbone.forwarded(src_ip, src_port, host),
-        baggage_value=hbone.baggage(
-            hbone.BaggageInfo(
-                cluster=src.cluster_id or shared.cluster_id,
-                namespace=src.namespace,
-                workload_type=src.workload_type or "pod",
-                workload_name=src.workload_name or src.name,
-                service_name=src.canonical_name,
-                service_version=src.canonical_revision,
-                region=src.locality.region,
-                zone=src.locality.zone,
-            )
-        ),
+        baggage_value=baggage_for(src, shared.cluster_id),
         traceparent_value=hbone.traceparent(os.urandom(16), os.urandom(8)),
     )
     leg = conn.open_stream(headers)

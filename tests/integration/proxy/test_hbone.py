@@ -29,7 +29,7 @@ async def test_echo_through_two_proxies(mesh: Mesh) -> None:
     reader, writer = await mesh.open_client()
     writer.write(b"hello mesh")
     await writer.drain()
-    assert await asyncio.wait_for(reader.readexactly(10), 5) == b"hello mesh"
+    assert await asyncio.wait_for(reader.readexactly(10), 10) == b"hello mesh"
     writer.write_eof()
     assert await asyncio.wait_for(reader.read(), 5) == b""
     writer.close()

@@ -30,7 +30,7 @@ class Proc:
         self.proc = proc
         self.lines: list[str] = []
 
-    async def wait_for_line(self, needle: str, within: float = 10) -> str:
+    async def wait_for_line(self, needle: str, within: float = 30) -> str:
         async def scan() -> str:
             for line in self.lines:
                 if needle in line:
@@ -51,9 +51,9 @@ class Proc:
         if self.proc.returncode is None:
             self.proc.send_signal(signal.SIGTERM)
         assert self.proc.stderr is not None
-        rest = await asyncio.wait_for(self.proc.stderr.read(), 15)
+        rest = await asyncio.wait_for(self.proc.stderr.read(), 30)
         self.lines += rest.decode().splitlines(keepends=True)
-        return await asyncio.wait_for(self.proc.wait(), 15)
+        return await asyncio.wait_for(self.proc.wait(), 30)
 
 
 async def http_get(host: str, port: int, path: str, method: str = "GET") -> tuple[int, str]:
