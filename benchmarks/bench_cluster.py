@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import statistics
 import time
 from typing import Any
 
@@ -16,6 +17,7 @@ from pyztunnel.cluster import manage, spec
 
 TARGET_UP_S = 5.0
 TARGET_100_S = 30.0
+RUNS = 3  # the machine is shared: the median of a few runs
 
 
 def _timed_up(loaded: spec.LoadedSpec, name: str, no_mesh: bool) -> tuple[float, float, dict[str, Any]]:
@@ -62,13 +64,21 @@ def run(args: list[str]) -> dict[str, object]:
     if any("httpbin" in m for m in missing):
         print("default spec: skipped (no httpbin in this build)")
     else:
-        up_s, down_s, state = _timed_up(default, "bcl1", no_mesh=not mesh)
+        runs = [_timed_up(default, "bcl1", no_mesh=not mesh) for _ in range(RUNS)]
+        ups = sorted(r[0] for r in runs)
+        up_s, down_s, state = statistics.median(ups), statistics.median(r[1] for r in runs), runs[0][2]
         pods = len(state["pods"]) + len(state["proxies"])
         print(
-            f"default spec{'' if mesh else ' (no mesh)'}: up {up_s:.2f}s for {len(state['nodes'])} nodes, {pods} pods "
-            f"(target ≤ {TARGET_UP_S:.0f}s, ratio {up_s / TARGET_UP_S:.2f}); down {down_s:.2f}s"
+            f"default spec{'' if mesh else ' (no mesh)'}: up median {up_s:.2f}s (min {ups[0]:.2f}s, {RUNS} runs) for "
+            f"{len(state['nodes'])} nodes, {pods} pods (target ≤ {TARGET_UP_S:.0f}s, ratio {up_s / TARGET_UP_S:.2f}); "
+            f"down {down_s:.2f}s"
         )
-        result |= {"default_up_s": round(up_s, 3), "default_down_s": round(down_s, 3), "default_mesh": mesh}
+        result |= {
+            "default_up_s": round(up_s, 3),
+            "default_up_min_s": round(ups[0], 3),
+            "default_down_s": round(down_s, 3),
+            "default_mesh": mesh,
+        }
     hundred_mesh = not [m for m in manage.missing_components(hundred_pods(True).spec) if "deployment" not in m]
     up_s, down_s, state = _timed_up(hundred_pods(hundred_mesh), "bcl2", no_mesh=False)
     print(

@@ -108,9 +108,8 @@ async def _handshake_rate(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
         await server.wait_closed()
 
 
-def _plain_pair(ca: CertificateAuthority) -> tuple[ssl.SSLContext, ssl.SSLContext, Path]:
+def _plain_pair(ca: CertificateAuthority, tmp: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     cert_pem, key_pem = ca.issue_server(["localhost"], ["127.0.0.1"], timedelta(hours=1))
-    tmp = Path(tempfile.mkdtemp(prefix="pzt-bench-"))
     (tmp / "c.pem").write_text(key_pem + cert_pem)
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server.minimum_version = ssl.TLSVersion.TLSv1_3
@@ -118,7 +117,7 @@ def _plain_pair(ca: CertificateAuthority) -> tuple[ssl.SSLContext, ssl.SSLContex
     client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     client.check_hostname = False
     client.load_verify_locations(cadata=ca.root_pem)
-    return server, client, tmp
+    return server, client
 
 
 def _s_time(port: int, cert: certs.WorkloadCert, tmp: Path, seconds: float) -> float | None:
@@ -141,17 +140,25 @@ def _s_time(port: int, cert: certs.WorkloadCert, tmp: Path, seconds: float) -> f
 
 
 async def _main(seconds: float) -> dict[str, Any]:
-    tmp = Path(tempfile.mkdtemp(prefix="pzt-bench-"))
+    tmp = Path(tempfile.mkdtemp(prefix="pzt-bench-identity-"))
+    keys = tls.ContextCache(tmp / "keys")
+    try:
+        return await _measure(tmp, keys, seconds)
+    finally:
+        keys.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def _measure(tmp: Path, keys: tls.ContextCache, seconds: float) -> dict[str, Any]:
     result: dict[str, Any] = {}
     result["csr_per_s_sequential"] = await _csr_rate(tmp / "a", seconds, 1)
     result["csr_per_s_8_concurrent"] = await _csr_rate(tmp / "b", seconds, 8)
     result["peer_sign_without_grpc_per_s"] = _sign_rate(seconds)
     ca = CertificateAuthority.create("cluster.local")
-    keys = tls.ContextCache(tmp / "keys")
     server_cert = ca.issue(Identity("cluster.local", "ns", "server"), timedelta(hours=1))
     client_cert = ca.issue(Identity("cluster.local", "ns", "client"), timedelta(hours=1))
     result["mtls_handshakes_per_s"] = await _handshake_rate(keys.server(server_cert), keys.client(client_cert), seconds)
-    plain_server, plain_client, plain_tmp = _plain_pair(ca)
+    plain_server, plain_client = _plain_pair(ca, tmp)
     result["peer_plain_tls13_handshakes_per_s"] = await _handshake_rate(plain_server, plain_client, seconds)
 
     # openssl s_time as the client against the mTLS server context (the server runs in this loop).
@@ -161,15 +168,10 @@ async def _main(seconds: float) -> dict[str, Any]:
     server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=keys.server(server_cert))
     port = server.sockets[0].getsockname()[1]
     try:
-        result["openssl_s_time_mtls_conn_per_s"] = await asyncio.to_thread(
-            _s_time, port, client_cert, plain_tmp, seconds
-        )
+        result["openssl_s_time_mtls_conn_per_s"] = await asyncio.to_thread(_s_time, port, client_cert, tmp, seconds)
     finally:
         server.close()
         await server.wait_closed()
-        keys.close()
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(plain_tmp, ignore_errors=True)
     return result
 
 

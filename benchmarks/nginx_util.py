@@ -26,7 +26,7 @@ http {{
     scgi_temp_path {prefix}/scgi;
     keepalive_requests 1000000;
     server {{
-        listen 127.0.0.1:{port} backlog=4096;
+        listen {host}:{port} backlog=4096;
 {status_locations}
         location / {{ return 200 "ok\\n"; }}
     }}
@@ -37,22 +37,22 @@ http {{
 STATUSES = (200, 204, 404, 418, 500, 503)
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         port: int = s.getsockname()[1]
         return port
 
 
 @contextlib.contextmanager
-def nginx(workers: int = 1) -> Iterator[int]:
-    """Start nginx, yield its port, stop it (even if the caller fails)."""
+def nginx(workers: int = 1, host: str = "127.0.0.1") -> Iterator[int]:
+    """Start nginx on HOST (a loopback address), yield its port, stop it (even if the caller fails)."""
     binary = shutil.which("nginx") or "/usr/sbin/nginx"
     with tempfile.TemporaryDirectory(prefix="pzt-nginx-") as prefix:
-        port = free_port()
+        port = free_port(host)
         conf = Path(prefix) / "nginx.conf"
         locations = "\n".join(f"        location = /status/{code} {{ return {code}; }}" for code in STATUSES)
-        conf.write_text(CONFIG.format(prefix=prefix, port=port, workers=workers, status_locations=locations))
+        conf.write_text(CONFIG.format(prefix=prefix, host=host, port=port, workers=workers, status_locations=locations))
         proc = subprocess.Popen(
             [binary, "-p", prefix, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
@@ -62,7 +62,7 @@ def nginx(workers: int = 1) -> Iterator[int]:
                 if proc.poll() is not None:
                     err = proc.stderr.read().decode() if proc.stderr else ""
                     raise RuntimeError(f"nginx did not start: {err.strip()}")
-                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
                     break
                 if time.monotonic() > deadline:
                     raise RuntimeError("nginx did not listen within 10 s")

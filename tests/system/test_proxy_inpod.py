@@ -139,8 +139,9 @@ async def test_inpod_capture_hbone_and_delete(tmp_path: Path) -> None:
                 assert await asyncio.wait_for(reader.readexactly(16), 10) == b"through the mesh"
                 writer.close()
                 await writer.wait_closed()
-                # B's proxy connected to the app from inside B (a marked socket, not captured again)
-                assert peers and peers[0][0] == B_IP
+                # B's proxy connected to the app from inside B with A's address as source (ztunnel's
+                # original-source preservation through the agent's connmark/route rules), not captured again
+                assert peers and peers[0][0] == A_IP
             assert shared.telemetry.opened_total >= 2  # outbound in A, inbound in B
             # DelWorkload B: its listeners close at once
             acks = await asyncio.wait_for(server.delete("uid-b"), 10)
@@ -197,3 +198,45 @@ async def test_new_instance_adopts_the_old_listeners(tmp_path: Path) -> None:
             os.close(fd)
             for s in (old_shared, new_shared):
                 s.tls.close()
+
+
+@pytest.mark.system
+async def test_pod_whose_listener_cannot_bind_is_nacked_pending_then_retried(tmp_path: Path) -> None:
+    """ztunnel's pending set: a busy port NACKs the Add ("failure to start proxy"), keeps readiness blocked, and the
+    pod starts on a later retry once the port is free."""
+    shared = Shared(load(ProxySettings, environ={}), StaticCerts(), key_dir=tmp_path / "keys")
+    with two_pods() as (a, _b):
+        fd = os.open(netns_path(a), os.O_RDONLY | os.O_CLOEXEC)
+        squatter = socket_in_netns(a)  # no SO_REUSEPORT: the proxy's bind of 15001 fails
+        squatter.bind(("0.0.0.0", 15001))
+        squatter.listen(1)
+        server = ZdsServer(tmp_path / "ztunnel.sock", lambda: [])
+        await server.start()
+        pods = PodSet(shared, retry_interval=0.2)
+        states: list[bool] = []
+        client = ZdsClient(tmp_path / "ztunnel.sock", pods, states.append)
+        pods.on_change = client.check_ready
+        task = spawn(client.run(), "zds-test")
+        try:
+            await asyncio.wait_for(client.snapshot_done.wait(), 10)
+            ack = await asyncio.wait_for(
+                server.add(zds.AddWorkload("uid-a", zds.WorkloadInfo("client-1", "a", "client")), fd), 10
+            )
+            assert ack.error.startswith("failure to start proxy")
+            assert "uid-a" in pods.pending and states[-1] is False
+            squatter.close()
+
+            async def started() -> None:
+                while "uid-a" not in pods.pods:
+                    await pods.changed.wait()
+
+            await asyncio.wait_for(started(), 10)
+            assert states[-1] is True
+        finally:
+            squatter.close()
+            client.stop()
+            await cancel_and_wait(task)
+            await pods.close()
+            await server.close()
+            shared.tls.close()
+            os.close(fd)

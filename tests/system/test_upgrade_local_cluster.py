@@ -14,8 +14,6 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("pyztunnel.cluster.manage", reason="the local cluster is not merged in this tree yet")
-
 NAME = "tlcup"
 
 STAND_IN = textwrap.dedent(

@@ -70,3 +70,17 @@ def test_ipam_rejects_foreign_addresses() -> None:
 def test_restart_backoff_doubles_and_caps() -> None:
     assert [backoff(n) for n in (1, 2, 3)] == [0.2, 0.4, 0.8]
     assert backoff(30) == 10.0
+
+
+def test_clusters_found_by_state_dirs_and_namespaces() -> None:
+    from pyztunnel.cluster.manage import clusters_from
+
+    namespaces = [
+        "pzt-demo-fabric",
+        "pzt-c2-node-node-1",
+        "pzt-c3-pod-web-abcde",
+        "pzt-tagent-x",
+        "pzt-tx-pod",
+        "other",
+    ]
+    assert clusters_from(["demo", "Not_A_Cluster", "c4"], namespaces) == ["c2", "c3", "c4", "demo"]

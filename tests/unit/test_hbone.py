@@ -158,6 +158,78 @@ def test_lean_output_is_byte_identical_to_h2() -> None:
     assert chunks[0].startswith(b"PRI * HTTP/2.0")  # preamble + SETTINGS first, then the WINDOW_UPDATE
 
 
+def test_whole_data_fast_path_equals_send_data() -> None:
+    """send_whole_data writes the same bytes and does the same flow-control accounting as h2's send_data, and
+    refuses (changing nothing) whatever it cannot do: over the window, over the frame size, a closed stream."""
+    fast, slow = pair(), pair()
+    headers = hbone.connect_headers("10.0.0.1:80", forwarded_for="", baggage_value="", traceparent_value="t")
+    for client, server in (fast, slow):
+        client.send_headers(1, headers)
+        exchange(client, server)
+        server.send_headers(1, hbone.response_headers(200))
+        exchange(client, server)
+    payload = b"p" * 70000
+    assert fast[0].send_whole_data(1, payload)
+    slow[0].send_data(1, payload)
+    wire = fast[0].data_to_send()
+    assert wire == slow[0].data_to_send()
+    assert fast[0].local_flow_control_window(1) == slow[0].local_flow_control_window(1)
+    assert fast[0].outbound_flow_control_window == slow[0].outbound_flow_control_window
+    window = fast[0].local_flow_control_window(1)
+    assert not fast[0].send_whole_data(1, b"x" * (window + 1))
+    assert not fast[0].send_whole_data(1, b"x" * (hbone.FRAME_SIZE + 1))
+    assert not fast[0].send_whole_data(3, b"x")  # no such stream
+    assert fast[0].local_flow_control_window(1) == window
+    events = fast[1].receive_data(wire)
+    assert b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived)) == payload
+    fast[0].end_stream(1)
+    assert not fast[0].send_whole_data(1, b"x")  # half-closed (local): h2 would refuse too
+
+
+def test_data_receive_fast_path_matches_h2() -> None:
+    """Flagless DATA frames handled by HboneConnection give the events and windows plain h2 gives."""
+    from h2.config import H2Configuration
+
+    lean_client, lean_server = pair()
+    plain_server = H2Connection(H2Configuration(client_side=False, header_encoding=None))
+    plain_server.local_settings = lean_server.local_settings
+    plain_server.initiate_connection()
+    plain_server.increment_flow_control_window(hbone.CONNECTION_WINDOW - hbone.DEFAULT_H2_WINDOW)
+    plain_server.data_to_send()
+    headers = hbone.connect_headers("10.0.0.1:80", forwarded_for="", baggage_value="", traceparent_value="t")
+    lean_client.send_headers(1, headers)
+    for i in range(5):
+        lean_client.send_data(1, bytes([i]) * (1000 * (i + 1)))
+    lean_client.send_data(1, b"end", end_stream=True)
+    wire = hbone.new_connection(True).data_to_send() + lean_client.data_to_send()
+    lean_events = lean_server.receive_data(wire[len(hbone.new_connection(True).data_to_send()) :])
+    plain_events = plain_server.receive_data(wire)
+
+    def shape(events: list[h2.events.Event]) -> list[tuple[str, object, object]]:
+        return [
+            (type(e).__name__, getattr(e, "data", None), getattr(e, "flow_controlled_length", None)) for e in events
+        ]
+
+    def data_only(events: list[h2.events.Event]) -> list[tuple[str, object, object]]:
+        return [x for x in shape(events) if x[0] in ("DataReceived", "StreamEnded")]
+
+    assert data_only(lean_events) == data_only(plain_events)
+    assert lean_server.inbound_flow_control_window == plain_server.inbound_flow_control_window
+    assert (
+        lean_server._get_stream_by_id(1).inbound_flow_control_window
+        == plain_server._get_stream_by_id(1).inbound_flow_control_window
+    )
+    # More than the 4 MiB stream window in one DATA frame: a connection error, as in h2.
+    client, server = pair()
+    client.send_headers(1, headers)
+    exchange(client, server)
+    size = hbone.STREAM_WINDOW + 1
+    server.max_inbound_frame_size = size
+    too_big = size.to_bytes(3, "big") + b"\x00\x00" + (1).to_bytes(4, "big") + b"z" * size
+    with pytest.raises(h2.exceptions.FlowControlError):
+        server.receive_data(too_big)
+
+
 def test_lean_frame_buffer_parses_split_frames() -> None:
     client, server = pair()
     stream_id = client.get_next_available_stream_id()
@@ -172,3 +244,25 @@ def test_lean_frame_buffer_parses_split_frames() -> None:
     data = b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived))
     assert data == bytes(range(256)) * 4096
     assert any(isinstance(e, h2.events.StreamEnded) for e in events)
+
+
+def test_streams_continue_after_goaway() -> None:
+    """A GOAWAY (either way) lets open streams finish, as RFC 9113 §6.8 and ztunnel's drain need."""
+    client, server = pair()
+    client.send_headers(
+        1, hbone.connect_headers("10.0.0.1:80", forwarded_for="", baggage_value="", traceparent_value="t")
+    )
+    exchange(client, server)
+    server.send_headers(1, hbone.response_headers(200))
+    server.close_connection(last_stream_id=1)  # the server starts draining
+    events, _ = exchange(client, server)
+    assert any(isinstance(e, h2.events.ConnectionTerminated) and e.error_code == 0 for e in events)
+    client.send_data(1, b"still flowing")
+    server.send_data(1, b"both ways")
+    c_events, s_events = exchange(client, server)
+    assert [e.data for e in s_events if isinstance(e, h2.events.DataReceived)] == [b"still flowing"]
+    assert [e.data for e in c_events if isinstance(e, h2.events.DataReceived)] == [b"both ways"]
+    client.close_connection()  # and the client's own GOAWAY does not stop it either
+    server.send_data(1, b"more", end_stream=True)
+    c_events, _ = exchange(client, server)
+    assert any(isinstance(e, h2.events.StreamEnded) for e in c_events)

@@ -136,6 +136,15 @@ async def test_drain_cordons_evicts_replaces_uncordons_one_node_at_a_time() -> N
     assert not n1_pods & set(fake.pods)
 
 
+async def test_drain_with_a_pinned_pod_brings_it_back_after_uncordon() -> None:
+    fake = cluster()
+    fake.pinned.add("client")
+    before = {p.node for p in fake.pods.values() if p.deployment == "client"}
+    await Rollout(fake, Plan("v2", strategy="drain")).run()
+    assert_upgraded(fake)
+    assert {p.node for p in fake.pods.values() if p.deployment == "client"} == before and not fake.unscheduled
+
+
 async def test_drain_eviction_failure_uncordons_and_stops() -> None:
     fake = cluster()
     victim = next(p.name for p in fake.pods.values() if p.node == "n1")

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pyztunnel.identity.spiffe import (
     Identity,
@@ -66,3 +68,19 @@ def test_trust_domain_helpers() -> None:
     assert trust_domain_of("spiffe://td/ns/a") is None
     assert any_in_trust_domain(["spiffe://other/ns/a/sa/b", "spiffe://td/ns/a/sa/b"], "td")
     assert not any_in_trust_domain(["spiffe://other/ns/a/sa/b", "spiffe://td/ns/a"], "td")
+
+
+_part = st.text(alphabet=st.characters(exclude_characters="/", exclude_categories=["Cs"]), max_size=20)
+
+
+@given(_part, _part, _part)
+def test_format_then_parse_round_trips(td: str, ns: str, sa: str) -> None:
+    identity = Identity(td, ns, sa)
+    assert Identity.parse(str(identity)) == identity
+
+
+@given(st.text(max_size=60))
+def test_parse_never_fails_unexpectedly(text: str) -> None:
+    parsed = try_parse(text)
+    if parsed is not None:
+        assert str(parsed) == text  # whatever parses, prints back exactly

@@ -83,7 +83,15 @@ async def _delete(request: web.Request, pod: Pod, grace: float) -> web.Response:
 async def delete_pod(request: web.Request) -> web.Response:
     pod = _pod(_ctl(request), request.match_info["name"])
     grace = request.query.get("grace")
-    return await _delete(request, pod, float(grace) if grace else pod.grace)
+    if grace is None:
+        return await _delete(request, pod, pod.grace)
+    try:
+        seconds = float(grace)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= 86400:
+        return _error(400, f"grace must be a number of seconds from 0 to 86400, not {grace!r}")
+    return await _delete(request, pod, seconds)
 
 
 async def evict(request: web.Request) -> web.Response:

@@ -230,10 +230,10 @@ def drain_cmd(node: str, **kw: Any) -> None:
 
 @cluster.command("controller", hidden=True)
 @click.option("--name", required=True)
-@click.option("--state-dir", required=True, type=click.Path(path_type=Path))
+@click.option("--cluster-dir", required=True, type=click.Path(path_type=Path), help="<state-dir>/<name>")
 @click.option("--no-mesh", is_flag=True)
 @click.option("--no-agent", is_flag=True)
-def controller_cmd(name: str, state_dir: Path, no_mesh: bool, no_agent: bool) -> None:
+def controller_cmd(name: str, cluster_dir: Path, no_mesh: bool, no_agent: bool) -> None:
     """Run the controller of a cluster (started detached by 'cluster up')."""
     from pyztunnel.aio import install_uvloop
     from pyztunnel.cluster.controller import Controller, load_spec
@@ -241,7 +241,7 @@ def controller_cmd(name: str, state_dir: Path, no_mesh: bool, no_agent: bool) ->
 
     ztlog.setup()
     install_uvloop()
-    layout = Layout(state_dir)
+    layout = Layout(cluster_dir)
     spec = load_spec(layout)
     if no_mesh:
         spec = spec.without_mesh()

@@ -210,6 +210,7 @@ class Controller:
         self._generation = 0
         self._published = 0
         self._published_cond = asyncio.Condition()
+        self._write_lock = asyncio.Lock()
         self._published_nft: dict[str, str] = {}
         self._published_workloads = ""
         self._tasks: list[asyncio.Task[Any]] = []
@@ -403,7 +404,7 @@ class Controller:
                 # Scale down: not-ready pods first, then the newest (as the ReplicaSet controller ranks them).
                 live.sort(key=lambda p: (p.ready, -p.created_at))
                 for pod in live[: len(live) - want]:
-                    self.start_delete(pod, pod.grace)
+                    self.start_delete(pod, pod.grace, replace=False)
 
     def _create_app_pod(self, dep: DeploymentSpec) -> Pod | None:
         same: dict[str, int] = {}
@@ -558,7 +559,7 @@ class Controller:
         if pod.proc is not None and not pod.proc.running and pod.ready:
             pod.ready = False
         if pod.probe is None and pod.proc is not None:
-            pod.ready = pod.proc.running
+            pod.ready = pod.proc.running and pod.phase != "Terminating"
         if pod.proc is not None and pod.proc.failed_to_start:
             pod.message = pod.proc.failed_to_start
         self.changed()
@@ -580,7 +581,7 @@ class Controller:
                 ok = await probe.http(pod.node.fd, pod.ip, spec.httpGet.port, spec.httpGet.path, spec.timeoutSeconds)
             if ok:
                 failures = 0
-                if not pod.ready and pod.proc.running:
+                if not pod.ready and pod.proc.running and pod.phase != "Terminating":
                     pod.ready = True
                     _log.info("pod %s is ready", pod.name)
                     self.changed()
@@ -593,14 +594,16 @@ class Controller:
             # Until ready, probe often so `cluster up` returns quickly; then at the configured period.
             await asyncio.sleep(spec.periodSeconds if pod.ready else min(0.05, spec.periodSeconds))
 
-    def start_delete(self, pod: Pod, grace: float) -> asyncio.Task[None]:
-        """Mark the pod Terminating (its owner replaces it at once, as the ReplicaSet does) and terminate it."""
+    def start_delete(self, pod: Pod, grace: float, *, replace: bool = True) -> asyncio.Task[None]:
+        """Mark the pod Terminating and terminate it; with `replace`, its owner replaces it at once (as the ReplicaSet
+        does). Scale-down passes replace=False, being the reconciliation itself."""
         if pod.terminating is None:
             pod.phase = "Terminating"
             pod.ready = False
             self.changed()
             pod.terminating = spawn(self._terminate(pod, grace), f"delete-{pod.name}")
-            self.reconcile()
+            if replace:
+                self.reconcile()
         return pod.terminating
 
     async def _terminate(self, pod: Pod, grace: float) -> None:
@@ -608,6 +611,10 @@ class Controller:
         try:
             if pod.task is not None:
                 await cancel_and_wait(pod.task)
+            pod.ready = False
+            # The pod leaves the services' endpoints (nft DNAT, workloads.yaml) before it is signalled, so no new
+            # connection is sent to a process that is going away.
+            await self.published(self.changed())
             if pod.proc is not None:
                 code = await pod.proc.stop(grace)
                 _log.info("pod %s stopped (exit %s)", pod.name, code)
@@ -657,6 +664,11 @@ class Controller:
         ]
 
     async def _write_files(self) -> None:
+        # One writer at a time: an nft apply awaits, and an older ruleset must never land after a newer one.
+        async with self._write_lock:
+            await self._write_files_locked()
+
+    async def _write_files_locked(self) -> None:
         views = self.workload_views()
         rules = [
             topology.ServiceRule(s.namespace, s.name, s.vip, port, target, render.endpoints(s, views))
@@ -801,13 +813,11 @@ def tail(path: Path, lines: int = 2, width: int = 240) -> str:
 
 async def kill_netns_processes(netns: str) -> None:
     """SIGKILL every process still inside a namespace (what a pod leaves behind when its leader is gone)."""
-    from pyztunnel.cluster.reaper import processes_in, sigkill_all
+    from pyztunnel.cluster.reaper import netns_ids, processes_in, sigkill_all
 
-    try:
-        inode = os.stat(NETNS_RUN_DIR / netns).st_ino
-    except OSError:
-        return
-    await sigkill_all(processes_in({inode}))
+    ids = netns_ids([NETNS_RUN_DIR / netns])
+    if ids:
+        await sigkill_all(processes_in(ids))
 
 
 def load_spec(layout: Layout) -> ClusterSpec:

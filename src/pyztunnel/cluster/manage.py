@@ -12,13 +12,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pyztunnel.cli import SUBCOMMANDS
 from pyztunnel.cluster import reaper, topology
 from pyztunnel.cluster.client import Client, ControllerUnavailable
-from pyztunnel.cluster.layout import Layout, base_dir, check_name
+from pyztunnel.cluster.layout import NAME_RULE, Layout, base_dir, check_name
 from pyztunnel.cluster.spec import ClusterSpec, LoadedSpec
 from pyztunnel.errors import UserError, require_program, require_root
 from pyztunnel.netns import NETNS_RUN_DIR
@@ -55,12 +56,13 @@ def module_available(module: str) -> bool:
 
 
 def controller_pid(layout: Layout) -> int | None:
+    """The pid of the cluster's live controller (a recycled pid running something else does not count)."""
     try:
         pid = int(layout.pid_file.read_text().strip())
-        os.kill(pid, 0)
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except (OSError, ValueError):
         return None
-    return pid
+    return pid if str(layout.root).encode() in argv else None
 
 
 def exists(name: str, layout: Layout) -> bool:
@@ -74,7 +76,7 @@ def up(
     base: Path | None = None,
     no_mesh: bool = False,
     timeout: float = UP_TIMEOUT,
-    progress: Any = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Build the cluster and return its state once every pod is ready. On failure everything built is removed and a
     UserError says why."""
@@ -99,7 +101,17 @@ def up(
     layout.root.mkdir(parents=True)
     (layout.root / "logs").mkdir()
     layout.spec.write_text(loaded.text)
-    argv = [sys.executable, "-m", "pyztunnel", "cluster", "controller", "--name", name, "--state-dir", str(layout.root)]
+    argv = [
+        sys.executable,
+        "-m",
+        "pyztunnel",
+        "cluster",
+        "controller",
+        "--name",
+        name,
+        "--cluster-dir",
+        str(layout.root),
+    ]
     if no_mesh:
         argv.append("--no-mesh")
     if no_agent:
@@ -117,7 +129,11 @@ def up(
 
 
 def _wait_ready(
-    client: Client, proc: subprocess.Popen[bytes], layout: Layout, timeout: float, progress: Any
+    client: Client,
+    proc: subprocess.Popen[bytes],
+    layout: Layout,
+    timeout: float,
+    progress: Callable[[dict[str, Any]], None] | None,
 ) -> dict[str, Any]:
     from pyztunnel.cluster.controller import tail
 
@@ -173,16 +189,28 @@ def not_ready(state: dict[str, Any] | None, layout: Layout) -> str:
 
 def known_clusters(base: Path | None = None) -> list[str]:
     """Clusters with a state dir or with namespaces left behind."""
-    names = set()
     root = base or base_dir()
-    if root.is_dir():
-        names |= {p.name for p in root.iterdir() if p.is_dir()}
-    with contextlib.suppress(FileNotFoundError):
-        for ns in NETNS_RUN_DIR.iterdir():
-            parts = ns.name.split("-")
-            if len(parts) >= 3 and parts[0] == "pzt" and parts[2] in ("fabric", "node", "pod"):
-                names.add(parts[1])
-    return sorted(n for n in names if n and n[0].isalpha())
+    dirs = [p.name for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
+    try:
+        namespaces = [p.name for p in NETNS_RUN_DIR.iterdir()]
+    except FileNotFoundError:
+        namespaces = []
+    return clusters_from(dirs, namespaces)
+
+
+def clusters_from(state_dirs: list[str], namespaces: list[str]) -> list[str]:
+    """Cluster names from state dir names and namespace names (`pzt-<c>-fabric|node-…|pod-…`; others' test
+    namespaces such as `pzt-tagent-x` are not clusters)."""
+    names = {d for d in state_dirs if NAME_RULE.match(d)}
+    for ns in namespaces:
+        parts = ns.split("-")
+        if (
+            len(parts) >= 3
+            and parts[0] == "pzt"
+            and (parts[2] == "fabric" or (parts[2] in ("node", "pod") and len(parts) > 3))
+        ):
+            names.add(parts[1])
+    return sorted(n for n in names if NAME_RULE.match(n))
 
 
 async def down(name: str, base: Path | None = None) -> bool:
@@ -196,10 +224,7 @@ async def down(name: str, base: Path | None = None) -> bool:
             os.kill(pid, signal.SIGKILL)  # first, so nothing is restarted while we clean up
         removed = True
     namespaces = topology.cluster_namespaces(name)
-    inodes = set()
-    for ns in namespaces:
-        with contextlib.suppress(OSError):
-            inodes.add(os.stat(NETNS_RUN_DIR / ns).st_ino)
+    inodes = reaper.netns_ids(NETNS_RUN_DIR / ns for ns in namespaces)
     for _ in range(5):
         pids = reaper.cluster_processes(name, layout.root, inodes)
         if not pids:

@@ -14,6 +14,8 @@ import signal
 from collections.abc import Iterable
 from pathlib import Path
 
+from pyztunnel.netns import netns_inode
+
 PROC = Path("/proc")
 
 
@@ -25,11 +27,23 @@ def _argv(pid: int) -> list[str]:
     return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
 
 
-def _net_inode(pid: int) -> int | None:
+NetnsId = tuple[int, int]  # (st_dev, st_ino) of a namespace
+
+
+def _net_inode(pid: int) -> NetnsId | None:
     try:
-        return os.stat(PROC / str(pid) / "ns" / "net").st_ino
+        return netns_inode(PROC / str(pid) / "ns" / "net")
     except OSError:
         return None
+
+
+def netns_ids(paths: Iterable[Path]) -> set[NetnsId]:
+    """Identities of the namespaces bound at these paths (missing ones are skipped)."""
+    out = set()
+    for path in paths:
+        with contextlib.suppress(OSError):
+            out.add(netns_inode(path))
+    return out
 
 
 def _pids() -> list[int]:
@@ -60,12 +74,12 @@ def names_cluster(argv: list[str], cluster: str, state_dir: str) -> bool:
     )
 
 
-def processes_in(inodes: set[int]) -> list[int]:
+def processes_in(inodes: set[NetnsId]) -> list[int]:
     protected = _protected()
     return [pid for pid in _pids() if pid not in protected and _net_inode(pid) in inodes]
 
 
-def cluster_processes(cluster: str, state_dir: Path, netns_inodes: set[int]) -> list[int]:
+def cluster_processes(cluster: str, state_dir: Path, netns_inodes: set[NetnsId]) -> list[int]:
     protected = _protected()
     out = []
     for pid in _pids():

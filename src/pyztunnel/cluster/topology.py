@@ -198,11 +198,18 @@ async def build_fabric(cluster: str, nodes: Sequence[NodeAddr]) -> None:
     batches = render_fabric(cluster, nodes)
     await ip_batch(*batches[0])
     await asyncio.gather(*(ip_batch(ns, lines) for ns, lines in batches[1:]))
-    await asyncio.gather(*(set_sysctl(node_ns(cluster, n.name), "net.ipv4.ip_forward", "1") for n in nodes))
+    await asyncio.gather(*(set_sysctls(node_ns(cluster, n.name), NODE_SYSCTLS) for n in nodes))
 
 
-async def set_sysctl(netns: str, key: str, value: str) -> None:
-    await run(["ip", "netns", "exec", netns, "sysctl", "-q", "-w", f"{key}={value}"])
+# Nodes route between their pods and the fabric. Frames bridged between two pods of a node skip netfilter whatever the
+# host's br_netfilter setting (it is per netns), so the node behaves the same on every machine: the hairpin
+# masquerade of render_services is what makes a VIP work with an endpoint on the client's own node.
+NODE_SYSCTLS = {"net.ipv4.ip_forward": "1", "net.bridge.bridge-nf-call-iptables": "0"}
+
+
+async def set_sysctls(netns: str, values: dict[str, str]) -> None:
+    """Set sysctls inside a namespace; keys this kernel lacks (no br_netfilter) are skipped."""
+    await run(["ip", "netns", "exec", netns, "sysctl", "-e", "-q", "-w", *(f"{k}={v}" for k, v in values.items())])
 
 
 async def apply_nft(netns: str, ruleset: str) -> None:

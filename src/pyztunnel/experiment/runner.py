@@ -47,6 +47,7 @@ def scenario_spec(base: spec.LoadedSpec, scenario: Scenario, gateway_retry: bool
     proxy = doc.setdefault("proxy", {})
     proxy["terminationGracePeriodSeconds"] = int(scenario.grace_s)
     proxy.setdefault("env", {})["PYZTUNNEL_LISTENER_HANDOFF"] = "true" if scenario.listener_handoff else "false"
+    proxy["env"]["PYZTUNNEL_CONNECTION_MIGRATION"] = "true" if scenario.connection_migration else "false"
     if scenario.strategy == "drain":
         proxy["updateStrategy"] = {"type": "OnDelete"}
     doc.setdefault("agent", {})["tcpMigrateReq"] = 1 if scenario.tcp_migrate_req else 0

@@ -25,6 +25,7 @@ class Scenario:
     strategy: str = "rolling"  # rolling | drain
     gateway_keepalive_time_s: float | None = None  # nginx keepalive_time: caps upstream connection age
     duration_factor: float = 1.0  # the seeds ran scenario 2 for 200 s instead of 60 s
+    connection_migration: bool = False  # established TCP↔TCP relays move to the new proxy (docs/migration.md)
 
     @property
     def drain_s(self) -> float:
@@ -62,7 +63,14 @@ def seed_scenarios(duration_s: float) -> list[Scenario]:
         Scenario(
             "drain", "node drain (OnDelete, cordon, evict, replace, uncordon)", False, False, ztunnel_grace, "drain"
         ),
-        Scenario("pyztunnel", "pyztunnel's defaults (listener handoff + tcp_migrate_req=1)", True, True, ztunnel_grace),
+        Scenario(
+            "pyztunnel",
+            f"pyztunnel's defaults (listener handoff + tcp_migrate_req=1 + connection migration, grace {ztunnel_grace:g} s)",
+            True,
+            True,
+            ztunnel_grace,
+            connection_migration=True,
+        ),
     ]
 
 

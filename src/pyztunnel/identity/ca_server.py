@@ -214,7 +214,7 @@ async def start(settings: CaSettings) -> tuple[grpc.aio.Server, int, CaService]:
     cert_pem, key_pem = ca.issue_server(settings.server_dns_names, settings.server_ips, SERVER_CERT_VALIDITY)
     (settings.state_dir / SERVER_CERT_FILE).write_text(cert_pem + ca.root_pem)
     credentials = grpc.ssl_server_credentials([(key_pem.encode(), (cert_pem + ca.root_pem).encode())])
-    server = grpc.aio.server()
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])  # a second CA on the same port must fail
     server.add_generic_rpc_handlers((service.handler(),))
     host, port = split_host_port(settings.listen)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

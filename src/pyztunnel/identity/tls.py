@@ -110,8 +110,8 @@ def _get_libssl() -> _LibSsl | None:
 
 def _ssl_ctx_pointer(ctx: ssl.SSLContext, lib: _LibSsl) -> int | None:
     """The `SSL_CTX *` of a CPython SSLContext: the first field after the object header (CPython 3.8–3.13)."""
-    if sys.implementation.name != "cpython" or hasattr(sys, "gettotalrefcount"):
-        return None  # other layouts (PyPy, debug builds): don't guess
+    if sys.implementation.name != "cpython" or hasattr(sys, "gettotalrefcount") or sys.version_info >= (3, 15):
+        return None  # other layouts (PyPy, debug builds, versions not checked): don't guess
     pointer = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
     if not pointer or lib.get_options(pointer) != ctx.options:
         return None

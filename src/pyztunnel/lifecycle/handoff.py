@@ -276,6 +276,11 @@ class HandoffServer:
         self._offered: set[ListenerKey] = set()
         self._state = "hello"
 
+    @property
+    def fresh(self) -> bool:
+        """Nothing received yet (the first message may ask for another phase, see lifecycle.migrate)."""
+        return self._state == "hello"
+
     def receive(self, data: bytes) -> ServerStep:
         step = ServerStep()
         try:

@@ -18,7 +18,7 @@ import fcntl
 import logging
 import os
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -207,6 +207,15 @@ class _NoPeer(Exception):
     pass
 
 
+def _asks_for_connections(data: bytes) -> bool:
+    from pyztunnel.lifecycle import migrate  # the connections phase; imported only when it is served
+
+    try:
+        return migrate.is_connections_hello(handoff.decode(data))
+    except handoff.ProtocolError:
+        return False
+
+
 def _report(result: Adoption) -> None:
     for uid, ports in result.pods_to_bind().items():
         reasons = sorted(set(ports.values()))
@@ -235,10 +244,18 @@ class ListenerSource(Protocol):
 class HandoffService:
     """The old instance's handoff server on a unix socket path."""
 
-    def __init__(self, path: Path, source: ListenerSource, batch: int = handoff.MAX_FDS_PER_MESSAGE) -> None:
+    def __init__(
+        self,
+        path: Path,
+        source: ListenerSource,
+        batch: int = handoff.MAX_FDS_PER_MESSAGE,
+        connections: Callable[[socket.socket, bytes], Awaitable[None]] | None = None,
+    ) -> None:
         self.path = path
         self._source = source
         self._batch = batch
+        # The connections phase (lifecycle.migrate): a connection whose hello asks for it is served by this instead.
+        self._connections = connections
         self._listener: socket.socket | None = None
         self._name_ino = 0
         self._accept_task: asyncio.Task[None] | None = None
@@ -299,6 +316,9 @@ class HandoffService:
                     data, fds = await recv_msg(conn, max_fds=1)
                 for fd in fds:  # the new instance never sends fds; do not leak any it did
                     os.close(fd)
+                if self._connections is not None and machine.fresh and _asks_for_connections(data):
+                    await self._connections(conn, data)
+                    return
                 step = machine.receive(data)
                 for header, keys in step.send:
                     await send_msg(conn, header, [snapshot[k].fileno() for k in keys])

@@ -11,12 +11,15 @@ import dataclasses
 import ipaddress
 import struct
 from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar
 
 from h2.config import H2Configuration
-from h2.connection import H2Connection
+from h2.connection import ConnectionInputs, ConnectionState, H2Connection, H2ConnectionStateMachine
+from h2.events import DataReceived
 from h2.exceptions import FrameDataMissingError, ProtocolError
 from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes, Settings
+from h2.stream import StreamState
 from hyperframe.exceptions import InvalidDataError, InvalidFrameError
 from hyperframe.frame import DataFrame, Frame
 
@@ -76,6 +79,28 @@ class _LeanFrameBuffer(FrameBuffer):  # type: ignore[misc]  # h2 is untyped for 
         return new_frame if new_frame is not None else self.__next__()
 
 
+class _GracefulGoawayStateMachine(H2ConnectionStateMachine):  # type: ignore[misc]
+    """h2 moves a connection to CLOSED on any GOAWAY, sent or received, after which even existing streams may not
+    send or receive DATA. HTTP/2 (RFC 9113 §6.8) lets streams below the GOAWAY's last stream id run to completion,
+    and drain depends on it (ztunnel sends GOAWAY when the drain starts, then serves open streams until the deadline).
+    Here a GOAWAY leaves an open connection open; the proxy itself stops opening or accepting new streams. A GOAWAY
+    with an error still ends the connection (h2 raises, the proxy closes the transport)."""
+
+    _transitions: ClassVar[dict[Any, Any]] = {
+        **H2ConnectionStateMachine._transitions,
+        **{
+            (state, event): (None, state)
+            for state in (ConnectionState.CLIENT_OPEN, ConnectionState.SERVER_OPEN)
+            for event in (ConnectionInputs.SEND_GOAWAY, ConnectionInputs.RECV_GOAWAY)
+        },
+    }
+
+
+_SENDING_STREAM_STATES = frozenset({StreamState.OPEN, StreamState.HALF_CLOSED_REMOTE})
+_RECEIVING_STREAM_STATES = frozenset({StreamState.OPEN, StreamState.HALF_CLOSED_LOCAL})
+_OPEN_CONNECTION_STATES = frozenset({ConnectionState.CLIENT_OPEN, ConnectionState.SERVER_OPEN})
+
+
 class HboneConnection(H2Connection):  # type: ignore[misc]
     """H2Connection whose output is a list of chunks: a DATA frame goes out as its 9-byte header plus the payload
     object itself, so a relayed chunk is not copied three times before encryption (h2 would serialize, join into a
@@ -85,6 +110,7 @@ class HboneConnection(H2Connection):  # type: ignore[misc]
         super().__init__(config)
         self._chunks: list[bytes] = []
         self.incoming_buffer = _LeanFrameBuffer(server=not config.client_side)
+        self.state_machine = _GracefulGoawayStateMachine()
 
     def _prepare_for_sending(self, frames: list[Frame]) -> None:
         chunks = self._chunks
@@ -98,6 +124,51 @@ class HboneConnection(H2Connection):  # type: ignore[misc]
                     chunks.append(payload)
             else:
                 chunks.append(frame.serialize())
+
+    def send_whole_data(self, stream_id: int, data: bytes) -> bool:
+        """The relay's common case, without h2's per-frame objects: `data` as one DATA frame (no END_STREAM) if the
+        stream is open for sending and the windows and frame size allow it; False leaves everything untouched (use
+        send_data). The same accounting as h2's send_data: for SEND_DATA in these states h2's connection and stream
+        state machines only stay where they are."""
+        stream = self.streams.get(stream_id)
+        size = len(data)
+        if (
+            stream is None
+            or stream.state_machine.state not in _SENDING_STREAM_STATES
+            or self.state_machine.state not in _OPEN_CONNECTION_STATES
+            or size > self.max_outbound_frame_size
+            or size > self.outbound_flow_control_window
+            or size > stream.outbound_flow_control_window
+        ):
+            return False
+        self.outbound_flow_control_window -= size
+        stream.outbound_flow_control_window -= size
+        self._chunks.append(_DATA_HEADER.pack(size >> 8, size & 0xFF, 0, 0, stream_id))
+        if size:
+            self._chunks.append(data)
+        return True
+
+    def _receive_frame(self, frame: Frame) -> list[Any]:
+        """DATA without flags on an open stream (the relay's common case) is accounted and turned into its
+        DataReceived event here; every other frame takes h2's path. The same checks and effects as h2's: both flow
+        control windows consumed (raising FlowControlError past them), the body length tracked, and RECV_DATA is a
+        state machine no-op for these states apart from creating the event."""
+        if type(frame) is DataFrame and not len(frame.flags):
+            stream = self.streams.get(frame.stream_id)
+            if (
+                stream is not None
+                and stream.state_machine.state in _RECEIVING_STREAM_STATES
+                and self.state_machine.state in _OPEN_CONNECTION_STATES
+                and stream._expected_content_length is None
+            ):
+                data = frame.data
+                size = len(data)
+                self._inbound_flow_control_window_manager.window_consumed(size)
+                stream._inbound_window_manager.window_consumed(size)
+                stream._actual_content_length += size
+                return [DataReceived(stream_id=frame.stream_id, data=data, flow_controlled_length=size)]
+        events: list[Any] = super()._receive_frame(frame)
+        return events
 
     def chunks_to_send(self) -> list[bytes]:
         """Everything queued for the wire, in order, without joining (for `transport.writelines`)."""
@@ -144,9 +215,10 @@ def new_connection(client_side: bool) -> HboneConnection:
 
 
 def format_authority(ip: str, port: int) -> str:
-    """`ip:port`, IPv6 as `[addr]:port`."""
-    addr = ipaddress.ip_address(ip)
-    return f"[{addr}]:{port}" if addr.version == 6 else f"{addr}:{port}"
+    """`ip:port`, IPv6 as `[addr]:port` (compressed form)."""
+    if ":" in ip:
+        return f"[{ipaddress.IPv6Address(ip)}]:{port}"
+    return f"{ip}:{port}"
 
 
 def parse_authority(text: str) -> tuple[str, int] | None:
@@ -281,7 +353,7 @@ def parse_connect(headers: Sequence[tuple[bytes, bytes]], arrived_ip: str | None
     ip, port = parsed
     if port in ILLEGAL_PORTS:
         return Reject(400, f"illegal port {port}")
-    if arrived_ip is not None and ipaddress.ip_address(arrived_ip) != ipaddress.ip_address(ip):
+    if arrived_ip is not None and arrived_ip != ip and ipaddress.ip_address(arrived_ip) != ipaddress.ip_address(ip):
         return Reject(400, f"authority ip {ip} does not match the connection's destination {arrived_ip}")
     return ConnectRequest(
         ip=ip,

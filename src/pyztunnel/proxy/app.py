@@ -36,6 +36,7 @@ from pyztunnel.protocols import hbone
 from pyztunnel.proxy.certs import CertSource, StaticCerts
 from pyztunnel.proxy.config import ProxySettings
 from pyztunnel.proxy.handoff import Adopter, PodSetListeners
+from pyztunnel.proxy.migration import Migration
 from pyztunnel.proxy.netsock import DirectNet
 from pyztunnel.proxy.pod import PodProxy, Ports
 from pyztunnel.proxy.podset import PodSet
@@ -131,6 +132,9 @@ class ProxyApp:
         self.drainer: Drainer | None = None
         self.adopter: Adopter | None = None
         self.handoff_service: HandoffService | None = None
+        self.migration: Migration | None = None
+        if settings.connection_migration and settings.handoff_socket is not None:
+            self.migration = Migration(self.pods, Path(settings.handoff_socket))
         self._tasks: list[asyncio.Task[None]] = []
         self.started = asyncio.Event()
 
@@ -180,10 +184,12 @@ class ProxyApp:
         self.metrics.set_proxy_counts(len(self.podset.pods), len(self.podset.pending))
         self.metrics.proxies_started = self.podset.started_total
         self.metrics.proxies_stopped = self.podset.stopped_total
+        if self.zds is not None:
+            self.zds.check_ready()
 
     # ------------------------------------------------------------------ servers
     async def start_servers(self) -> None:
-        """Readiness (15021), metrics (15020), admin (127.0.0.1:15000); an empty address turns one off."""
+        """Readiness (15021), metrics (15020), admin (127.0.0.1:15000); the address `off` (or empty) turns one off."""
         wanted: list[tuple[str, Callable[[list[socket.socket]], HttpServer], str]] = [
             (self.settings.readiness_addr, lambda socks: readiness_server(self.readiness, socks), "readiness"),
             (self.settings.stats_addr, lambda socks: metrics_server(self.metrics, socks), "metrics"),
@@ -194,7 +200,7 @@ class ProxyApp:
             ),
         ]
         for address, make, what in wanted:
-            if not address:
+            if address in ("", "off"):
                 continue
             host, port = parse_hostport(address, f"{what} address")
             try:
@@ -260,6 +266,11 @@ class ProxyApp:
                 await pod.start()
             except OSError as exc:
                 raise UserError(f"cannot listen for {pod.env.name}: {exc.strerror or exc}") from None
+        if self.settings.inpod_uds is None and self.migration is not None:
+            # Direct mode: our listeners are up; take the previous instance's connections, then serve the next one.
+            self.migration.attempted = True
+            await self.migration.register()
+            self._serve_handoff()
         if self.settings.inpod_uds is not None:
             if self.settings.listener_handoff and self.settings.handoff_socket is not None:
                 self.adopter = Adopter(Path(self.settings.handoff_socket))
@@ -271,19 +282,34 @@ class ProxyApp:
 
     def _zds_ready(self, ready: bool) -> None:
         if ready:
+            if self.migration is not None and not self.migration.settled:
+                # Register for the previous instance's connections before we report ready (it may drain right after).
+                if not self.migration.attempted:
+                    self.migration.attempted = True
+                    self._tasks.append(spawn(self._take_connections_then_ready(), "migrate-register"))
+                return
             self.readiness.unblock(READINESS_TASK)
             self._serve_handoff()
         else:
             self.readiness.block(READINESS_TASK)
 
+    async def _take_connections_then_ready(self) -> None:
+        assert self.migration is not None
+        await self.migration.register()
+        if self.zds is not None:
+            self.zds.check_ready()  # ready now, unless ZDS went away meanwhile
+
     def _serve_handoff(self) -> None:
-        """Once synced, stop adopting and offer our own listeners to the next instance (the handoff socket's name
-        moves to us atomically; the previous instance keeps its own, now unnamed, socket)."""
-        if self.adopter is None or self.handoff_service is not None:
+        """Once synced, stop adopting and offer our own listeners (and connections) to the next instance (the
+        handoff socket's name moves to us atomically; the previous instance keeps its own, now unnamed, socket)."""
+        path = self.settings.handoff_socket
+        if self.handoff_service is not None or path is None or (self.adopter is None and self.migration is None):
             return
-        self.adopter.enabled = False
-        self.shared.listeners.adopter = None
-        self.handoff_service = HandoffService(self.adopter.path, PodSetListeners(self.podset))
+        if self.adopter is not None:
+            self.adopter.enabled = False
+            self.shared.listeners.adopter = None
+        connections = self.migration.give.handle if self.migration is not None else None
+        self.handoff_service = HandoffService(Path(path), PodSetListeners(self.podset), connections=connections)
         self._tasks.append(spawn(self.handoff_service.start(), "handoff-serve"))
 
     def drain_deadline(self) -> float:
@@ -298,11 +324,18 @@ class ProxyApp:
         # ztunnel's readiness/admin/metrics servers stop accepting when the drain starts (§1.2)
         for server in self.servers:
             self._tasks.append(spawn(server.stop_accepting(), f"{server.name}-stop"))
+        # Stop accepting now, then close our listener fds as ztunnel drops its listeners: new connections are refused
+        # instead of queueing on a socket nobody accepts from. A listener handed off to a newer instance lives on
+        # through its copy (closing our descriptor does not touch the shared socket).
         for pod in self.pods():
             for acceptor in pod.acceptors:
                 acceptor.pause()
+            self._tasks.append(spawn(pod.close_listeners(), f"close-listeners-{pod.key}"))
 
     def goaway(self) -> None:
+        if self.migration is not None:
+            # Established TCP↔TCP relays go to the new instance, if one registered for them (docs/migration.md).
+            self._tasks.append(spawn(self.migration.drain(), "migrate-give"))
         for pod in self.pods():
             pod.goaway()
 
@@ -338,6 +371,8 @@ class ProxyApp:
         self.servers.clear()
         await cancel_and_wait(*self._tasks)
         self._tasks.clear()
+        if self.migration is not None:
+            await self.migration.close()
         if self.handoff_service is not None:
             await self.handoff_service.close()
         for pod in self.direct:

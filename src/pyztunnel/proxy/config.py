@@ -31,14 +31,24 @@ class ProxySettings:
     connection_termination_deadline: Duration | None = setting(
         None, "drain deadline; wins over the grace period", env="CONNECTION_TERMINATION_DEADLINE"
     )
+    enable_orig_src: bool = setting(
+        True, "connect to the app from the client's IP (IP_TRANSPARENT), as ztunnel", env="ENABLE_ORIG_SRC"
+    )
     listener_handoff: bool = setting(
         True, "adopt/hand off listening sockets across upgrades", env="PYZTUNNEL_LISTENER_HANDOFF"
     )
     handoff_socket: Path | None = setting(None, "unix socket for the listener handoff", env="PYZTUNNEL_HANDOFF_SOCKET")
+    connection_migration: bool = setting(
+        True,
+        "move established TCP↔TCP relays to the new instance at drain instead of resetting them (docs/migration.md)",
+        env="PYZTUNNEL_CONNECTION_MIGRATION",
+    )
     version: str = setting("dev", "version tag reported as istio_build{tag}", env="PYZTUNNEL_VERSION")
-    readiness_addr: str = setting("0.0.0.0:15021", "readiness server address", env="PYZTUNNEL_READINESS_ADDR")
-    stats_addr: str = setting("0.0.0.0:15020", "metrics server address", env="PYZTUNNEL_STATS_ADDR")
-    admin_addr: str = setting("127.0.0.1:15000", "admin server address", env="PYZTUNNEL_ADMIN_ADDR")
+    readiness_addr: str = setting(
+        "0.0.0.0:15021", "readiness server address (off: none)", env="PYZTUNNEL_READINESS_ADDR"
+    )
+    stats_addr: str = setting("0.0.0.0:15020", "metrics server address (off: none)", env="PYZTUNNEL_STATS_ADDR")
+    admin_addr: str = setting("127.0.0.1:15000", "admin server address (off: none)", env="PYZTUNNEL_ADMIN_ADDR")
     pool_unused_release_timeout: Duration = setting(
         Duration(300), "close a pooled HBONE connection idle this long", env="POOL_UNUSED_RELEASE_TIMEOUT"
     )

@@ -40,7 +40,10 @@ class H2Conn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, StreamLeg] = {}
         self.closing = False  # GOAWAY sent or received: no new streams
-        self.lost = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        self._flush_pending = False
+        self.goaway_last_stream = 0  # the last peer stream our GOAWAY lets through
+        self.lost = self._loop.create_future()
         self.error: str | None = None
         self._paused_streams: list[StreamLeg] | None = None
         self._ping_interval = ping_interval
@@ -137,11 +140,16 @@ class H2Conn(asyncio.Protocol):
                 self._ping_deadline.cancel()
                 self._ping_deadline = None
             self._schedule_ping()
+        elif isinstance(event, h2.events.ConnectionTerminated) and event.error_code:
+            self._fail(f"GOAWAY from peer with error code {event.error_code}")
         elif isinstance(event, h2.events.ConnectionTerminated):
+            # GOAWAY: no new streams. Streams *we* opened above last_stream_id were not processed by the peer;
+            # streams the peer opened are not covered by its own GOAWAY and go on.
             self.closing = True
             last = event.last_stream_id or 0
+            ours = 1 if self.h2.config.client_side else 0
             for stream_id, leg in list(self.streams.items()):
-                if stream_id > last:
+                if stream_id % 2 == ours and stream_id > last:
                     leg.on_reset("refused by GOAWAY")
             self._check_idle()
         else:
@@ -155,18 +163,10 @@ class H2Conn(asyncio.Protocol):
         """Send as much of `data` as flow control allows now; returns how many bytes went."""
         total = len(data)
         sent = 0
-        if isinstance(data, bytes) and total <= self.h2.max_outbound_frame_size:
-            # The common case: the whole chunk fits in one frame; hand h2 the bytes object itself (no copy).
-            try:
-                if total <= self.h2.local_flow_control_window(stream_id):
-                    self.h2.send_data(stream_id, data)
-                    self.flush()
-                    return total
-            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError) as exc:
-                leg = self.streams.get(stream_id)
-                if leg is not None:
-                    leg.on_reset(f"cannot send: {exc}")
-                return total
+        if isinstance(data, bytes) and self.h2.send_whole_data(stream_id, data):
+            # The common case: the whole chunk as one frame, the bytes object itself on the wire (no copy).
+            self.flush()
+            return total
         view = memoryview(data)
         try:
             while sent < total:
@@ -209,12 +209,21 @@ class H2Conn(asyncio.Protocol):
         if self.streams:
             return
         if self.closing and self.transport is not None:
+            self.flush_now()
             self.transport.close()
         elif self.on_idle is not None:
             self.on_idle(self)
 
     # ------------------------------------------------------------------ connection-level
     def flush(self) -> None:
+        """Send what h2 queued, at the end of this event-loop iteration: every frame produced meanwhile (other
+        streams' data, WINDOW_UPDATEs, responses) goes out in one TLS write and one syscall."""
+        if not self._flush_pending:
+            self._flush_pending = True
+            self._loop.call_soon(self.flush_now)
+
+    def flush_now(self) -> None:
+        self._flush_pending = False
         chunks = self.h2.chunks_to_send()
         if chunks and self.transport is not None and not self.transport.is_closing():
             self.transport.writelines(chunks)
@@ -224,6 +233,7 @@ class H2Conn(asyncio.Protocol):
         if self.closing:
             return
         self.closing = True
+        self.goaway_last_stream = self.h2.highest_inbound_stream_id
         with contextlib.suppress(h2.exceptions.ProtocolError):
             self.h2.close_connection()
             self.flush()
@@ -232,6 +242,7 @@ class H2Conn(asyncio.Protocol):
     def close(self) -> None:
         """Close now: GOAWAY then drop the transport (streams are reset)."""
         self.goaway()
+        self.flush_now()
         if self.transport is not None:
             self.transport.close()
 
@@ -247,10 +258,11 @@ class H2Conn(asyncio.Protocol):
             rst_transport(self.transport)
 
     def log_fields(self) -> dict[str, Any]:
-        return dict(self.info)
+        return {k: v for k, v in self.info.items() if "." in k or k == "direction"}  # not internal keys
 
     def _fail(self, why: str) -> None:
         self.error = self.error or why
+        self.flush_now()
         if self.transport is not None:
             self.transport.close()
 
@@ -273,7 +285,7 @@ class H2Conn(asyncio.Protocol):
         self.error = "ping timeout"
         with contextlib.suppress(h2.exceptions.ProtocolError):
             self.h2.close_connection()
-            self.flush()
+            self.flush_now()
         self.abort()
 
     def _cancel_ping(self) -> None:
@@ -332,6 +344,9 @@ class H2ServerConn(H2Conn):
     def handle_event(self, event: h2.events.Event) -> None:
         if isinstance(event, h2.events.RequestReceived):
             stream_id = event.stream_id or 0
+            if self.closing and stream_id > self.goaway_last_stream:
+                self.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+                return
             leg = StreamLeg(self, stream_id)
             self.streams[stream_id] = leg
             headers: list[tuple[bytes, bytes]] = list(event.headers or [])

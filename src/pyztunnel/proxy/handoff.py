@@ -67,7 +67,7 @@ class PodSetListeners:
         out: dict[str, tuple[Netns, Mapping[int, socket.socket]]] = {}
         for uid, pod in self.pods.pods.items():
             if isinstance(pod.env, PodNetns):
-                out[uid] = (netns_inode(pod.env.fd), {a.port: a.sock for a in pod.acceptors})
+                out[uid] = (netns_inode(pod.env.fd), {a.port: a.sock for a in pod.acceptors if a.sock.fileno() >= 0})
         return out
 
     def handoff_released(self, keys: Sequence[ListenerKey]) -> None:

@@ -97,7 +97,17 @@ async def handle_hbone(pod: PodProxy, sock: socket.socket) -> None:
 
 
 def _on_request(pod: PodProxy, conn: H2ServerConn, leg: StreamLeg, headers: list[tuple[bytes, bytes]]) -> None:
-    spawn(_serve_stream(pod, conn, leg, headers), f"hbone-stream-{leg.stream_id}")
+    spawn(_serve_stream_guarded(pod, conn, leg, headers), f"hbone-stream-{leg.stream_id}")
+
+
+async def _serve_stream_guarded(
+    pod: PodProxy, conn: H2ServerConn, leg: StreamLeg, headers: list[tuple[bytes, bytes]]
+) -> None:
+    try:
+        await _serve_stream(pod, conn, leg, headers)
+    except Exception:  # a bug or an unforeseen h2 state: reset this stream only, the connection serves others
+        _log.exception("inbound stream setup failed")
+        leg.abort()
 
 
 async def _serve_stream(pod: PodProxy, conn: H2ServerConn, leg: StreamLeg, headers: list[tuple[bytes, bytes]]) -> None:
@@ -122,22 +132,20 @@ async def _serve_stream(pod: PodProxy, conn: H2ServerConn, leg: StreamLeg, heade
         return
     record.dst_identity = identity_of(workload).uri
     shared.telemetry.opened(record)
-    decision = authz.evaluate(
-        index.policies_for(workload),
-        authz.ConnectionInfo(src_ip=src_ip, dst_ip=request.ip, dst_port=request.port, identity=peer_identity),
-    )
+    info = authz.ConnectionInfo(src_ip=src_ip, dst_ip=request.ip, dst_port=request.port, identity=peer_identity)
+    decision = authz.evaluate(index.policies_for(workload), info)
     if not decision.allowed:
         _reject(pod, conn, leg, record, hbone.DENIED_STATUS, f"connection denied: {decision.reason}", "DENY")
         return
     try:
-        up = await _connect_app(pod, request.ip, request.port)
+        up = await _connect_app(pod, request.ip, request.port, src_ip)
     except (OSError, TimeoutError) as exc:
         _reject(pod, conn, leg, record, 503, f"connect to app: {exc or type(exc).__name__}", "CONNECT")
         return
     record.dst_addr = _addr(request.ip, request.port)
     conn.respond(leg, hbone.response_headers(200, _baggage(workload, shared.cluster_id)))
-    relay = Relay(leg, up, lambda r, e: _done(pod, r, e), record)
-    pod.track(relay)
+    relay = Relay(leg, up, lambda r, e: relay_done(pod, r, e), record)
+    pod.track(relay, info)
     relay.start()
 
 
@@ -171,7 +179,7 @@ def _reject(
     pod.shared.telemetry.complete(record)
 
 
-def _done(pod: PodProxy, relay: Relay, error: BaseException | None) -> None:
+def relay_done(pod: PodProxy, relay: Relay, error: BaseException | None) -> None:
     record: ConnectionRecord = relay.info
     record.bytes_recv = relay.down.received  # request bytes: from the remote client towards the app
     record.bytes_sent = relay.up.received
@@ -181,10 +189,11 @@ def _done(pod: PodProxy, relay: Relay, error: BaseException | None) -> None:
     pod.shared.telemetry.complete(record)
 
 
-async def _connect_app(pod: PodProxy, ip: str, port: int) -> TcpLeg:
-    """Connect to the app inside the pod (a marked socket, so the pod's capture rules let it through)."""
+async def _connect_app(pod: PodProxy, ip: str, port: int, client_ip: str) -> TcpLeg:
+    """Connect to the app inside the pod (a marked socket, so the pod's capture rules let it through), from the
+    client's address where the env preserves it."""
     loop = asyncio.get_running_loop()
-    sock = await pod.env.outgoing(family_of(ip))
+    sock = await pod.env.to_app(family_of(ip), client_ip)
     try:
         await asyncio.wait_for(loop.sock_connect(sock, (ip, port)), pod.shared.settings.connect_timeout)
         leg = TcpLeg(start_paused=True)
@@ -224,23 +233,21 @@ async def handle_plaintext(pod: PodProxy, sock: socket.socket) -> None:
         sock.close()
         return
     shared.telemetry.opened(record)
+    info = authz.ConnectionInfo(src_ip=peer_ip, dst_ip=dst_ip, dst_port=dst_port, identity=None)
     if workload is not None:
-        decision = authz.evaluate(
-            index.policies_for(workload),
-            authz.ConnectionInfo(src_ip=peer_ip, dst_ip=dst_ip, dst_port=dst_port, identity=None),
-        )
+        decision = authz.evaluate(index.policies_for(workload), info)
         if not decision.allowed:
             fail(record, f"connection denied: {decision.reason}", "DENY")
             down.abort()
             shared.telemetry.complete(record)
             return
     try:
-        up = await _connect_app(pod, dst_ip, dst_port)
+        up = await _connect_app(pod, dst_ip, dst_port, peer_ip)
     except (OSError, TimeoutError) as exc:
         fail(record, f"connect to app: {exc or type(exc).__name__}", "CONNECT")
         down.abort()
         shared.telemetry.complete(record)
         return
-    relay = Relay(down, up, lambda r, e: _done(pod, r, e), record)
-    pod.track(relay)
+    relay = Relay(down, up, lambda r, e: relay_done(pod, r, e), record)
+    pod.track(relay, info)
     relay.start()

@@ -30,6 +30,9 @@ _log = logging.getLogger("pyztunnel.proxy.netsock")
 INPOD_MARK = 1337
 SO_ORIGINAL_DST = 80
 SOL_IPV6 = 41
+IP_TRANSPARENT = 19
+IP_FREEBIND = 15
+IPV6_TRANSPARENT = 75
 LISTEN_BACKLOG = 128
 
 
@@ -66,6 +69,10 @@ class NetEnv:
     async def outgoing(self, family: socket.AddressFamily) -> socket.socket:
         raise NotImplementedError
 
+    async def to_app(self, family: socket.AddressFamily, client_ip: str) -> socket.socket:
+        """A socket for the connection to the app; where the env can, it carries the client's address as source."""
+        return await self.outgoing(family)
+
     def original_dst(self, sock: socket.socket, port: int) -> tuple[str, int] | None:
         raise NotImplementedError
 
@@ -96,10 +103,11 @@ class PodNetns(NetEnv):
 
     check_authority_ip = True
 
-    def __init__(self, netns_fd: int, name: str, mark: int = INPOD_MARK) -> None:
+    def __init__(self, netns_fd: int, name: str, mark: int = INPOD_MARK, original_source: bool = True) -> None:
         self.fd = netns_fd
         self.name = name
         self.mark = mark
+        self.original_source = original_source
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"netns-{name}", initializer=netns.setns, initargs=(netns_fd,)
         )
@@ -127,6 +135,35 @@ class PodNetns(NetEnv):
             return sock
 
         return await self._in_netns(make)
+
+    async def to_app(self, family: socket.AddressFamily, client_ip: str) -> socket.socket:
+        """ztunnel's original-source preservation (`ENABLE_ORIG_SRC`): a transparent socket bound to the client's
+        IP, so the app sees who connected. The agent's rules (connmark 0x111, `ip rule fwmark 0x111 lookup 100`,
+        local route in table 100) bring the app's replies back to this socket. Falls back to a plain marked socket
+        when the kernel refuses (no privilege, address family mismatch)."""
+        if not self.original_source or family_of(client_ip) != family:
+            return await self.outgoing(family)
+
+        def make() -> socket.socket:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                level = socket.SOL_IP if family == socket.AF_INET else SOL_IPV6
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.mark)
+                sock.setsockopt(level, IP_TRANSPARENT if family == socket.AF_INET else IPV6_TRANSPARENT, 1)
+                if family == socket.AF_INET:
+                    sock.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
+                sock.bind((client_ip, 0))
+                sock.setblocking(False)
+            except BaseException:
+                sock.close()
+                raise
+            return sock
+
+        try:
+            return await self._in_netns(make)
+        except OSError as exc:
+            _log.debug("original source not preserved", extra={"fields": {"error": str(exc)}})
+            return await self.outgoing(family)
 
     def original_dst(self, sock: socket.socket, port: int) -> tuple[str, int] | None:
         return original_dst(sock)

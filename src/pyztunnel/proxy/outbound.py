@@ -94,7 +94,11 @@ async def handle(pod: PodProxy, sock: socket.socket) -> None:
     except (OSError, TimeoutError) as exc:
         _finish_failed(pod, down, record, f"connect: {exc or type(exc).__name__}", "CONNECT")
         return
-    relay = Relay(down, up, lambda r, e: _done(pod, r, e), record)
+    except Exception as exc:  # a bug or an h2 state we did not foresee: fail this connection, keep the record whole
+        _log.exception("outbound connection setup failed")
+        _finish_failed(pod, down, record, f"internal error: {exc!r}", "-")
+        return
+    relay = Relay(down, up, lambda r, e: relay_done(pod, r, e), record)
     pod.track(relay)
     relay.start()
 
@@ -106,7 +110,7 @@ def _finish_failed(pod: PodProxy, down: TcpLeg, record: ConnectionRecord, error:
     pod.shared.telemetry.complete(record)
 
 
-def _done(pod: PodProxy, relay: Relay, error: BaseException | None) -> None:
+def relay_done(pod: PodProxy, relay: Relay, error: BaseException | None) -> None:
     record: ConnectionRecord = relay.info
     record.bytes_recv = relay.down.received  # request bytes: what the local app sent
     record.bytes_sent = relay.up.received

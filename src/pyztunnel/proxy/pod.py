@@ -14,12 +14,14 @@ import logging
 import socket
 from collections.abc import Callable
 
+from pyztunnel import authz
 from pyztunnel.protocols import hbone
 from pyztunnel.proxy.h2conn import H2ServerConn
 from pyztunnel.proxy.netsock import Acceptor, NetEnv
 from pyztunnel.proxy.pool import Pool
 from pyztunnel.proxy.relay import Relay
 from pyztunnel.proxy.shared import Shared
+from pyztunnel.proxy.telemetry import fail
 from pyztunnel.workloads.index import WorkloadIndex
 from pyztunnel.workloads.model import Workload
 
@@ -48,6 +50,7 @@ class PodProxy:
         self.acceptors: list[Acceptor] = []
         self.relays: set[Relay] = set()
         self.servers: set[H2ServerConn] = set()
+        self.authorized: dict[Relay, authz.ConnectionInfo] = {}
         self.stopped = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -73,6 +76,7 @@ class PodProxy:
             raise
         for acceptor in self.acceptors:
             acceptor.start()
+        self.shared.indexes.subscribe(self.recheck_policies)
         # Adopted listeners: we accept on them now, so the previous instance may stop.
         if self.shared.listeners.adopter is not None:
             await self.shared.listeners.adopter.confirm(self.key)
@@ -95,6 +99,7 @@ class PodProxy:
     async def drain_immediate(self) -> None:
         """DelWorkload: the pod is gone; stop everything now (ztunnel's DrainMode::Immediate)."""
         self.stopped = True
+        self.shared.indexes.unsubscribe(self.recheck_policies)
         await self.close_listeners()
         self.goaway()
         for relay in list(self.relays):
@@ -121,13 +126,31 @@ class PodProxy:
             found = self.lookup(holder.index)
         return found
 
-    def track(self, relay: Relay) -> None:
+    def track(self, relay: Relay, authorized: authz.ConnectionInfo | None = None) -> None:
+        """Register a live connection; `authorized` (inbound) is what its policy check saw, for re-checks."""
         self.relays.add(relay)
         self.shared.connections.add(relay)
+        if authorized is not None:
+            self.authorized[relay] = authorized
 
     def untrack(self, relay: Relay) -> None:
         self.relays.discard(relay)
+        self.authorized.pop(relay, None)
         self.shared.connections.discard(relay)
+
+    def recheck_policies(self, index: WorkloadIndex) -> int:
+        """After a config change, close inbound connections the policies no longer allow (ztunnel's
+        PolicyWatcher, §5.3). Returns how many were closed."""
+        closed = 0
+        for relay, info in list(self.authorized.items()):
+            workload = index.workload_by_ip(info.dst_ip)
+            if workload is None:
+                continue
+            if not authz.evaluate(index.policies_for(workload), info).allowed:
+                fail(relay.info, "connection closed due to policy change", "DENY")
+                relay.reset()
+                closed += 1
+        return closed
 
     def track_server(self, conn: H2ServerConn) -> None:
         self.servers.add(conn)

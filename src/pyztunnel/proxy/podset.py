@@ -48,7 +48,9 @@ class PodSet:
     async def start(self, uid: str, info: WorkloadInfo, netns_fd: int) -> str | None:
         """Start the pod's proxy; takes ownership of `netns_fd`. Returns None, or the error (the pod stays pending)."""
         self.pending.pop(uid, None)
-        env = PodNetns(netns_fd, name=f"{info.namespace}/{info.name}")
+        env = PodNetns(
+            netns_fd, name=f"{info.namespace}/{info.name}", original_source=self.shared.settings.enable_orig_src
+        )
         key = (info.namespace, info.name)
         pod = PodProxy(self.shared, uid, env, lambda idx: idx.by_name.get(key), self.ports)
         try:

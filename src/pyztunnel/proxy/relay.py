@@ -350,8 +350,10 @@ class Relay:
                 leg.abort()
 
     def log_fields(self) -> dict[str, Any]:
-        fields = getattr(self.info, "fields", None)
-        return dict(fields()) if callable(fields) else {}
+        """What drain logs about this connection: its access-log fields."""
+        from pyztunnel.observe.access import ConnectionRecord, opened_fields
+
+        return opened_fields(self.info) if isinstance(self.info, ConnectionRecord) else {}
 
     def _finish(self) -> None:
         if self.finished:

@@ -4,7 +4,9 @@ live connections (drain resets what is left in it), and the one source of listen
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 from pyztunnel.identity.config import default_key_dir
@@ -24,12 +26,22 @@ class IndexHolder:
         self.index = index or WorkloadIndex()
         self.version = 0
         self._changed = asyncio.Event()
+        self._subscribers: list[Callable[[WorkloadIndex], object]] = []
+
+    def subscribe(self, callback: Callable[[WorkloadIndex], object]) -> None:
+        self._subscribers.append(callback)
+
+    def unsubscribe(self, callback: Callable[[WorkloadIndex], object]) -> None:
+        with contextlib.suppress(ValueError):
+            self._subscribers.remove(callback)
 
     def set(self, index: WorkloadIndex) -> None:
         self.index = index
         self.version += 1
         self._changed.set()
         self._changed = asyncio.Event()
+        for callback in list(self._subscribers):
+            callback(index)
 
     async def wait_change(self) -> None:
         await self._changed.wait()

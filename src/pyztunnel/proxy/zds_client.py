@@ -36,7 +36,9 @@ class ZdsClient:
         self._sock: socket.socket | None = None
         self._stopping = False
 
-    def _check_ready(self) -> None:
+    def check_ready(self) -> None:
+        """Ready = the snapshot was processed on the current connection and no pod is pending (ztunnel's
+        `check_ready`); re-evaluated after every message and whenever the pod set changes (a pending pod started)."""
         self.set_ready(self.state.snapshot_received and self.state.connected and not self.pods.pending)
 
     async def run(self) -> None:
@@ -86,7 +88,7 @@ class ZdsClient:
                 return
             error, disconnect = await self._handle(data, fds, flags)
             await unixfd.send_with_fds(sock, zds.encode_ack(zds.Ack(error or "")))
-            self._check_ready()
+            self.check_ready()
             if disconnect:
                 raise zds.ProtocolError(error or "protocol error")
 

@@ -48,7 +48,8 @@ class ClusterBackend(Protocol):
 
     async def evict(self, pod: Pod) -> None:
         """SIGTERM the pod, SIGKILL after its own grace period; its deployment reschedules it on a schedulable node.
-        Returns when the old pod is gone and its replacement is ready."""
+        Returns when the old pod is gone and its replacement is ready, or at once when no node can take the
+        replacement now (a pod pinned to the cordoned node: it comes back when the node is uncordoned)."""
         ...
 
     async def proxies(self, node: str) -> list[ProxyPod]:

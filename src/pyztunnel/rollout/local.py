@@ -8,6 +8,7 @@ node netns and publishes `ready` in `GET /v1/state`; this backend polls that, so
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from pathlib import Path
@@ -17,6 +18,8 @@ import aiohttp
 
 from pyztunnel.errors import UserError
 from pyztunnel.rollout.backend import BackendError, Node, Pod, ProxyPod
+
+_log = logging.getLogger("pyztunnel.rollout.local")
 
 DEFAULT_BASE = Path("/run/pyztunnel")
 POLL_S = 0.1  # how often the controller's state is re-read while waiting for a change
@@ -133,13 +136,24 @@ class LocalBackend:
         if pod.deployment is None:
             return
 
-        def ready_again(state: dict[str, Any]) -> bool:
+        def settled(state: dict[str, Any]) -> str | None:
             for dep in state.get("deployments", []):
-                if dep["name"] == pod.deployment:
-                    return bool(dep.get("readyReplicas", 0) >= dep.get("replicas", 0))
-            return True  # the deployment is gone: nothing to wait for
+                if dep["name"] != pod.deployment:
+                    continue
+                if dep.get("readyReplicas", 0) >= dep.get("replicas", 0):
+                    return "ready"
+                live = [p for p in state["pods"] if (p.get("owner") or {}).get("name") == pod.deployment and _live(p)]
+                # The controller places a replacement as soon as the old pod is deleted; if there is none, no node
+                # can take it (a pod pinned to this cordoned node): it comes back when the node is uncordoned.
+                return "unschedulable" if len(live) < dep.get("replicas", 0) else None
+            return "gone"  # the deployment is gone: nothing to wait for
 
-        await self._poll(ready_again, REPLACEMENT_READY_S, f"replacement of {pod.name} ({pod.deployment}) ready")
+        outcome = await self._poll(settled, REPLACEMENT_READY_S, f"replacement of {pod.name} ({pod.deployment}) ready")
+        if outcome == "unschedulable":
+            _log.info(
+                "no node can take the evicted pod's replacement now; it returns when its node is uncordoned",
+                extra={"fields": {"pod": pod.name, "deployment": pod.deployment}},
+            )
 
     async def proxies(self, node: str) -> list[ProxyPod]:
         return [proxy_of(p) for p in (await self.state())["proxies"] if p["node"] == node and _live(p)]

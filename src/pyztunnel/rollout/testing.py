@@ -33,6 +33,8 @@ class FakeCluster:
         self.broken_versions: set[str] = set()
         self.failing_evictions: set[str] = set()
         self.template: dict[str, object] = {}
+        self.pinned: set[str] = set()  # deployments whose pods are pinned to their node
+        self.unscheduled: list[Pod] = []
         self.interrupt_at: int | None = None  # interrupt the call with this index…
         self.interrupt_after_effect = False  # …before (False) or after (True) it took effect
         self.auto_replace = False  # as the local controller: a node left without a proxy gets one from the template
@@ -104,6 +106,9 @@ class FakeCluster:
     async def uncordon(self, node: str) -> None:
         after = await self._call("uncordon", node)
         self.schedulable[node] = True
+        for pod in [p for p in self.unscheduled if p.node == node]:
+            self.unscheduled.remove(pod)
+            self._schedule(pod.deployment or pod.name, node, pod.grace_seconds)
         self._after(after, "uncordon")
 
     async def pods_on(self, node: str) -> list[Pod]:
@@ -115,6 +120,11 @@ class FakeCluster:
             raise BackendError(f"pod {pod.name} refused eviction")
         if pod.name in self.pods:
             del self.pods[pod.name]
+            if pod.deployment in self.pinned:
+                # Pinned to its node (nodeName): it can only come back there, once the node is uncordoned.
+                self.unscheduled.append(pod)
+                self._after(after, "evict")
+                return
             targets = [n for n, ok in self.schedulable.items() if ok]
             if not targets:
                 raise BackendError(f"no schedulable node for {pod.deployment}")

@@ -42,7 +42,10 @@ class ServiceEndpoint:
 
 
 def _ip(text: str) -> str:
-    return str(ipaddress.ip_address(text))
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return text
 
 
 class WorkloadIndex:
@@ -82,10 +85,13 @@ class WorkloadIndex:
                 self.policies_by_namespace.setdefault(scope_ns, []).append(policy)
 
     def workload_by_ip(self, ip: str) -> Workload | None:
-        return self.by_ip.get(_ip(ip))
+        # Fast path: addresses from sockets are already canonical; normalise only on a miss (hot path).
+        found = self.by_ip.get(ip)
+        return found if found is not None else self.by_ip.get(_ip(ip))
 
     def service_by_vip(self, ip: str) -> Service | None:
-        return self.services_by_vip.get(_ip(ip))
+        found = self.services_by_vip.get(ip)
+        return found if found is not None else self.services_by_vip.get(_ip(ip))
 
     def endpoints(self, service: Service, port: int) -> list[ServiceEndpoint]:
         """Healthy endpoints of `service` for service port `port`, each with its target port."""

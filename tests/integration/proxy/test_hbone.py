@@ -127,3 +127,49 @@ async def test_service_vip_and_passthrough(tmp_path: Path) -> None:
         for pod in extra:
             await pod.drain_immediate()
         await stop_mesh(m)
+
+
+async def test_policy_change_closes_established_connections(mesh: Mesh) -> None:
+    """A DENY policy that arrives while a connection is open closes it (ztunnel's PolicyWatcher); new ones get 401."""
+    from tests.integration.proxy.harness import config_text
+
+    reader, writer = await mesh.open_client()
+    writer.write(b"before")
+    assert await asyncio.wait_for(reader.readexactly(6), 5) == b"before"
+    deny = """\
+- name: deny-all-from-a
+  namespace: b
+  scope: Namespace
+  action: Deny
+  rules: [[[{namespaces: [!Exact a]}]]]
+"""
+    mesh.set_config(config_text(mesh.a_ip, mesh.b_ip, deny))
+    with contextlib.suppress(ConnectionResetError):
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+    telemetry = mesh.node_b.telemetry
+    await asyncio.wait_for(telemetry.wait_for(lambda t: t.errors["connection closed due to policy change"] == 1), 5)
+    assert telemetry.failed_by_flag["DENY"] == 1
+
+
+async def test_pool_stream_budget_one_connect_at_a_time_and_idle_release(tmp_path: Path) -> None:
+    """§3.3 pooling: concurrent requests for one key open one connection at a time; a connection serves at most
+    POOL_MAX_STREAMS_PER_CONNECTION streams; an unused connection is released after POOL_UNUSED_RELEASE_TIMEOUT."""
+    m = await start_mesh(tmp_path, POOL_MAX_STREAMS_PER_CONNECTION="3", POOL_UNUSED_RELEASE_TIMEOUT="0.3s")
+    try:
+        async with contextlib.asynccontextmanager(echo_server)(m.b_ip, m.app_port):
+            clients = await asyncio.gather(*(m.open_client() for _ in range(7)))
+            for i, (_, writer) in enumerate(clients):
+                writer.write(b"%02d" % i)
+            for i, (reader, _) in enumerate(clients):
+                assert await asyncio.wait_for(reader.readexactly(2), 5) == b"%02d" % i
+            assert m.pod_a.pool.opened == 3  # ceil(7 / 3), not one per waiting request
+            assert len(m.pod_b.servers) == 3
+            pooled = list(m.pod_b.servers)
+            for _, writer in clients:
+                writer.close()
+            # every HBONE connection closes once unused: spent ones at once, the last after the idle timeout
+            await asyncio.wait_for(asyncio.gather(*(c.lost for c in pooled)), 5)
+            assert m.pod_a.pool.connections == []
+    finally:
+        await stop_mesh(m)

@@ -1,0 +1,164 @@
+"""Connection migration: how long an old proxy takes to hand N idle established connections to the new one.
+
+Two `pyztunnel proxy` processes in direct mode on loopback (outbound passthrough to an echo server in this process).
+N client connections are opened through the old one (one round trip each), the new one starts and registers, the old
+one gets SIGTERM: measured from its `drain started` line to its `migrated established connections` line (log
+timestamps), and until it has exited. Then one round trip on every connection proves they all live on.
+Peer, measured in the same run: what the clients would do without migration (ztunnel: reset, reconnect): open N new
+connections through the new instance, one round trip each.
+
+    python -m benchmarks migrate [--connections N]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import os
+import random
+import resource
+import signal
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _arg(args: list[str], name: str, default: int) -> int:
+    for i, a in enumerate(args):
+        if a == name and i + 1 < len(args):
+            return int(args[i + 1])
+        if a.startswith(name + "="):
+            return int(a.split("=", 1)[1])
+    return default
+
+
+def _free_port(ip: str) -> int:
+    with socket.socket() as s:
+        s.bind((ip, 0))
+        return int(s.getsockname()[1])
+
+
+def _stamp(line: str) -> float:
+    return datetime.datetime.fromisoformat(line.split("\t", 1)[0].replace("Z", "+00:00")).timestamp()
+
+
+class Proxy:
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+
+    async def line(self, needle: str, within: float = 60) -> str:
+        async def scan() -> str:
+            for line in self.lines:
+                if needle in line:
+                    return line
+            assert self.proc.stderr is not None
+            while raw := await self.proc.stderr.readline():
+                self.lines.append(raw.decode())
+                if needle in self.lines[-1]:
+                    return self.lines[-1]
+            raise RuntimeError(f"proxy exited before {needle!r}:\n" + "".join(self.lines[-20:]))
+
+        return await asyncio.wait_for(scan(), within)
+
+
+async def _proxy(tmp: Path, name: str, listen: str, target: str, handoff: Path) -> Proxy:
+    args = ["--readiness-addr", "", "--stats-addr", "", "--admin-addr", "", "--workload-wait", "0s"]
+    args += ["--direct-outbound", f"{listen}={target}", "--handoff-socket", str(handoff)]
+    args += ["--connection-termination-deadline", "60s"]
+    env = {**os.environ, "PYZTUNNEL_KEY_DIR": str(tmp / f"keys-{name}"), "RUST_LOG": "info"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "pyztunnel", "proxy", *args, env=env, stderr=asyncio.subprocess.PIPE
+    )
+    proxy = Proxy(proc)
+    await proxy.line("proxy started")
+    return proxy
+
+
+async def _round_trips(conns: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]) -> None:
+    for _, writer in conns:
+        writer.write(b"ping")
+    for reader, _ in conns:
+        assert await asyncio.wait_for(reader.readexactly(4), 30) == b"ping"
+
+
+async def _open(ip: str, port: int, n: int) -> list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    conns = []
+    for start in range(0, n, 100):
+        conns += await asyncio.gather(*(asyncio.open_connection(ip, port) for _ in range(min(100, n - start))))
+    await _round_trips(conns)
+    return conns
+
+
+async def _measure(n: int) -> dict[str, Any]:
+    net = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}"
+    a_ip, b_ip = f"{net}.10", f"{net}.20"
+    app_port, out_port = _free_port(b_ip), _free_port(a_ip)
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            writer.write(data)
+        writer.close()
+
+    app = await asyncio.start_server(echo, b_ip, app_port, backlog=4096)
+    procs: list[Proxy] = []
+    conns: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    with tempfile.TemporaryDirectory(prefix="pzt-bench-migrate-") as tmp_dir:
+        tmp = Path(tmp_dir)
+        handoff = tmp / "handoff.sock"
+        try:
+            old = await _proxy(tmp, "old", f"{a_ip}:{out_port}", f"{b_ip}:{app_port}", handoff)
+            procs.append(old)
+            conns = await _open(a_ip, out_port, n)
+            new = await _proxy(tmp, "new", f"{a_ip}:{out_port}", f"{b_ip}:{app_port}", handoff)
+            procs.append(new)
+            await new.line("registered to take established connections")
+            signalled = time.time()
+            old.proc.send_signal(signal.SIGTERM)
+            started = _stamp(await old.line("drain started"))
+            moved_line = await old.line("migrated established connections")
+            await asyncio.wait_for(old.proc.wait(), 60)
+            exited = time.time()
+            moved = int(moved_line.split("connections=")[1].split()[0])
+            await _round_trips(conns)  # all alive, now through the new instance
+            t0 = time.monotonic()
+            fresh = await _open(a_ip, out_port, n)
+            reconnect_s = time.monotonic() - t0
+            for _, writer in fresh:
+                writer.close()
+        finally:
+            for _, writer in conns:
+                writer.close()
+            for proxy in procs:
+                if proxy.proc.returncode is None:
+                    proxy.proc.kill()
+                await proxy.proc.wait()
+            app.close()
+    migrate_s = _stamp(moved_line) - started
+    return {
+        "connections": n,
+        "migrated": moved,
+        "migrate_s": round(migrate_s, 4),
+        "per_connection_us": round(migrate_s / max(moved, 1) * 1e6, 1),
+        "sigterm_to_exit_s": round(exited - signalled, 3),
+        "peer_reconnect_s": round(reconnect_s, 4),
+        "migrate_vs_reconnect": round(migrate_s / reconnect_s, 2) if reconnect_s else None,
+    }
+
+
+def run(args: list[str]) -> dict[str, object]:
+    n = _arg(args, "--connections", 1000)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8 * n + 1024)), hard))  # children inherit it
+    result = asyncio.run(_measure(n))
+    print(f"{'measure':<58} value")
+    print(f"{'idle connections migrated':<58} {result['migrated']} of {n}")
+    print(f"{'drain started → all migrated (old proxy log)':<58} {result['migrate_s']:.3f} s")
+    print(f"{'per connection':<58} {result['per_connection_us']} µs")
+    print(f"{'SIGTERM → old proxy exited':<58} {result['sigterm_to_exit_s']:.3f} s")
+    print(f"{'peer: clients reconnect through the new proxy (no migration)':<58} {result['peer_reconnect_s']:.3f} s")
+    print(f"{'migrate / reconnect':<58} {result['migrate_vs_reconnect']}")
+    return result

@@ -1,0 +1,394 @@
+"""Moving established TCP↔TCP relays from an old proxy instance to a new one, sans-IO: messages, both state machines,
+validation of the received sockets (docs/migration.md).
+
+It is a second phase of the handoff socket (`handoff.sock`, one SOCK_SEQPACKET record = one JSON header + fds): the
+new instance opens its own connection there and says which phase it wants. An old instance that does not know the
+phase answers `error` and the new one simply takes nothing (the old keeps today's behaviour).
+
+    new → old  {"type": "hello", "version": 1, "phase": "connections"}
+    old → new  {"type": "hello", "version": 1, "phase": "connections"}
+    new → old  {"type": "take", "pods": [{"uid", "netns": [st_dev, st_ino]}, …]}   I will take these pods' connections
+    old → new  {"type": "registered", "pods": [uid, …]}                           the ones it serves in that netns
+           … nothing until the old instance drains …
+    old → new  {"type": "connections", "batch": n, "connections": [header, …]}   + 2 fds per header (down, up)
+    new → old  {"type": "taken", "batch": n, "taken": [id, …], "refused": [{"id", "reason"}, …]}
+    old → new  {"type": "commit", "batch": n, "ids": [id, …]}   the old released these (or "abort": it kept all)
+           … more batches …
+    old → new  {"type": "done"}
+
+Ownership is decided by the old instance alone, which makes the exchange safe against a slow or lying peer. Before
+`commit` the old one still owns every connection of the batch: it holds its copies, the relay is only paused, and the
+new one must not touch the sockets. If `taken` does not come within the bound the old one sends `abort` (or nothing:
+the connection may be dead) and resumes those relays itself; the new one, without `commit`, only closes its duplicates,
+which sends nothing on the wire while the old holds its own. The new instance waits for `commit` longer than the old
+waits for `taken`, so a `commit` that was sent is always read before the new one gives up.
+
+A header: {"id", "uid", "kind", "down": {"local", "peer"}, "up": {"local", "peer"}, "elapsed", "context"} where
+addresses are [ip, port] (both legs' roles: `down` is the accepted connection, `up` the one the proxy opened), `elapsed`
+the seconds since the connection began and `context` the access-log/metrics record (JSON scalars, owned by the proxy).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from pyztunnel.lifecycle.handoff import Netns, ProtocolError, decode, encode
+
+VERSION = 1
+PHASE = "connections"
+MAX_CONNECTIONS_PER_MESSAGE = 100  # 2 fds each: 200, within the kernel's 253 per message
+KINDS = ("inbound-plaintext", "outbound-passthrough")
+ANSWER_TIMEOUT = 2.0  # the old instance waits this long for `taken`, then keeps the batch
+COMMIT_TIMEOUT = ANSWER_TIMEOUT + 3.0  # the new one waits longer for `commit`, so a sent commit is always read
+TCP_ESTABLISHED = 1
+
+Addr = tuple[str, int]
+
+
+def hello() -> bytes:
+    return encode({"type": "hello", "version": VERSION, "phase": PHASE})
+
+
+def is_connections_hello(msg: Mapping[str, Any]) -> bool:
+    """Does this first message ask for the connections phase (and not the listener handoff)?"""
+    return msg.get("type") == "hello" and msg.get("phase") == PHASE
+
+
+# Headers ----------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Ends:
+    local: Addr
+    peer: Addr
+
+
+@dataclasses.dataclass(frozen=True)
+class ConnHeader:
+    id: int
+    uid: str
+    kind: str
+    down: Ends
+    up: Ends
+    elapsed: float
+    context: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "uid": self.uid,
+            "kind": self.kind,
+            "down": {"local": list(self.down.local), "peer": list(self.down.peer)},
+            "up": {"local": list(self.up.local), "peer": list(self.up.peer)},
+            "elapsed": self.elapsed,
+            "context": self.context,
+        }
+
+
+def _addr(value: Any) -> Addr:
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not isinstance(value[0], str)
+        or type(value[1]) is not int
+        or not 0 <= value[1] <= 65535
+    ):
+        raise ProtocolError(f"bad address {value!r}")
+    return value[0], value[1]
+
+
+def _ends(value: Any) -> Ends:
+    if not isinstance(value, dict):
+        raise ProtocolError(f"bad leg {value!r}")
+    return Ends(_addr(value.get("local")), _addr(value.get("peer")))
+
+
+def parse_header(item: Any) -> ConnHeader:
+    if not isinstance(item, dict):
+        raise ProtocolError(f"bad connection header {item!r}")
+    ident, uid, kind, elapsed, context = (item.get(k) for k in ("id", "uid", "kind", "elapsed", "context"))
+    if type(ident) is not int or not isinstance(uid, str) or kind not in KINDS:
+        raise ProtocolError(f"bad connection header {item!r}")
+    if not isinstance(elapsed, int | float) or isinstance(elapsed, bool) or not 0 <= elapsed < 10**9:
+        raise ProtocolError(f"bad elapsed time {elapsed!r}")
+    if not isinstance(context, dict) or not all(
+        isinstance(k, str) and (v is None or type(v) in (str, int, float, bool)) for k, v in context.items()
+    ):
+        raise ProtocolError("context must map names to JSON scalars")
+    return ConnHeader(ident, uid, kind, _ends(item.get("down")), _ends(item.get("up")), float(elapsed), context)
+
+
+# Validation of a received connection ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ConnFacts:
+    """What the shell found out about a received fd (migrate_io.probe_conn). `error` when it is not even a socket."""
+
+    family: int = 0
+    type: int = 0
+    accepting: bool = False
+    tcp_state: int = 0
+    local: Addr | None = None
+    peer: Addr | None = None
+    netns: Netns | None = None
+    error: str | None = None
+
+
+def validate_leg(facts: ConnFacts, ends: Ends, expected_netns: Netns) -> str | None:
+    """None if the fd is the established connection the header says, in the pod's netns; else why not."""
+    if facts.error is not None:
+        return facts.error
+    if facts.family not in (socket.AF_INET, socket.AF_INET6):
+        return f"not an inet socket (family {facts.family})"
+    if facts.type != socket.SOCK_STREAM:
+        return f"not a stream socket (type {facts.type})"
+    if facts.accepting:
+        return "a listening socket, not a connection"
+    if facts.tcp_state != TCP_ESTABLISHED:
+        return f"not an established connection (TCP state {facts.tcp_state})"
+    if facts.local != ends.local or facts.peer != ends.peer:
+        return f"connection {facts.local}→{facts.peer} is not the announced {ends.local}→{ends.peer}"
+    if facts.netns is None:
+        return "network namespace unknown"
+    if facts.netns != expected_netns:
+        return f"in network namespace {facts.netns[1]}, not the pod's {expected_netns[1]}"
+    return None
+
+
+# The new instance (takes connections) -----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class TakerStep:
+    send: list[bytes] = dataclasses.field(default_factory=list)
+    registered: list[str] | None = None  # the old instance will migrate these pods' connections at its drain
+    hold: list[tuple[ConnHeader, int, int]] = dataclasses.field(default_factory=list)  # valid: keep, do not touch
+    reject: list[int] = dataclasses.field(default_factory=list)  # fd indices to close now
+    commit: list[int] = dataclasses.field(default_factory=list)  # header ids now ours: resume them
+    drop: list[int] = dataclasses.field(default_factory=list)  # header ids held but not committed: close our copies
+    finished: bool = False
+
+
+class Taker:
+    """The new instance's side: registers for `pods` (uid → netns), checks every received connection, and resumes
+    only what the old one commits."""
+
+    def __init__(self, pods: Mapping[str, Netns]) -> None:
+        self.pods = dict(pods)
+        self.state = "hello"
+        self._batch: int | None = None
+        self._held: set[int] = set()
+        self.reasons: dict[int, str] = {}  # refused header id → why (logged by the shell)
+
+    def start(self) -> bytes:
+        return hello()
+
+    def receive(self, data: bytes, facts: Sequence[ConnFacts]) -> TakerStep:
+        step = TakerStep()
+        try:
+            self._receive(decode(data), facts, step)
+        except ProtocolError as exc:
+            self.reasons[-1] = f"protocol error: {exc}"
+            step.hold = []
+            step.reject = list(range(len(facts)))
+            step.drop = sorted(self._held)
+            self._held.clear()
+            self.state = "finished"
+            step.finished = True
+        return step
+
+    def _receive(self, msg: dict[str, Any], facts: Sequence[ConnFacts], step: TakerStep) -> None:
+        kind = msg["type"]
+        if kind == "error":
+            raise ProtocolError(f"peer refused: {msg.get('reason')}")
+        if kind != "connections" and facts:
+            raise ProtocolError(f"fds with {kind}")
+        if self.state == "hello" and kind == "hello":
+            if msg.get("version") != VERSION or msg.get("phase") != PHASE:
+                raise ProtocolError(f"peer speaks {msg.get('phase')} version {msg.get('version')}")
+            self.state = "registering"
+            pods = [{"uid": uid, "netns": list(netns)} for uid, netns in sorted(self.pods.items())]
+            step.send.append(encode({"type": "take", "pods": pods}))
+        elif self.state == "registering" and kind == "registered":
+            uids = msg.get("pods")
+            if not isinstance(uids, list) or not all(isinstance(u, str) for u in uids):
+                raise ProtocolError("registered without a list of pods")
+            step.registered = [u for u in uids if u in self.pods]
+            self.state = "waiting"
+        elif self.state == "waiting" and kind == "connections":
+            self._connections(msg, facts, step)
+        elif self.state == "holding" and kind in ("commit", "abort"):
+            if msg.get("batch") != self._batch:
+                raise ProtocolError(f"{kind} for batch {msg.get('batch')}, expected {self._batch}")
+            ids = msg.get("ids") if kind == "commit" else []
+            if not isinstance(ids, list) or not all(type(i) is int for i in ids):
+                raise ProtocolError("commit without a list of ids")
+            # Only what we hold can become ours; anything else named is ignored.
+            step.commit = sorted(set(ids) & self._held)
+            step.drop = sorted(self._held - set(step.commit))
+            self._held.clear()
+            self.state = "waiting"
+        elif self.state == "waiting" and kind == "done":
+            self.state = "finished"
+            step.finished = True
+        else:
+            raise ProtocolError(f"unexpected {kind} in state {self.state}")
+
+    def _connections(self, msg: dict[str, Any], facts: Sequence[ConnFacts], step: TakerStep) -> None:
+        batch = msg.get("batch")
+        items = msg.get("connections")
+        if type(batch) is not int or not isinstance(items, list):
+            raise ProtocolError("connections without batch or list")
+        headers = [parse_header(item) for item in items]
+        if len(facts) != 2 * len(headers):
+            raise ProtocolError(f"{len(headers)} connections announced, {len(facts)} fds received")
+        taken: list[int] = []
+        refused: list[dict[str, Any]] = []
+        seen: set[int] = set()
+        for n, header in enumerate(headers):
+            reason = self._check(header, facts[2 * n], facts[2 * n + 1], seen)
+            seen.add(header.id)
+            if reason is None:
+                step.hold.append((header, 2 * n, 2 * n + 1))
+                taken.append(header.id)
+            else:
+                self.reasons[header.id] = reason
+                step.reject += [2 * n, 2 * n + 1]
+                refused.append({"id": header.id, "reason": reason})
+        self._batch = batch
+        self._held = set(taken)
+        self.state = "holding"
+        step.send.append(encode({"type": "taken", "batch": batch, "taken": taken, "refused": refused}))
+
+    def _check(self, header: ConnHeader, down: ConnFacts, up: ConnFacts, seen: set[int]) -> str | None:
+        netns = self.pods.get(header.uid)
+        if netns is None:
+            return f"pod {header.uid} was not asked for"
+        if header.id in seen:
+            return "duplicate id"
+        for name, facts, ends in (("down", down, header.down), ("up", up, header.up)):
+            reason = validate_leg(facts, ends, netns)
+            if reason is not None:
+                return f"{name}: {reason}"
+        return None
+
+    def give_up(self) -> list[int]:
+        """No commit in time, or the peer went away: the held ids, whose duplicates the shell closes."""
+        held = sorted(self._held)
+        self._held.clear()
+        self.state = "finished"
+        return held
+
+
+# The old instance (gives connections) -----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class GiverStep:
+    send: list[bytes] = dataclasses.field(default_factory=list)
+    registered: dict[str, Netns] | None = None  # the taker: uid → netns it named
+    close: bool = False
+
+
+@dataclasses.dataclass
+class Decision:
+    """The old instance's verdict on one batch: `release` are the new one's now, `keep` stay here and resume."""
+
+    send: bytes
+    release: list[int]
+    keep: list[int]
+    refused: dict[int, str]
+
+
+class Giver:
+    """The old instance's side of one connections-phase exchange. `serves` says which pods (uid → netns) it has."""
+
+    def __init__(self) -> None:
+        self.state = "hello"
+        self.pods: dict[str, Netns] = {}
+        self._batch = 0
+        self._offered: set[int] = set()
+
+    def receive(self, data: bytes, serves: Mapping[str, Netns]) -> GiverStep:
+        step = GiverStep()
+        try:
+            msg = decode(data)
+            kind = msg["type"]
+            if self.state == "hello" and kind == "hello":
+                if msg.get("version") != VERSION or msg.get("phase") != PHASE:
+                    raise ProtocolError(f"{msg.get('phase')} version {msg.get('version')} not supported")
+                self.state = "take"
+                step.send.append(hello())
+            elif self.state == "take" and kind == "take":
+                self.pods = self._match(msg.get("pods"), serves)
+                step.registered = dict(self.pods)
+                step.send.append(encode({"type": "registered", "pods": sorted(self.pods)}))
+                self.state = "registered"
+            else:
+                raise ProtocolError(f"unexpected {kind} in state {self.state}")
+        except ProtocolError as exc:
+            step.send = [encode({"type": "error", "reason": str(exc)})]
+            step.registered = None
+            step.close = True
+        return step
+
+    @staticmethod
+    def _match(pods: Any, serves: Mapping[str, Netns]) -> dict[str, Netns]:
+        if not isinstance(pods, list):
+            raise ProtocolError("take without pods")
+        out: dict[str, Netns] = {}
+        for pod in pods:
+            if not isinstance(pod, dict) or not isinstance(pod.get("uid"), str):
+                raise ProtocolError(f"bad pod {pod!r}")
+            netns = pod.get("netns")
+            ours = serves.get(pod["uid"])
+            # Same uid in another namespace: never give a connection to a pod the taker did not name.
+            if ours is not None and isinstance(netns, list) and tuple(netns) == ours:
+                out[pod["uid"]] = ours
+        return out
+
+    def batch(self, headers: Iterable[ConnHeader]) -> bytes:
+        """The `connections` message for these (their fds go with it: down, up, in order)."""
+        if self.state != "registered":
+            raise ProtocolError(f"cannot send connections in state {self.state}")
+        items = list(headers)
+        if len(items) > MAX_CONNECTIONS_PER_MESSAGE:
+            raise ValueError(f"at most {MAX_CONNECTIONS_PER_MESSAGE} connections per message")
+        self._batch += 1
+        self._offered = {h.id for h in items}
+        self.state = "offered"
+        return encode({"type": "connections", "batch": self._batch, "connections": [h.to_json() for h in items]})
+
+    def answer(self, data: bytes) -> Decision:
+        """The taker's `taken`: release what it took of what we offered; everything else stays ours."""
+        offered, self._offered = self._offered, set()
+        self.state = "registered"
+        try:
+            msg = decode(data)
+            if msg["type"] != "taken" or msg.get("batch") != self._batch:
+                raise ProtocolError(f"expected taken for batch {self._batch}, got {msg['type']} {msg.get('batch')}")
+            taken = msg.get("taken")
+            if not isinstance(taken, list):
+                raise ProtocolError("taken without a list")
+            release = sorted({i for i in taken if type(i) is int} & offered)
+            refused = {}
+            for item in msg.get("refused") or []:
+                if isinstance(item, dict) and item.get("id") in offered and item.get("id") not in release:
+                    refused[int(item["id"])] = str(item.get("reason"))
+        except ProtocolError as exc:
+            return Decision(encode({"type": "abort", "batch": self._batch}), [], sorted(offered), {-1: str(exc)})
+        keep = sorted(offered - set(release))
+        return Decision(encode({"type": "commit", "batch": self._batch, "ids": release}), release, keep, refused)
+
+    def timeout(self) -> Decision:
+        offered, self._offered = self._offered, set()
+        self.state = "registered"
+        return Decision(encode({"type": "abort", "batch": self._batch}), [], sorted(offered), {})
+
+    def done(self) -> bytes:
+        self.state = "done"
+        return encode({"type": "done"})

@@ -1,0 +1,421 @@
+"""The asyncio shell of connection migration (protocol and reasoning in migrate.py, design in docs/migration.md).
+
+Old instance: `GiveService.handle(conn, first)` serves a connections-phase exchange arriving on the handoff socket
+(`handoff_io.HandoffService(connections=…)` routes it here); at drain, `GiveService.migrate()` pauses, exports and
+passes every eligible relay of the registered pods to the taker, in batches of ≤ 100 (two fds each), and releases
+only what the taker committed to. New instance: `take(path, sink)` registers with the old instance and, in the
+background, validates every received connection (`probe_conn` + `migrate.validate_leg`) and resumes the committed ones
+through `sink.adopt`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import errno
+import functools
+import logging
+import os
+import socket
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Protocol
+
+from pyztunnel import unixfd
+from pyztunnel.aio import cancel_and_wait, spawn
+from pyztunnel.lifecycle import migrate
+from pyztunnel.lifecycle.handoff import Netns, ProtocolError
+from pyztunnel.lifecycle.handoff_io import SO_ACCEPTCONN, SO_DOMAIN, PeerGone, recv_msg, send_msg, socket_netns
+from pyztunnel.lifecycle.migrate import ConnFacts, ConnHeader, Ends
+from pyztunnel.netns import netns_inode
+
+_log = logging.getLogger("pyztunnel.lifecycle.migrate")
+
+REGISTER_TIMEOUT = 2.0
+QUIESCE_TIMEOUT = 1.0  # how long one relay may take to flush its write buffers before it is left alone
+
+
+# Probing a received connection --------------------------------------------------------------------------------------
+
+
+def _norm(addr: object) -> migrate.Addr | None:
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        return str(addr[0]), int(addr[1])
+    return None
+
+
+def own_netns_tcp_inodes() -> set[int]:
+    """Inodes of every TCP socket of this process's network namespace (/proc/self/net/tcp{,6}: no privilege needed)."""
+    inodes: set[int] = set()
+    for name in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/self/net/{name}") as table:
+                next(table, None)  # header
+                for row in table:
+                    fields = row.split()
+                    if len(fields) > 9:
+                        inodes.add(int(fields[9]))
+        except OSError:
+            continue
+    return inodes
+
+
+def _netns_of(sock: socket.socket, own_inodes: Callable[[], set[int]]) -> Netns:
+    """SIOCGSKNS (needs CAP_NET_ADMIN). Without it, a socket listed in our own namespace's TCP table is in our own
+    namespace (direct mode, unprivileged tests); anything else stays unknown."""
+    try:
+        return socket_netns(sock)
+    except PermissionError:
+        if os.fstat(sock.fileno()).st_ino in own_inodes():
+            return netns_inode("/proc/self/ns/net")
+        raise
+
+
+def probe_conn(
+    fd: int, own_inodes: Callable[[], set[int]] = own_netns_tcp_inodes
+) -> tuple[socket.socket | None, ConnFacts]:
+    """Wrap a received fd (the socket object then owns it) and find out what it really is."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as exc:
+        return None, ConnFacts(error=f"not a socket ({os.strerror(exc.errno or errno.ENOTSOCK)})")
+    try:
+        family = sock.getsockopt(socket.SOL_SOCKET, SO_DOMAIN)
+        kind = sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
+        accepting = bool(sock.getsockopt(socket.SOL_SOCKET, SO_ACCEPTCONN))
+        if family not in (socket.AF_INET, socket.AF_INET6) or kind != socket.SOCK_STREAM or accepting:
+            return sock, ConnFacts(family=family, type=kind, accepting=accepting)
+        state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
+        local = _norm(sock.getsockname())
+        try:
+            peer = _norm(sock.getpeername())
+        except OSError:
+            peer = None
+    except OSError as exc:
+        return sock, ConnFacts(error=f"cannot inspect socket: {exc.strerror}")
+    try:
+        netns: Netns | None = _netns_of(sock, own_inodes)
+        error = None
+    except OSError as exc:
+        netns, error = None, f"cannot read its network namespace (SIOCGSKNS: {exc.strerror})"
+    return sock, ConnFacts(family, kind, accepting, state, local, peer, netns, error)
+
+
+# The old instance -----------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Exported:
+    """A paused relay ready to go: its header (without id) and duplicates of both legs' fds (the giver closes them)."""
+
+    uid: str
+    kind: str
+    down: Ends
+    up: Ends
+    elapsed: float
+    context: dict[str, object]
+    down_fd: int
+    up_fd: int
+
+
+class Exportable(Protocol):
+    async def prepare(self, within: float) -> Exported | None:
+        """Pause both legs and wait until nothing of ours is buffered; None (and resumed) if it cannot be moved."""
+
+    def release(self) -> None:
+        """The new instance owns it: forget it without a FIN or RST (drop our fds, never shutdown or linger)."""
+
+    def resume(self) -> None:
+        """It stays ours: read again."""
+
+
+class ConnectionSource(Protocol):
+    def migration_pods(self) -> Mapping[str, Netns]:
+        """uid → netns of every pod this instance serves."""
+
+    def migration_candidates(self, uids: set[str]) -> Sequence[Exportable]:
+        """The relays of these pods that could move (both legs plain TCP, established, not half-closed)."""
+
+
+@dataclasses.dataclass
+class _Registration:
+    conn: socket.socket
+    giver: migrate.Giver
+    finished: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+
+
+class GiveService:
+    """The old instance's side: takers register through `handle`; `migrate()` moves connections to the newest one."""
+
+    def __init__(
+        self,
+        source: ConnectionSource,
+        answer_timeout: float = migrate.ANSWER_TIMEOUT,
+        quiesce_timeout: float = QUIESCE_TIMEOUT,
+    ) -> None:
+        self.source = source
+        self.answer_timeout = answer_timeout
+        self.quiesce_timeout = quiesce_timeout
+        self._takers: list[_Registration] = []
+        self._next_id = 0
+        self.migrated = 0
+        self.kept = 0
+        self.registered = asyncio.Event()
+
+    async def handle(self, conn: socket.socket, first: bytes) -> None:
+        """One connections-phase exchange (its first message already read). Returns when migration is over with this
+        taker, or the taker failed to register."""
+        giver = migrate.Giver()
+        data = first
+        try:
+            for _ in range(2):  # hello, then take
+                step = giver.receive(data, self.source.migration_pods())
+                for out in step.send:
+                    await send_msg(conn, out)
+                if step.close:
+                    return
+                if step.registered is not None:
+                    break
+                async with asyncio.timeout(REGISTER_TIMEOUT):
+                    data, fds = await recv_msg(conn, max_fds=1)
+                unixfd.close_fds(fds)
+            else:
+                return
+        except (TimeoutError, OSError, PeerGone, ProtocolError) as exc:
+            _log.info("connection migration registration failed", extra={"fields": {"reason": str(exc) or "timeout"}})
+            return
+        registration = _Registration(conn, giver)
+        self._takers.append(registration)
+        self.registered.set()
+        _log.info("a new instance will take established connections", extra={"fields": {"pods": len(giver.pods)}})
+        try:
+            await registration.finished.wait()
+        finally:
+            with contextlib.suppress(ValueError):
+                self._takers.remove(registration)
+
+    async def migrate(self) -> int:
+        """Move every eligible connection to the newest registered taker; returns how many moved. Never raises for a
+        bad peer: what it did not take stays here and is served (and reset at the deadline) as before."""
+        if not self._takers:
+            return 0
+        registration = self._takers[-1]
+        moved = 0
+        try:
+            candidates = list(self.source.migration_candidates(set(registration.giver.pods)))
+            for start in range(0, len(candidates), migrate.MAX_CONNECTIONS_PER_MESSAGE):
+                chunk = candidates[start : start + migrate.MAX_CONNECTIONS_PER_MESSAGE]
+                moved += await self._batch(registration, chunk)
+            await send_msg(registration.conn, registration.giver.done())
+        except (OSError, PeerGone, ProtocolError) as exc:
+            _log.warning(
+                "connection migration stopped; the remaining connections stay here",
+                extra={"fields": {"error": str(exc)}},
+            )
+        finally:
+            registration.finished.set()
+        self.migrated += moved
+        _log.info("migrated established connections", extra={"fields": {"connections": moved, "kept": self.kept}})
+        return moved
+
+    async def _batch(self, registration: _Registration, chunk: Sequence[Exportable]) -> int:
+        prepared = await asyncio.gather(*(c.prepare(self.quiesce_timeout) for c in chunk))
+        ready: dict[int, tuple[Exportable, Exported]] = {}
+        for candidate, exported in zip(chunk, prepared, strict=True):
+            if exported is not None:
+                self._next_id += 1
+                ready[self._next_id] = (candidate, exported)
+        if not ready:
+            return 0
+        headers = [
+            ConnHeader(i, e.uid, e.kind, e.down, e.up, e.elapsed, dict(e.context)) for i, (_, e) in ready.items()
+        ]
+        fds = [fd for _, e in ready.values() for fd in (e.down_fd, e.up_fd)]
+        try:
+            await send_msg(registration.conn, registration.giver.batch(headers), fds)
+        except BaseException:
+            for candidate, _ in ready.values():
+                candidate.resume()
+            raise
+        finally:
+            # In flight, the kernel holds its own references; our duplicates go now (the relays keep theirs).
+            unixfd.close_fds(fds)
+        failure: BaseException | None = None
+        try:
+            async with asyncio.timeout(self.answer_timeout):
+                data, extra = await recv_msg(registration.conn, max_fds=1)
+            unixfd.close_fds(extra)
+            decision = registration.giver.answer(data)
+        except TimeoutError:
+            decision = registration.giver.timeout()
+            failure = TimeoutError(f"new instance did not answer within {self.answer_timeout:g}s")
+        except (OSError, PeerGone, ProtocolError) as exc:
+            decision = registration.giver.timeout()
+            failure = exc
+        if failure is None and -1 in decision.refused:
+            failure = ProtocolError(decision.refused[-1])
+        # What the taker took is its own from here: release it (without a FIN; the taker holds its copies) before the
+        # commit goes out, so nothing here (a drain deadline while we wait to send) can touch it afterwards.
+        for ident in decision.release:
+            ready[ident][0].release()
+        for ident in decision.keep:
+            ready[ident][0].resume()
+        with contextlib.suppress(OSError, PeerGone):
+            await send_msg(registration.conn, decision.send)
+        for ident, reason in decision.refused.items():
+            if ident < 0:
+                continue
+            _log.warning("new instance refused a connection", extra={"fields": {"id": ident, "reason": reason}})
+        self.kept += len(decision.keep)
+        if failure is not None:
+            raise failure  # a peer that broke the exchange gets no further batch: the rest stays here
+        return len(decision.release)
+
+    async def close(self) -> None:
+        for registration in self._takers:
+            registration.finished.set()
+
+
+# The new instance -----------------------------------------------------------------------------------------------------
+
+
+class ConnectionSink(Protocol):
+    def migration_pods(self) -> Mapping[str, Netns]:
+        """uid → netns of every pod this instance serves (it takes their connections)."""
+
+    async def adopt(self, header: ConnHeader, down: socket.socket, up: socket.socket) -> bool:
+        """Resume this relay here; False if it cannot (the sockets are then closed by the caller)."""
+
+
+class Intake:
+    """The new instance's registration: `task` receives and resumes connections until the old instance is done."""
+
+    def __init__(self, conn: socket.socket, taker: migrate.Taker, sink: ConnectionSink, commit_timeout: float) -> None:
+        self.conn = conn
+        self.taker = taker
+        self.sink = sink
+        self.commit_timeout = commit_timeout
+        self.adopted = 0
+        self.refused = 0
+        self.done = asyncio.Event()
+        self.task = spawn(self._run(), "migrate-intake")
+
+    async def _run(self) -> None:
+        held: dict[int, tuple[ConnHeader, socket.socket, socket.socket]] = {}
+        try:
+            while self.taker.state != "finished":
+                holding = self.taker.state == "holding"
+                try:
+                    if holding:
+                        async with asyncio.timeout(self.commit_timeout):
+                            data, fds = await recv_msg(self.conn, max_fds=2 * migrate.MAX_CONNECTIONS_PER_MESSAGE)
+                    else:
+                        data, fds = await recv_msg(self.conn, max_fds=2 * migrate.MAX_CONNECTIONS_PER_MESSAGE)
+                except TimeoutError:
+                    _log.warning("old instance did not commit in time; leaving the connections to it")
+                    break
+                own = functools.cache(own_netns_tcp_inodes)  # read once per message, and only if needed
+                probed = [probe_conn(fd, own) for fd in fds]
+                step = self.taker.receive(data, [facts for _, facts in probed])
+                for header, down_index, up_index in step.hold:
+                    down, up = probed[down_index][0], probed[up_index][0]
+                    assert down is not None and up is not None  # validate_leg rejects what probe could not wrap
+                    held[header.id] = (header, down, up)
+                for index in step.reject:
+                    sock = probed[index][0]
+                    if sock is not None:
+                        sock.close()  # our duplicate only: the old instance keeps serving it
+                    else:
+                        os.close(fds[index])
+                if step.reject:
+                    self.refused += len(step.reject) // 2
+                    _log.warning("refused migrated connections", extra={"fields": {"reasons": self._reasons()}})
+                for out in step.send:
+                    await send_msg(self.conn, out)
+                for ident in step.drop:
+                    _close_pair(held.pop(ident, None))
+                for ident in step.commit:
+                    header, down, up = held.pop(ident)
+                    if await self._adopt(header, down, up):
+                        self.adopted += 1
+        except (OSError, PeerGone) as exc:
+            _log.info("connection migration ended", extra={"fields": {"reason": str(exc)}})
+        finally:
+            for ident in self.taker.give_up():
+                _close_pair(held.pop(ident, None))
+            for pair in held.values():
+                _close_pair(pair)
+            self.conn.close()
+            if self.adopted or self.refused:
+                _log.info(
+                    "took over established connections",
+                    extra={"fields": {"connections": self.adopted, "refused": self.refused}},
+                )
+            self.done.set()
+
+    async def _adopt(self, header: ConnHeader, down: socket.socket, up: socket.socket) -> bool:
+        try:
+            if await self.sink.adopt(header, down, up):
+                return True
+        except Exception:
+            _log.exception("cannot resume a migrated connection")
+        # Committed but unusable here: closing our (now only) copies ends it, as a crash of the old one would.
+        down.close()
+        up.close()
+        return False
+
+    def _reasons(self) -> str:
+        return "; ".join(sorted(set(self.taker.reasons.values())))[:500]
+
+    async def close(self) -> None:
+        await cancel_and_wait(self.task)
+
+
+def _close_pair(pair: tuple[ConnHeader, socket.socket, socket.socket] | None) -> None:
+    if pair is not None:
+        pair[1].close()
+        pair[2].close()
+
+
+async def take(
+    path: Path,
+    sink: ConnectionSink,
+    within: float = REGISTER_TIMEOUT,
+    commit_timeout: float = migrate.COMMIT_TIMEOUT,
+) -> Intake | None:
+    """Register with the instance serving `path` for the established connections of our pods. None when there is no
+    such instance or it does not migrate connections (it then keeps today's behaviour)."""
+    taker = migrate.Taker(sink.migration_pods())
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    conn.setblocking(False)
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(within):
+            await loop.sock_connect(conn, str(path))
+            await send_msg(conn, taker.start())
+            while taker.state not in ("waiting", "finished"):
+                data, fds = await recv_msg(conn, max_fds=1)
+                unixfd.close_fds(fds)
+                step = taker.receive(data, [])
+                for out in step.send:
+                    await send_msg(conn, out)
+                if step.registered is not None:
+                    _log.info(
+                        "registered to take established connections",
+                        extra={"fields": {"pods": len(step.registered)}},
+                    )
+    except (FileNotFoundError, ConnectionRefusedError):
+        conn.close()
+        return None
+    except (TimeoutError, OSError, PeerGone, ProtocolError) as exc:
+        _log.info("previous instance does not migrate connections", extra={"fields": {"reason": str(exc) or "timeout"}})
+        conn.close()
+        return None
+    if taker.state != "waiting":
+        _log.info(
+            "previous instance does not migrate connections", extra={"fields": {"reason": taker.reasons.get(-1, "")}}
+        )
+        conn.close()
+        return None
+    return Intake(conn, taker, sink, commit_timeout)
