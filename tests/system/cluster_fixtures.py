@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import os
 import re
 import subprocess
 import sys
@@ -190,7 +191,9 @@ def access_lines(lines: list[str], **want: str) -> list[dict[str, str]]:
 
 @contextmanager
 def running(name: str, doc: dict[str, Any] | spec.LoadedSpec) -> Iterator[Cluster]:
-    """A cluster built from `doc` (the spec document or a loaded spec), always removed afterwards."""
+    """A cluster built from `doc` (the spec document or a loaded spec), always removed afterwards. The name gets
+    this process's id as a suffix, so two runs of the suite on one machine (a shared CI host) never collide."""
+    name = f"{name}{os.getpid() % 100000}"
     loaded_spec = doc if isinstance(doc, spec.LoadedSpec) else loaded(copy.deepcopy(doc), name)
     started = time.monotonic()
     try:

@@ -142,7 +142,8 @@ async def test_inpod_capture_hbone_and_delete(tmp_path: Path) -> None:
                 # B's proxy connected to the app from inside B with A's address as source (ztunnel's
                 # original-source preservation through the agent's connmark/route rules), not captured again
                 assert peers and peers[0][0] == A_IP
-            assert shared.telemetry.opened_total >= 2  # outbound in A, inbound in B
+            # outbound in A and inbound in B both complete (before B goes away, which would reset what is left)
+            await asyncio.wait_for(shared.telemetry.wait_for(lambda t: t.closed_total >= 2), 10)
             # DelWorkload B: its listeners close at once
             acks = await asyncio.wait_for(server.delete("uid-b"), 10)
             assert [ack.ok for ack in acks] == [True]

@@ -38,9 +38,18 @@ NEW_CONNECTION_CONNECTIONS = 8
 UPGRADE_TIMEOUT_S = 120.0
 _versions = itertools.count(2)
 
-ON = Scenario("handoff-on", "listener handoff on, tcp_migrate_req=1 (defaults)", True, True, GRACE_S)
-MIGRATE = Scenario("migrate-only", "listener handoff off, tcp_migrate_req=1", False, True, GRACE_S)
-OFF = Scenario("both-off", "ztunnel's behaviour: handoff off, tcp_migrate_req=0", False, False, GRACE_S)
+# nginx keeps upstream connections to httpbin for KEEPALIVE_TIME (1 h by default): such a connection outlives any
+# drain and is reset at the deadline, failing the request on it (502: the gateway does not retry). The rolling tests
+# cap it below the 2 s drain (the seeds' best practice, the experiment's max-conn-age scenario), so the only
+# connections outliving a drain are the keep-alive client connections, which the assertions allow explicitly.
+UPSTREAM_AGE_S = 1.0
+ON = Scenario(
+    "handoff-on", "listener handoff on, tcp_migrate_req=1 (defaults)", True, True, GRACE_S, "rolling", UPSTREAM_AGE_S
+)
+MIGRATE = Scenario("migrate-only", "handoff off, tcp_migrate_req=1", False, True, GRACE_S, "rolling", UPSTREAM_AGE_S)
+OFF = Scenario(
+    "both-off", "ztunnel's: handoff off, tcp_migrate_req=0", False, False, GRACE_S, "rolling", UPSTREAM_AGE_S
+)
 DRAIN = Scenario("drain", "node drain (OnDelete)", True, True, GRACE_S, strategy="drain")
 
 
@@ -251,14 +260,13 @@ def test_rolling_upgrade_with_handoff_loses_nothing(handoff_on: Cluster, tmp_pat
 
 @pytest.mark.xfail(
     strict=True,
-    reason="proxy/app.py ProxyApp.stop_accepting() only pauses each pod's acceptors (netsock.Acceptor.pause cancels "
-    "the sock_accept task) and the in-pod listeners stay open until the process exits at the drain deadline. Without "
-    "handoff the old listeners stay in the SO_REUSEPORT group (2 per port during the drain) and keep receiving their "
-    "share of new connections (client→15006, nginx→15001) that nobody accepts: those calls stall for the whole drain "
-    "(slowest call ≈ 2.2 s) and 1–4 per upgrade end in 'connection reset' (-1) at the deadline, in 4 of 5 runs. "
-    "Fix (docs/lifecycle.md 'At drain, close the in-pod listeners'): close the listeners at drain start (their queues "
-    "migrate with tcp_migrate_req=1; handed-off ones live on in the new instance) and accept with lifecycle.accept."
-    "AcceptLoop (no cancellation window)",
+    reason="not root-caused: against main@9faa718 (listeners closed at drain, graceful GOAWAY) this mode still fails "
+    "a few requests per upgrade (3 × 502 in the keep-alive load: nginx 'recv() failed (104) while reading response "
+    "header from upstream' after ≈2 s, i.e. an upstream request stalled for the whole drain and reset at the "
+    "deadline); with handoff on, 0. Suspect the old proxy's netsock.Acceptor (sock_accept task, AcceptLoop switch "
+    "reverted in 9faa718) accepting an nginx→15001 connection around SIGTERM whose outbound leg never proceeds "
+    "once PodProxy.goaway() has closed the pool; look at the old node-2 proxy's access log for outbound lines of "
+    "duration ≈ drain with a reset error",
 )
 def test_rolling_upgrade_with_migrate_req_only_loses_nothing(tmp_path: Path) -> None:
     with running("tup2", scenario_doc(MIGRATE)) as cluster:
@@ -334,16 +342,6 @@ def read_line(proc: subprocess.Popen[str], timeout: float) -> str:
     return proc.stdout.readline().strip()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="proxy/h2conn.py H2Conn.goaway() calls h2's close_connection(), which moves h2's connection state machine "
-    "to CLOSED: after the drain's GOAWAY (PodProxy.goaway → pool.close() for outbound, server.goaway() for inbound) "
-    "any DATA on an existing stream raises 'Invalid input ConnectionInputs.SEND_DATA in state ConnectionState.CLOSED' "
-    "and the relay is reset at drain start instead of continuing (A is reset; B sometimes at the deadline, sometimes "
-    "at once). Fix: send a GOAWAY frame (last_stream_id = highest stream, NO_ERROR) without h2's state change, "
-    "refuse new streams via `closing`, close_connection() when the last stream ends; outbound pool connections need "
-    "no GOAWAY at all, only no reuse",
-)
 def test_a_connection_within_the_drain_completes_and_one_outliving_it_is_reset(
     handoff_on: Cluster, tmp_path: Path
 ) -> None:
@@ -393,6 +391,9 @@ def test_a_connection_within_the_drain_completes_and_one_outliving_it_is_reset(
     assert b[1] == "reset" and DRAIN_S - 0.5 <= float(b[2]) <= DRAIN_S + 1.5, b  # at the deadline
     b_lines = access_lines(lines, direction="outbound", src__addr=src + port_b)
     assert len(b_lines) == 1 and b_lines[0]["level"] == "error" and "reset" in b_lines[0]["error"], b_lines
+    resets = [log_fields(line) for line in lines if log_message(line) == "connection reset at drain deadline"]
+    cut = {f.get("src.addr") for f in resets}  # the drain names what it cut (idle gateway upstreams may be there too)
+    assert src + port_b in cut and src + port_a not in cut, resets
 
 
 # ----- the node-drain strategy ----------------------------------------------------------------------------------------

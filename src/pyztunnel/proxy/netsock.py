@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import errno
 import logging
 import socket
 import struct
@@ -23,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from pyztunnel import netns
-from pyztunnel.aio import spawn
+from pyztunnel.lifecycle.accept import AcceptLoop
 
 _log = logging.getLogger("pyztunnel.proxy.netsock")
 
@@ -239,15 +238,20 @@ class ListenerSource:
 
 
 class Acceptor:
-    """Accepts on one listening socket and hands each connection to `handle`. `stop()` stops accepting and keeps
-    the socket open (so it can be handed off); `close()` also closes it."""
+    """Accepts on one listening socket and hands each connection to `handle`. `pause()`/`stop()` stop accepting and
+    keep the socket and its queue (so it can be handed off); `close()` also closes our descriptor. Accepting happens in
+    the event loop's reader callback (lifecycle's `AcceptLoop`), so stopping can never drop a connection that was
+    already accepted (a task cancelled in `loop.sock_accept()` can)."""
 
     def __init__(self, sock: socket.socket, handle: Callable[[socket.socket], Awaitable[None] | None], name: str):
         self.sock = sock
-        self.handle = handle
         self.name = name
-        self.accepted = 0
-        self._task: asyncio.Task[None] | None = None
+
+        def accepted(conn: socket.socket) -> Awaitable[None] | None:
+            nodelay(conn)
+            return handle(conn)
+
+        self._loop = AcceptLoop(sock, accepted, name)
 
     @property
     def port(self) -> int:
@@ -255,54 +259,21 @@ class Acceptor:
 
     @property
     def accepting(self) -> bool:
-        return self._task is not None
+        return self._loop.accepting
+
+    @property
+    def accepted(self) -> int:
+        return self._loop.accepted
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = spawn(self._run(), f"accept-{self.name}")
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                conn, _ = await loop.sock_accept(self.sock)
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    _log.error("accept failed", extra={"fields": {"listener": self.name, "error": str(exc)}})
-                    await asyncio.sleep(0.1)  # back off under fd exhaustion instead of spinning
-                    continue
-                if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
-                    continue
-                raise
-            self.accepted += 1
-            conn.setblocking(False)
-            nodelay(conn)
-            result = self.handle(conn)
-            if result is not None:
-                spawn(_guard(result, conn), f"conn-{self.name}")
+        self._loop.start()
 
     def pause(self) -> None:
-        """Stop accepting now (sync, for signal-driven drain); the socket stays open."""
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
+        """Stop accepting now (sync, for signal-driven drain); the socket and its queue stay."""
+        self._loop.pause()
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        self._loop.pause()
 
     async def close(self) -> None:
-        await self.stop()
-        self.sock.close()
-
-
-async def _guard(awaitable: Awaitable[None], conn: socket.socket) -> None:
-    """A connection's setup coroutine; an unexpected error closes the socket instead of leaking it."""
-    try:
-        await awaitable
-    except Exception:
-        _log.exception("connection handler failed")
-        conn.close()
+        self._loop.close()
