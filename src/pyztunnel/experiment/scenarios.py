@@ -42,11 +42,15 @@ def seed_scenarios(duration_s: float) -> list[Scenario]:
     long_grace = _scaled_grace(120, scale)
     return [
         Scenario(
-            "ztunnel", "ztunnel's behaviour (no handoff, tcp_migrate_req=0, grace 30 s)", False, False, ztunnel_grace
+            "ztunnel",
+            f"ztunnel's behaviour (no handoff, tcp_migrate_req=0, grace {ztunnel_grace:g} s)",
+            False,
+            False,
+            ztunnel_grace,
         ),
         Scenario(
             "long-grace",
-            "the seeds' remedy: a long grace period (120 s)",
+            f"the seeds' remedy: a long grace period ({long_grace:g} s)",
             False,
             False,
             long_grace,
