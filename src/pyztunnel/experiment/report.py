@@ -31,6 +31,7 @@ class Run:
     result: Mapping[str, Any]  # fortio JSON (+ our Timeline, Retried)
     upgrade_start_s: float
     upgrade_end_s: float
+    upgrade_error: str | None = None  # the rollout stopped: the run measured a partial upgrade
 
     @property
     def calls(self) -> int:
@@ -84,7 +85,7 @@ class Row:
             f"{_mean(r.qps for r in self.runs):.1f}",
             f"{_mean(r.avg_ms for r in self.runs):.2f}",
             f"{max(p99):.2f}" if p99 else "n/a",
-            f"{_mean(r.upgrade_s for r in self.runs):.1f}",
+            _upgrade_cell(self.runs),
         ]
 
 
@@ -93,6 +94,12 @@ def _span(values: Iterable[int]) -> str:
     seen = list(values)
     low, high = min(seen), max(seen)
     return str(low) if low == high else f"{low}–{high}"
+
+
+def _upgrade_cell(runs: list[Run]) -> str:
+    failed = sum(1 for r in runs if r.upgrade_error)
+    mean = f"{_mean(r.upgrade_s for r in runs):.1f}"
+    return f"{mean} ({failed} failed)" if failed else mean
 
 
 def _mean(values: Iterable[float]) -> float:

@@ -148,21 +148,29 @@ def run_scenario(
                     stem.with_suffix(".json"),
                     stem.with_suffix(".txt"),
                 )
+                upgrade_error: str | None = None
                 try:
                     load.wait_started()
                     time.sleep(warm)  # the experiment's design: steady load before the upgrade
                     versions[0] += 1
                     upgrade_start = time.monotonic() - load.started_at
-                    upgrade(plan.cluster, f"v{versions[0]}", scenario, stem.with_suffix(".upgrade.log"))
+                    try:
+                        upgrade(plan.cluster, f"v{versions[0]}", scenario, stem.with_suffix(".upgrade.log"))
+                    except UserError as exc:
+                        upgrade_error = str(exc)  # reported in the table; this scenario's cluster is not reused
                     upgrade_end = time.monotonic() - load.started_at
                     time.sleep(tail)  # and steady load after it, so late failures are seen
                 finally:
                     result = load.stop()
-                run = Run(scenario, connections, repeat, result, upgrade_start, upgrade_end)
+                run = Run(scenario, connections, repeat, result, upgrade_start, upgrade_end, upgrade_error)
+                outcome = f"upgrade FAILED: {upgrade_error}" if upgrade_error else f"{run.upgrade_s:.1f}s upgrade"
                 say(
-                    f"  -c {connections} run {repeat + 1}: {run.calls} calls, {run.failed} failed, {run.retried} retried"
+                    f"  -c {connections} run {repeat + 1}: {run.calls} calls, {run.failed} failed, "
+                    f"{run.retried} retried, {outcome}"
                 )
                 runs.append(run)
+                if upgrade_error:
+                    return runs
     finally:
         asyncio.run(manage.down(plan.cluster))
     return runs
