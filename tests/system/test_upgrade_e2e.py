@@ -334,16 +334,6 @@ def read_line(proc: subprocess.Popen[str], timeout: float) -> str:
     return proc.stdout.readline().strip()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="proxy/h2conn.py H2Conn.goaway() calls h2's close_connection(), which moves h2's connection state machine "
-    "to CLOSED: after the drain's GOAWAY (PodProxy.goaway → pool.close() for outbound, server.goaway() for inbound) "
-    "any DATA on an existing stream raises 'Invalid input ConnectionInputs.SEND_DATA in state ConnectionState.CLOSED' "
-    "and the relay is reset at drain start instead of continuing (A is reset; B sometimes at the deadline, sometimes "
-    "at once). Fix: send a GOAWAY frame (last_stream_id = highest stream, NO_ERROR) without h2's state change, "
-    "refuse new streams via `closing`, close_connection() when the last stream ends; outbound pool connections need "
-    "no GOAWAY at all, only no reuse",
-)
 def test_a_connection_within_the_drain_completes_and_one_outliving_it_is_reset(
     handoff_on: Cluster, tmp_path: Path
 ) -> None:
