@@ -143,7 +143,7 @@ async def _serve_stream(pod: PodProxy, conn: H2ServerConn, leg: StreamLeg, heade
     except (OSError, TimeoutError) as exc:
         _reject(pod, conn, leg, record, 503, f"connect to app: {exc or type(exc).__name__}", "CONNECT")
         return
-    record.dst_addr = _addr(request.ip, request.port)
+    # dst.addr stays the original destination (<pod>:15008), as ztunnel reports inbound connections
     conn.respond(leg, hbone.response_headers(200, baggage_for(workload, shared.cluster_id)))
     relay = Relay(leg, up, lambda r, e: relay_done(pod, r, e), record)
     pod.track(relay, info)
