@@ -66,6 +66,15 @@ def gateway_url(state: dict[str, Any]) -> str:
     return f"http://{gateway['vip']}:{gateway['ports'][0]['port']}/status/418"
 
 
+def nodes_to_upgrade(state: dict[str, Any], scenario: Scenario) -> list[str] | None:
+    """Every node, except for a drain the node of the load generator's pod: draining it would evict the load itself
+    (in the seeds the client ran apart from the nodes being drained)."""
+    if scenario.strategy != "drain":
+        return None
+    client_nodes = {p["node"] for p in state["pods"] if p["owner"]["name"] == "client"}
+    return [n["name"] for n in state["nodes"] if n["name"] not in client_nodes]
+
+
 def client_netns(state: dict[str, Any]) -> str:
     for pod in state["pods"]:
         if pod["owner"]["name"] == "client" and pod["ready"]:
@@ -119,9 +128,11 @@ class LoadProcess:
         return result
 
 
-def upgrade(cluster: str, version: str, scenario: Scenario, log: Path) -> None:
+def upgrade(cluster: str, version: str, scenario: Scenario, log: Path, nodes: list[str] | None = None) -> None:
     argv = [sys.executable, "-m", "pyztunnel", "upgrade", "--name", cluster, "--version", version]
     argv += ["--strategy", scenario.strategy, "--grace", str(int(scenario.grace_s))]
+    if nodes:
+        argv += ["--nodes", ",".join(nodes)]
     with log.open("w") as out:
         done = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "COLUMNS": "120"})
     if done.returncode != 0:
@@ -155,7 +166,13 @@ def run_scenario(
                     versions[0] += 1
                     upgrade_start = time.monotonic() - load.started_at
                     try:
-                        upgrade(plan.cluster, f"v{versions[0]}", scenario, stem.with_suffix(".upgrade.log"))
+                        upgrade(
+                            plan.cluster,
+                            f"v{versions[0]}",
+                            scenario,
+                            stem.with_suffix(".upgrade.log"),
+                            nodes_to_upgrade(state, scenario),
+                        )
                     except UserError as exc:
                         upgrade_error = str(exc)  # reported in the table; this scenario's cluster is not reused
                     upgrade_end = time.monotonic() - load.started_at

@@ -65,7 +65,12 @@ def seed_scenarios(duration_s: float) -> list[Scenario]:
             gateway_keepalive_time_s=max(1.0, (ztunnel_grace - 5) / 2),
         ),
         Scenario(
-            "drain", "node drain (OnDelete, cordon, evict, replace, uncordon)", False, False, ztunnel_grace, "drain"
+            "drain",
+            "node drain (OnDelete, cordon, evict, replace, uncordon; not the load's node)",
+            False,
+            False,
+            ztunnel_grace,
+            "drain",
         ),
         Scenario(
             "pyztunnel",
