@@ -74,7 +74,7 @@ def seed_scenarios(duration_s: float) -> list[Scenario]:
         ),
         Scenario(
             "pyztunnel",
-            f"pyztunnel's defaults (listener handoff + tcp_migrate_req=1 + connection migration, grace {ztunnel_grace:g} s)",
+            f"pyztunnel's defaults (handoff + tcp_migrate_req + migration, grace {ztunnel_grace:g} s)",
             True,
             True,
             ztunnel_grace,
