@@ -205,7 +205,7 @@ async def _until_refused(port: int) -> None:
     while loop.time() < deadline:
         if await _refused(port):
             return
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # polling a condition with a deadline / pacing, not synchronisation [noqa: sleep-ok]
     raise AssertionError(f"port {port} still accepts connections")
 
 

@@ -89,7 +89,7 @@ async def scenario() -> dict[str, Any]:
     client.sendall(b"while paused")  # must wait in the kernel, not be read by the old owner
     # Let the loop run a few iterations: a paused leg must not read it.
     for _ in range(5):
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one loop iteration, to check something has NOT happened [noqa: sleep-ok]
     export.release()
     await asyncio.wait_for(down.lost, 5)
     await asyncio.wait_for(up.lost, 5)

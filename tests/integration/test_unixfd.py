@@ -59,7 +59,9 @@ async def test_passes_a_netns_fd(pair: tuple[socket.socket, socket.socket]) -> N
 async def test_waits_for_data(pair: tuple[socket.socket, socket.socket]) -> None:
     a, b = pair
     receiving = asyncio.ensure_future(recv_with_fds(b, 1024, 1))
-    await asyncio.sleep(0)  # let the receiver park on the reader slot (not synchronisation: it must not finish)
+    await asyncio.sleep(
+        0
+    )  # let the receiver park on the reader slot (not synchronisation: it must not finish) [noqa: sleep-ok]
     assert not receiving.done()
     await send_with_fds(a, b"late")
     assert await asyncio.wait_for(receiving, 2) == (b"late", [], 0)
@@ -114,7 +116,7 @@ async def test_send_waits_when_the_peer_is_full() -> None:
             except BlockingIOError:
                 break
         sending = asyncio.ensure_future(send_with_fds(a, b"last"))
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one loop iteration, to check something has NOT happened [noqa: sleep-ok]
         assert not sending.done()
         received = 0
         while received < count:

@@ -250,7 +250,7 @@ async def test_pending_add_fails_when_the_connection_is_lost(
         await asyncio.wait_for(recv_with_fds(sock, 1024, 1), TIMEOUT)  # SnapshotSent, left unanswered
         before = fd_count()
         adding = asyncio.ensure_future(srv.add(zds.AddWorkload("q", INFO), netns_fds[0]))
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one loop iteration, to check something has NOT happened [noqa: sleep-ok]
         sock.close()
         ack = await asyncio.wait_for(adding, TIMEOUT)
         assert not ack.ok and "connection lost" in ack.error

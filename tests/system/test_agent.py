@@ -78,7 +78,7 @@ async def agent(namespaces: None, tmp_path: Path) -> AsyncIterator[tuple[aiohttp
                 pass
             assert proc.returncode is None, log_path.read_text()
             assert time.monotonic() < deadline, "agent did not become ready"
-            await asyncio.sleep(0.02)  # polling readiness with a deadline
+            await asyncio.sleep(0.02)  # polling readiness with a deadline [noqa: sleep-ok]
         yield session, run_dir
         # Clean shutdown: SIGTERM ends it with status 0 and removes its sockets.
         proc.send_signal(signal.SIGTERM)

@@ -219,7 +219,7 @@ def test_deleted_pod_is_replaced_and_endpoints_follow(plain: dict[str, Any]) -> 
         ):
             break
         assert time.monotonic() < deadline, state
-        time.sleep(0.05)  # polling the controller with a deadline
+        time.sleep(0.05)  # polling the controller with a deadline [noqa: sleep-ok]
     assert sorted(state["services"][0]["endpoints"]) == sorted(p["ip"] for p in backends)
     assert not os.path.exists(f"/run/netns/pzt-{cname(1)}-pod-{victim['name']}")
     assert_vip_answers(state)
@@ -286,7 +286,7 @@ def wait_state(client: Client, what: str, done: Any, limit: float = 30) -> dict[
         if done(state):
             return state
         assert time.monotonic() < deadline, f"timed out waiting for {what}: {json.dumps(state)[:2000]}"
-        time.sleep(0.05)  # polling the controller with a deadline
+        time.sleep(0.05)  # polling the controller with a deadline [noqa: sleep-ok]
 
 
 def backends_of(state: dict[str, Any]) -> list[dict[str, Any]]:

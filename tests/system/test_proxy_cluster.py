@@ -67,7 +67,7 @@ def wait_for_log(predicate: Callable[[str], bool], within: float = 15) -> str:
         for line in proxy_logs().splitlines():
             if predicate(line):
                 return line
-        time.sleep(0.1)  # polling a log file with a deadline
+        time.sleep(0.1)  # polling a log file with a deadline [noqa: sleep-ok]
     raise AssertionError("no matching proxy log line")
 
 
@@ -176,7 +176,7 @@ def test_deny_policy_blocks_and_is_logged(cluster: dict[str, Any]) -> None:
             code = curl(gateway, f"http://{httpbin['vip']}:8000/status/418")
             if code == "000":
                 break
-            time.sleep(0.2)
+            time.sleep(0.2)  # polling a condition with a deadline / pacing, not synchronisation [noqa: sleep-ok]
         assert code == "000"  # the connection was closed: no HTTP response at all
         denied = wait_for_log(lambda line: "connection denied: explicitly denied by: default/deny-gateway" in line)
         assert 'direction="inbound"' in denied

@@ -21,7 +21,7 @@ STAND_IN = textwrap.dedent(
     import http.server, os, signal, sys, time
     if os.environ.get("PYZTUNNEL_VERSION") == "broken":
         while True:
-            time.sleep(3600)
+            time.sleep(3600)  # a stand-in proxy that never becomes ready [noqa: sleep-ok]
     class Ready(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             self.send_response(200 if self.path == "/healthz/ready" else 404)

@@ -14,7 +14,7 @@ async def test_ready_when_no_task_blocks() -> None:
         r.unblock("state manager")
         assert r.pending == ["workload proxy manager"]
         waiter = asyncio.ensure_future(r.wait_ready())
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one loop iteration, to check something has NOT happened [noqa: sleep-ok]
         assert not waiter.done()
     await asyncio.wait_for(waiter, 1)
     assert r.ready and r.pending == []

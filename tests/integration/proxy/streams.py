@@ -59,7 +59,7 @@ class Endpoint:
                 self.writer.write(expected(self.dir.sent, CHUNK))
                 self.dir.sent += CHUNK
                 await self.writer.drain()
-                await asyncio.sleep(0.002)  # pacing: a steady stream, not a saturating one
+                await asyncio.sleep(0.002)  # pacing: a steady stream, not a saturating one [noqa: sleep-ok]
             self.writer.write_eof()
         except (ConnectionError, OSError) as exc:
             self.dir.error = self.dir.error or exc
