@@ -145,3 +145,26 @@ def test_dump_round_trips() -> None:
     s = spec.load(None).spec
     again = spec.parse(spec.dump(s), "dumped.yaml").spec
     assert again == s
+
+
+POLICY = """
+policies:
+  - name: deny-gw
+    namespace: default
+    scope: Namespace
+    action: Deny
+    rules:
+      - - - principals: [{Exact: cluster.local/ns/istio-system/sa/istio-ingressgateway}]
+"""
+
+
+def test_policies_are_validated_by_the_proxies_loader_and_rendered() -> None:
+    from pyztunnel.cluster import render, spec
+
+    loaded = spec.parse(spec.default_text() + POLICY, "with-policy.yaml")
+    assert loaded.spec.policies[0]["name"] == "deny-gw"
+    doc = render.render_workloads([], [], "cluster.local", loaded.spec.policies)
+    assert doc["policies"] == loaded.spec.policies
+    bad = spec.default_text() + POLICY.replace("scope: Namespace", "scope: Nowhere")
+    with pytest.raises(spec.SpecError, match=r"bad\.yaml:\d+: policies\[0\]: .*'Namespace'"):
+        spec.parse(bad, "bad.yaml")

@@ -682,7 +682,7 @@ class Controller:
                     await topology.apply_nft(node.netns, ruleset)
                     self._published_nft[node.name] = ruleset
         workloads = yaml.safe_dump(
-            render.render_workloads(views, self.services, self.spec.ca.trustDomain), sort_keys=False
+            render.render_workloads(views, self.services, self.spec.ca.trustDomain, self.spec.policies), sort_keys=False
         )
         if workloads != self._published_workloads:
             atomic_write(self.layout.workloads, workloads)

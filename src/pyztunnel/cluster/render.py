@@ -40,7 +40,10 @@ def workload_uid(namespace: str, name: str) -> str:
 
 
 def render_workloads(
-    workloads: Sequence[WorkloadView], services: Sequence[ServiceView], trust_domain: str
+    workloads: Sequence[WorkloadView],
+    services: Sequence[ServiceView],
+    trust_domain: str,
+    policies: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     """The LOCAL_XDS_PATH document. A workload belongs to every service whose selector matches its labels; whether
     it is an endpoint right now is its `status` (Healthy = ready), so proxies pick ready endpoints as kube-proxy does."""
@@ -75,7 +78,7 @@ def render_workloads(
         }
         for s in sorted(services, key=lambda s: (s.namespace, s.name))
     ]
-    return {"workloads": out_workloads, "services": out_services}
+    return {"workloads": out_workloads, "services": out_services, "policies": list(policies)}
 
 
 def endpoints(service: ServiceView, workloads: Sequence[WorkloadView]) -> tuple[str, ...]:

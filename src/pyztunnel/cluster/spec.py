@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pyztunnel import __version__
 from pyztunnel.cluster.yamlmarks import YamlError, dotted, line_of, load_with_lines
 from pyztunnel.errors import UserError
+from pyztunnel.workloads import local
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 Name = Annotated[str, Field(pattern=DNS_LABEL, min_length=1, max_length=40)]
@@ -175,6 +176,9 @@ class ClusterSpec(StrictModel):
     proxy: ProxySpec = ProxySpec()
     agent: AgentSpec = AgentSpec()
     ca: CaSpec = CaSpec()
+    # L4 authorization policies, in ztunnel's LOCAL_XDS_PATH format (reference/ztunnel.md §5.2), passed to the proxies
+    # as they are; StringMatch as a map (`principals: [{Exact: cluster.local/ns/a/sa/b}]`).
+    policies: list[dict[str, Any]] = []
 
     def deployment(self, name: str) -> DeploymentSpec:
         for d in self.deployments:
@@ -297,6 +301,12 @@ def check(spec: ClusterSpec) -> tuple[list[Problem], list[Problem]]:
     for i, svc in enumerate(spec.services):
         if not any(matches(svc.selector, d.pod_labels) for d in spec.deployments):
             warnings.append((("services", i, "selector"), "selects no deployment; the service has no endpoints"))
+    for i, policy in enumerate(spec.policies):
+        # The proxies' own loader is the judge of the format: one policy at a time, so the error names it.
+        try:
+            local.parse(yaml.safe_dump({"policies": [policy]}), "policy")
+        except local.ConfigError as exc:
+            errors.append((("policies", i), str(exc).split(": ", 2)[-1]))
     return errors, warnings
 
 
