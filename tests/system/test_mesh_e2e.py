@@ -174,13 +174,6 @@ def test_gateway_to_httpbin_through_the_vip_is_logged_by_both_proxies(mesh: Clus
     assert int(inbound["bytes_sent"]) == int(outbound["bytes_recv"]) > 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="proxy/inbound.py _serve_stream overwrites record.dst_addr with the app address (ip:8080) once the app "
-    "connect succeeds; ztunnel's inbound logs the original destination ip:15008 as dst.addr (inbound.rs: 'For "
-    "consistency with outbound logs, report the original destination (with 15008 port) as dst.addr'); denied "
-    "streams already log :15008",
-)
 def test_inbound_access_log_dst_addr_is_the_hbone_port(mesh: Cluster) -> None:
     outbound, inbound = gateway_to_httpbin(mesh)
     assert inbound["dst.addr"] == outbound["dst.addr"] == outbound["dst.hbone_addr"].replace(":8080", ":15008")
@@ -258,9 +251,9 @@ def test_100_mib_stream_through_the_mesh_arrives_intact(mesh: Cluster) -> None:
 
 
 def test_deny_policy_blocks_gateway_to_httpbin(mesh: Cluster) -> None:
-    """The cluster spec has no way to declare policies (render_workloads emits none), so the test appends one to the
-    rendered workloads.yaml; the controller rewrites that file only when the cluster changes, which it does not here.
-    Runs last in the module: it leaves the original file back in place."""
+    """The policy is added at run time, appended to the rendered workloads.yaml (the controller rewrites that file
+    only when the cluster changes, which it does not here), so the module's other tests run without it (a spec
+    `policies:` entry would apply from the start). Runs last in the module and puts the original file back."""
     path = mesh.layout.workloads
     original = path.read_text()
     doc = yaml.safe_load(original)
