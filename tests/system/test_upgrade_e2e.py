@@ -501,14 +501,6 @@ def cluster_pods_seen(cluster: Cluster, deployment: str) -> list[str]:
     return sorted(p.name.removesuffix(".log") for p in cluster.layout.root.glob(f"logs/{deployment}-*.log"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cluster/scheduling.py pick_node skips unschedulable (cordoned) nodes before looking at nodeName, so a "
-    "deployment pinned with nodeName to a cordoned node gets no replacement pod at all until uncordon; Kubernetes "
-    "binds nodeName pods without the scheduler (cordon does not apply). Effect: `upgrade --strategy drain` of the "
-    "default cluster's node-1 (client pinned there) waits 120 s for the client's replacement and fails. Fix: in "
-    "pick_node, `if not node.schedulable and node_name is None: continue`.",
-)
 def test_a_pinned_pod_is_replaced_on_its_cordoned_node() -> None:
     doc = scenario_doc(DRAIN)
     doc["deployments"] = [d for d in doc["deployments"] if d["name"] == "client"]

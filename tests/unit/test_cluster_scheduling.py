@@ -84,3 +84,9 @@ def test_clusters_found_by_state_dirs_and_namespaces() -> None:
         "other",
     ]
     assert clusters_from(["demo", "Not_A_Cluster", "c4"], namespaces) == ["c2", "c3", "c4", "demo"]
+
+
+def test_a_pod_pinned_with_node_name_ignores_cordon_as_in_kubernetes() -> None:
+    nodes = [Candidate("node-1", schedulable=False), Candidate("node-2")]
+    assert pick_node(nodes, same_deployment={}, total={}, node_name="node-1") == "node-1"
+    assert pick_node(nodes, same_deployment={}, total={}) == "node-2"

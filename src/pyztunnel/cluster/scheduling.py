@@ -30,7 +30,8 @@ def pick_node(
     best: tuple[int, int, int] | None = None
     chosen: str | None = None
     for order, node in enumerate(nodes):
-        if not node.schedulable:
+        # A pod pinned with nodeName bypasses the scheduler, as in Kubernetes: cordon does not apply to it.
+        if not node.schedulable and node_name is None:
             continue
         if node_name is not None and node.name != node_name:
             continue
