@@ -268,11 +268,6 @@ def test_streams_continue_after_goaway() -> None:
     assert any(isinstance(e, h2.events.StreamEnded) for e in c_events)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 9: h2's H2Connection._receive_goaway_frame calls clear_outbound_data_buffer(), dropping DATA "
-    "queued (not yet flushed) for streams the graceful GOAWAY lets go on",
-)
 @pytest.mark.parametrize("receiver", ["client", "server"])
 def test_a_goaway_received_keeps_frames_queued_before_it(receiver: str) -> None:
     """docs/e2e.md finding 9: h2 empties the outbound buffer when a GOAWAY arrives; with the connection kept open,
