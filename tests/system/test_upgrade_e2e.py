@@ -53,17 +53,6 @@ OFF = Scenario(
 DRAIN = Scenario("drain", "node drain (OnDelete)", True, True, GRACE_S, strategy="drain")
 
 
-# Not strict, deliberately: the bug is intermittent (each of these tests fails in roughly 1 of 2–3 runs against
-# main@9faa718), so a strict xfail would fail the other runs. -rxX shows XFAIL/XPASS; remove once fixed.
-DRAIN_STALL = pytest.mark.xfail(
-    strict=False,
-    reason="docs/e2e.md finding 9 (main@9faa718): an HBONE stream through a draining proxy sometimes stops moving data "
-    "until the deadline reset: a 64 KiB echo exchange started after the drain began is reset at ≈2 s instead of "
-    "completing (2 of 4 runs); gateway→httpbin requests stall the whole drain and fail with 502 (handoff on: 1–2 in "
-    "1 of 4 runs; handoff off + tcp_migrate_req=1: 3–5 in 3 of 4 runs, 0 in one)",
-)
-
-
 def scenario_doc(scenario: Scenario) -> dict[str, Any]:
     doc: dict[str, Any] = yaml.safe_load(scenario_spec(spec.load(None), scenario, gateway_retry=False).text)
     return doc
@@ -242,7 +231,6 @@ def handoff_on() -> Iterator[Cluster]:
         yield cluster
 
 
-@DRAIN_STALL
 def test_rolling_upgrade_with_handoff_loses_nothing(handoff_on: Cluster, tmp_path: Path) -> None:
     """Also: the keep-alive client connections outlive the drain of the gateway node's old proxy; it resets them at
     its deadline and its access log says so."""
@@ -270,7 +258,6 @@ def test_rolling_upgrade_with_handoff_loses_nothing(handoff_on: Cluster, tmp_pat
     assert all(f["to_bind"] == "0" for f in adopted), adopted
 
 
-@DRAIN_STALL
 def test_rolling_upgrade_with_migrate_req_only_loses_nothing(tmp_path: Path) -> None:
     with running("tup2", scenario_doc(MIGRATE)) as cluster:
         gateway = cluster.pod("gateway")
@@ -345,7 +332,6 @@ def read_line(proc: subprocess.Popen[str], timeout: float) -> str:
     return proc.stdout.readline().strip()
 
 
-@DRAIN_STALL
 def test_a_connection_within_the_drain_completes_and_one_outliving_it_is_reset(
     handoff_on: Cluster, tmp_path: Path
 ) -> None:

@@ -266,3 +266,23 @@ def test_streams_continue_after_goaway() -> None:
     server.send_data(1, b"more", end_stream=True)
     c_events, _ = exchange(client, server)
     assert any(isinstance(e, h2.events.StreamEnded) for e in c_events)
+
+
+@pytest.mark.parametrize("receiver", ["client", "server"])
+def test_a_goaway_received_keeps_frames_queued_before_it(receiver: str) -> None:
+    """docs/e2e.md finding 9: h2 empties the outbound buffer when a GOAWAY arrives; with the connection kept open,
+    DATA queued for a stream that goes on (relayed bytes not flushed yet) must still be sent, not silently dropped."""
+    client, server = pair()
+    client.send_headers(
+        1, hbone.connect_headers("10.0.0.1:80", forwarded_for="", baggage_value="", traceparent_value="t")
+    )
+    exchange(client, server)
+    server.send_headers(1, hbone.response_headers(200))
+    exchange(client, server)
+    conn, peer = (client, server) if receiver == "client" else (server, client)
+    assert conn.send_whole_data(1, b"fast path")  # queued by the relay, flushed at the end of the loop iteration
+    conn.send_data(1, b"h2 path")
+    peer.close_connection(last_stream_id=1)
+    conn.receive_data(peer.data_to_send())  # the GOAWAY arrives before that flush
+    events = peer.receive_data(conn.data_to_send())
+    assert [e.data for e in events if isinstance(e, h2.events.DataReceived)] == [b"fast path", b"h2 path"]

@@ -170,6 +170,16 @@ class HboneConnection(H2Connection):  # type: ignore[misc]
         events: list[Any] = super()._receive_frame(frame)
         return events
 
+    def _receive_goaway_frame(self, frame: Frame) -> tuple[list[Frame], list[Any]]:
+        """h2 empties the outbound buffer on a GOAWAY because it would move to CLOSED. Here the connection stays open
+        (`_GracefulGoawayStateMachine`), so what was queued before the GOAWAY arrived (relayed DATA not flushed yet,
+        WINDOW_UPDATEs, END_STREAMs of streams that go on) must still be sent: dropping it lost bytes mid-stream and
+        the stream stalled until the drain deadline (docs/e2e.md finding 9)."""
+        chunks, first = self._chunks, self.__dict__["_data_to_send"]
+        result: tuple[list[Frame], list[Any]] = super()._receive_goaway_frame(frame)
+        self._chunks, self.__dict__["_data_to_send"] = chunks + self._chunks, first + self.__dict__["_data_to_send"]
+        return result
+
     def chunks_to_send(self) -> list[bytes]:
         """Everything queued for the wire, in order, without joining (for `transport.writelines`)."""
         out = self._chunks
