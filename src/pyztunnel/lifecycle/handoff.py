@@ -106,23 +106,36 @@ class SocketFacts:
     error: str | None = None
 
 
+def check_inet_stream(error: str | None, family: int, kind: int) -> str | None:
+    """The checks every received socket passes first (listener handoff and connection migration alike)."""
+    if error is not None:
+        return error
+    if family not in (socket.AF_INET, socket.AF_INET6):
+        return f"not an inet socket (family {family})"
+    if kind != socket.SOCK_STREAM:
+        return f"not a stream socket (type {kind})"
+    return None
+
+
+def check_netns(found: Netns | None, expected: Netns) -> str | None:
+    """A received socket must live in the pod's network namespace."""
+    if found is None:
+        return "network namespace unknown"
+    if found != expected:
+        return f"in network namespace {found[1]}, not the pod's {expected[1]}"
+    return None
+
+
 def validate(facts: SocketFacts, key: ListenerKey, expected_netns: Netns) -> str | None:
     """None if the fd is the listener it claims to be, else why it is rejected."""
-    if facts.error is not None:
-        return facts.error
-    if facts.family not in (socket.AF_INET, socket.AF_INET6):
-        return f"not an inet socket (family {facts.family})"
-    if facts.type != socket.SOCK_STREAM:
-        return f"not a stream socket (type {facts.type})"
+    why = check_inet_stream(facts.error, facts.family, facts.type)
+    if why is not None:
+        return why
     if not facts.accepting:
         return "not a listening socket"
     if facts.port != key.port:
         return f"bound to port {facts.port}, not {key.port}"
-    if facts.netns is None:
-        return "network namespace unknown"
-    if facts.netns != expected_netns:
-        return f"in network namespace {facts.netns[1]}, not the pod's {expected_netns[1]}"
-    return None
+    return check_netns(facts.netns, expected_netns)
 
 
 # The new instance ---------------------------------------------------------------------------------------------------

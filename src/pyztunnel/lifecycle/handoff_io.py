@@ -76,16 +76,28 @@ def socket_netns(sock: socket.socket) -> Netns:
         os.close(ns_fd)
 
 
+def wrap_fd(fd: int) -> tuple[socket.socket | None, str | None]:
+    """A received fd as a socket object, which then owns it; or why it is not a socket."""
+    try:
+        return socket.socket(fileno=fd), None
+    except OSError as exc:
+        return None, f"not a socket ({os.strerror(exc.errno or errno.ENOTSOCK)})"
+
+
+def socket_kind(sock: socket.socket) -> tuple[int, int, bool]:
+    """(family, type, listening) of a socket, as the kernel says (raises OSError)."""
+    family = sock.getsockopt(socket.SOL_SOCKET, SO_DOMAIN)
+    kind = sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
+    return family, kind, bool(sock.getsockopt(socket.SOL_SOCKET, SO_ACCEPTCONN))
+
+
 def probe(fd: int) -> tuple[socket.socket | None, SocketFacts]:
     """Wrap a received fd (the socket object then owns it) and find out what it really is."""
+    sock, not_socket = wrap_fd(fd)
+    if sock is None:
+        return None, SocketFacts(error=not_socket)
     try:
-        sock = socket.socket(fileno=fd)
-    except OSError as exc:
-        return None, SocketFacts(error=f"not a socket ({os.strerror(exc.errno or errno.ENOTSOCK)})")
-    try:
-        family = sock.getsockopt(socket.SOL_SOCKET, SO_DOMAIN)
-        kind = sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
-        accepting = bool(sock.getsockopt(socket.SOL_SOCKET, SO_ACCEPTCONN))
+        family, kind, accepting = socket_kind(sock)
         port = sock.getsockname()[1] if family in (socket.AF_INET, socket.AF_INET6) else None
     except OSError as exc:
         return sock, SocketFacts(error=f"cannot inspect socket: {exc.strerror}")

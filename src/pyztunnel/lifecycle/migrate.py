@@ -31,11 +31,10 @@ the seconds since the connection began and `context` the access-log/metrics reco
 from __future__ import annotations
 
 import dataclasses
-import socket
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from pyztunnel.lifecycle.handoff import Netns, ProtocolError, decode, encode
+from pyztunnel.lifecycle.handoff import Netns, ProtocolError, check_inet_stream, check_netns, decode, encode
 
 VERSION = 1
 PHASE = "connections"
@@ -140,23 +139,16 @@ class ConnFacts:
 
 def validate_leg(facts: ConnFacts, ends: Ends, expected_netns: Netns) -> str | None:
     """None if the fd is the established connection the header says, in the pod's netns; else why not."""
-    if facts.error is not None:
-        return facts.error
-    if facts.family not in (socket.AF_INET, socket.AF_INET6):
-        return f"not an inet socket (family {facts.family})"
-    if facts.type != socket.SOCK_STREAM:
-        return f"not a stream socket (type {facts.type})"
+    why = check_inet_stream(facts.error, facts.family, facts.type)
+    if why is not None:
+        return why
     if facts.accepting:
         return "a listening socket, not a connection"
     if facts.tcp_state != TCP_ESTABLISHED:
         return f"not an established connection (TCP state {facts.tcp_state})"
     if facts.local != ends.local or facts.peer != ends.peer:
         return f"connection {facts.local}→{facts.peer} is not the announced {ends.local}→{ends.peer}"
-    if facts.netns is None:
-        return "network namespace unknown"
-    if facts.netns != expected_netns:
-        return f"in network namespace {facts.netns[1]}, not the pod's {expected_netns[1]}"
-    return None
+    return check_netns(facts.netns, expected_netns)
 
 
 # The new instance (takes connections) -----------------------------------------------------------------------------

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import errno
 import functools
 import logging
 import os
@@ -26,7 +25,7 @@ from pyztunnel import unixfd
 from pyztunnel.aio import cancel_and_wait, spawn
 from pyztunnel.lifecycle import migrate
 from pyztunnel.lifecycle.handoff import Netns, ProtocolError
-from pyztunnel.lifecycle.handoff_io import SO_ACCEPTCONN, SO_DOMAIN, PeerGone, recv_msg, send_msg, socket_netns
+from pyztunnel.lifecycle.handoff_io import PeerGone, recv_msg, send_msg, socket_kind, socket_netns, wrap_fd
 from pyztunnel.lifecycle.migrate import ConnFacts, ConnHeader, Ends
 from pyztunnel.netns import netns_inode
 
@@ -76,14 +75,11 @@ def probe_conn(
     fd: int, own_inodes: Callable[[], set[int]] = own_netns_tcp_inodes
 ) -> tuple[socket.socket | None, ConnFacts]:
     """Wrap a received fd (the socket object then owns it) and find out what it really is."""
+    sock, not_socket = wrap_fd(fd)
+    if sock is None:
+        return None, ConnFacts(error=not_socket)
     try:
-        sock = socket.socket(fileno=fd)
-    except OSError as exc:
-        return None, ConnFacts(error=f"not a socket ({os.strerror(exc.errno or errno.ENOTSOCK)})")
-    try:
-        family = sock.getsockopt(socket.SOL_SOCKET, SO_DOMAIN)
-        kind = sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
-        accepting = bool(sock.getsockopt(socket.SOL_SOCKET, SO_ACCEPTCONN))
+        family, kind, accepting = socket_kind(sock)
         if family not in (socket.AF_INET, socket.AF_INET6) or kind != socket.SOCK_STREAM or accepting:
             return sock, ConnFacts(family=family, type=kind, accepting=accepting)
         state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
