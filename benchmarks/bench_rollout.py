@@ -24,19 +24,9 @@ from pyztunnel.cluster import spec as cluster_spec
 from pyztunnel.rollout.local import LocalBackend
 from pyztunnel.rollout.store import RolloutRecord
 from pyztunnel.rollout.strategies import Plan, Rollout
+from pyztunnel.rollout.testing import STAND_IN_PROXY
 
 NAME = "tbrl"
-STAND_IN = """
-import http.server, signal, sys
-class Ready(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(200 if self.path == "/healthz/ready" else 404)
-        self.end_headers()
-    def log_message(self, *args):
-        pass
-signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
-http.server.HTTPServer(("0.0.0.0", 15021), Ready).serve_forever()
-"""
 
 
 def stand_in_spec(script: Path) -> str:
@@ -75,7 +65,7 @@ def run(args: list[str]) -> dict[str, Any]:
         base = Path(tmp)
         if stand_in:
             script = base / "stand_in.py"
-            script.write_text(STAND_IN)
+            script.write_text(STAND_IN_PROXY)
             loaded = cluster_spec.parse(stand_in_spec(script), "<bench stand-in>")
         else:
             loaded = cluster_spec.load(None)

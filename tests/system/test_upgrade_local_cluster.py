@@ -14,24 +14,9 @@ from typing import Any
 
 import pytest
 
-NAME = "tlcup"
+from pyztunnel.rollout.testing import STAND_IN_PROXY
 
-STAND_IN = textwrap.dedent(
-    """
-    import http.server, os, signal, sys, time
-    if os.environ.get("PYZTUNNEL_VERSION") == "broken":
-        while True:
-            time.sleep(3600)  # a stand-in proxy that never becomes ready [noqa: sleep-ok]
-    class Ready(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200 if self.path == "/healthz/ready" else 404)
-            self.end_headers()
-        def log_message(self, *args):
-            pass
-    signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
-    http.server.HTTPServer(("0.0.0.0", 15021), Ready).serve_forever()
-    """
-)
+NAME = "tlcup"
 
 
 def spec(stand_in: Path) -> str:
@@ -57,7 +42,7 @@ def pyz(*args: str, env: dict[str, str], check: bool = True) -> subprocess.Compl
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[tuple[dict[str, str], Path]]:
     stand_in = tmp_path / "stand_in.py"
-    stand_in.write_text(STAND_IN)
+    stand_in.write_text(STAND_IN_PROXY)
     (tmp_path / "spec.yaml").write_text(spec(stand_in))
     env = {**os.environ, "PYZTUNNEL_STATE_DIR": str(tmp_path / "state")}
     try:

@@ -159,3 +159,22 @@ class FakeCluster:
 
     async def update_daemonset(self, *, version: str, strategy: str, grace_seconds: int | None) -> None:
         self.template = {"version": version, "strategy": strategy, "grace_seconds": grace_seconds}
+
+
+# A stand-in proxy for rollouts on the real local cluster: it only answers readiness (:15021), exits on SIGTERM, and
+# with PYZTUNNEL_VERSION=broken never becomes ready. Used by the rollout benchmark and system test, so the rollout
+# logic is measured and checked apart from the proxy itself.
+STAND_IN_PROXY = """
+import http.server, os, signal, sys, time
+if os.environ.get("PYZTUNNEL_VERSION") == "broken":
+    while True:
+        time.sleep(3600)
+class Ready(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200 if self.path == "/healthz/ready" else 404)
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+http.server.HTTPServer(("0.0.0.0", 15021), Ready).serve_forever()
+"""
