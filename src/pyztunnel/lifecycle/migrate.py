@@ -10,7 +10,7 @@ phase answers `error` and the new one simply takes nothing (the old keeps today'
     new → old  {"type": "take", "pods": [{"uid", "netns": [st_dev, st_ino]}, …]}   I will take these pods' connections
     old → new  {"type": "registered", "pods": [uid, …]}                           the ones it serves in that netns
            … nothing until the old instance drains …
-    old → new  {"type": "connections", "batch": n, "connections": [header, …]}   + 2 fds per header (down, up)
+    old → new  {"type": "connections", "batch": n, "connections": [header, …]}   + its fds (down, up; an HBONE leg has none)
     new → old  {"type": "taken", "batch": n, "taken": [id, …], "refused": [{"id", "reason"}, …]}
     old → new  {"type": "commit", "batch": n, "ids": [id, …]}   the old released these (or "abort": it kept all)
            … more batches …
@@ -24,7 +24,8 @@ which sends nothing on the wire while the old holds its own. The new instance wa
 waits for `taken`, so a `commit` that was sent is always read before the new one gives up.
 
 A header: {"id", "uid", "kind", "down": {"local", "peer"}, "up": {"local", "peer"}, "elapsed", "context"} where
-addresses are [ip, port] (both legs' roles: `down` is the accepted connection, `up` the one the proxy opened), `elapsed`
+addresses are [ip, port] (both legs' roles: `down` is the accepted connection, `up` the one the proxy opened; null
+for the HBONE leg of an `*-hbone` kind, which does not travel: see LEGS_OF), `elapsed`
 the seconds since the connection began and `context` the access-log/metrics record (JSON scalars, owned by the proxy).
 """
 
@@ -38,8 +39,16 @@ from pyztunnel.lifecycle.handoff import Netns, ProtocolError, check_inet_stream,
 
 VERSION = 1
 PHASE = "connections"
-MAX_CONNECTIONS_PER_MESSAGE = 100  # 2 fds each: 200, within the kernel's 253 per message
-KINDS = ("inbound-plaintext", "outbound-passthrough")
+MAX_CONNECTIONS_PER_MESSAGE = 100  # at most 2 fds each: 200, within the kernel's 253 per message
+KINDS = ("inbound-plaintext", "outbound-passthrough", "inbound-hbone", "outbound-hbone")
+# Which legs travel as fds. An HBONE leg stays behind (it lives in TLS and HTTP/2 state): only the app's socket moves
+# and the stream is continued by a new CONNECT (protocols/resume.py). Outbound: the app is `down`; inbound: `up`.
+LEGS_OF = {
+    "inbound-plaintext": (True, True),
+    "outbound-passthrough": (True, True),
+    "inbound-hbone": (False, True),
+    "outbound-hbone": (True, False),
+}
 ANSWER_TIMEOUT = 2.0  # the old instance waits this long for `taken`, then keeps the batch
 COMMIT_TIMEOUT = ANSWER_TIMEOUT + 3.0  # the new one waits longer for `commit`, so a sent commit is always read
 TCP_ESTABLISHED = 1
@@ -70,8 +79,8 @@ class ConnHeader:
     id: int
     uid: str
     kind: str
-    down: Ends
-    up: Ends
+    down: Ends | None  # None: that leg is an HBONE stream and does not travel (LEGS_OF)
+    up: Ends | None
     elapsed: float
     context: dict[str, Any]
 
@@ -80,11 +89,15 @@ class ConnHeader:
             "id": self.id,
             "uid": self.uid,
             "kind": self.kind,
-            "down": {"local": list(self.down.local), "peer": list(self.down.peer)},
-            "up": {"local": list(self.up.local), "peer": list(self.up.peer)},
+            "down": _ends_json(self.down),
+            "up": _ends_json(self.up),
             "elapsed": self.elapsed,
             "context": self.context,
         }
+
+
+def _ends_json(ends: Ends | None) -> dict[str, Any] | None:
+    return None if ends is None else {"local": list(ends.local), "peer": list(ends.peer)}
 
 
 def _addr(value: Any) -> Addr:
@@ -117,7 +130,23 @@ def parse_header(item: Any) -> ConnHeader:
         isinstance(k, str) and (v is None or type(v) in (str, int, float, bool)) for k, v in context.items()
     ):
         raise ProtocolError("context must map names to JSON scalars")
-    return ConnHeader(ident, uid, kind, _ends(item.get("down")), _ends(item.get("up")), float(elapsed), context)
+    has_down, has_up = LEGS_OF[kind]
+    down, up = item.get("down"), item.get("up")
+    if (down is not None) != has_down or (up is not None) != has_up:
+        raise ProtocolError(f"a {kind} connection carries {'down' if has_down else ''} {'up' if has_up else ''} only")
+    return ConnHeader(
+        ident,
+        uid,
+        kind,
+        _ends(down) if has_down else None,
+        _ends(up) if has_up else None,
+        float(elapsed),
+        context,
+    )
+
+
+def fds_of(header: ConnHeader) -> int:
+    return sum(LEGS_OF[header.kind])
 
 
 # Validation of a received connection ------------------------------------------------------------------------------
@@ -158,7 +187,8 @@ def validate_leg(facts: ConnFacts, ends: Ends, expected_netns: Netns) -> str | N
 class TakerStep:
     send: list[bytes] = dataclasses.field(default_factory=list)
     registered: list[str] | None = None  # the old instance will migrate these pods' connections at its drain
-    hold: list[tuple[ConnHeader, int, int]] = dataclasses.field(default_factory=list)  # valid: keep, do not touch
+    # valid: keep, do not touch (fd indices of down and up; None for a leg that does not travel)
+    hold: list[tuple[ConnHeader, int | None, int | None]] = dataclasses.field(default_factory=list)
     reject: list[int] = dataclasses.field(default_factory=list)  # fd indices to close now
     commit: list[int] = dataclasses.field(default_factory=list)  # header ids now ours: resume them
     drop: list[int] = dataclasses.field(default_factory=list)  # header ids held but not committed: close our copies
@@ -236,33 +266,46 @@ class Taker:
         if type(batch) is not int or not isinstance(items, list):
             raise ProtocolError("connections without batch or list")
         headers = [parse_header(item) for item in items]
-        if len(facts) != 2 * len(headers):
+        if len(facts) != sum(fds_of(h) for h in headers):
             raise ProtocolError(f"{len(headers)} connections announced, {len(facts)} fds received")
         taken: list[int] = []
         refused: list[dict[str, Any]] = []
         seen: set[int] = set()
-        for n, header in enumerate(headers):
-            reason = self._check(header, facts[2 * n], facts[2 * n + 1], seen)
+        at = 0
+        for header in headers:
+            has_down, has_up = LEGS_OF[header.kind]
+            down_index = at if has_down else None
+            up_index = at + has_down if has_up else None
+            at += fds_of(header)
+            mine = [i for i in (down_index, up_index) if i is not None]
+            reason = self._check(
+                header,
+                None if down_index is None else facts[down_index],
+                None if up_index is None else facts[up_index],
+                seen,
+            )
             seen.add(header.id)
             if reason is None:
-                step.hold.append((header, 2 * n, 2 * n + 1))
+                step.hold.append((header, down_index, up_index))
                 taken.append(header.id)
             else:
                 self.reasons[header.id] = reason
-                step.reject += [2 * n, 2 * n + 1]
+                step.reject += mine
                 refused.append({"id": header.id, "reason": reason})
         self._batch = batch
         self._held = set(taken)
         self.state = "holding"
         step.send.append(encode({"type": "taken", "batch": batch, "taken": taken, "refused": refused}))
 
-    def _check(self, header: ConnHeader, down: ConnFacts, up: ConnFacts, seen: set[int]) -> str | None:
+    def _check(self, header: ConnHeader, down: ConnFacts | None, up: ConnFacts | None, seen: set[int]) -> str | None:
         netns = self.pods.get(header.uid)
         if netns is None:
             return f"pod {header.uid} was not asked for"
         if header.id in seen:
             return "duplicate id"
         for name, facts, ends in (("down", down, header.down), ("up", up, header.up)):
+            if facts is None or ends is None:
+                continue  # parse_header made sure the kind says so
             reason = validate_leg(facts, ends, netns)
             if reason is not None:
                 return f"{name}: {reason}"

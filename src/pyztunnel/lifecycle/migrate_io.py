@@ -107,12 +107,12 @@ class Exported:
 
     uid: str
     kind: str
-    down: Ends
-    up: Ends
+    down: Ends | None  # None (and no fd): an HBONE leg, which stays (migrate.LEGS_OF)
+    up: Ends | None
     elapsed: float
     context: dict[str, object]
-    down_fd: int
-    up_fd: int
+    down_fd: int | None
+    up_fd: int | None
 
 
 class Exportable(Protocol):
@@ -227,7 +227,7 @@ class GiveService:
         headers = [
             ConnHeader(i, e.uid, e.kind, e.down, e.up, e.elapsed, dict(e.context)) for i, (_, e) in ready.items()
         ]
-        fds = [fd for _, e in ready.values() for fd in (e.down_fd, e.up_fd)]
+        fds = [fd for _, e in ready.values() for fd in (e.down_fd, e.up_fd) if fd is not None]
         try:
             await send_msg(registration.conn, registration.giver.batch(headers), fds)
         except BaseException:
@@ -280,7 +280,7 @@ class ConnectionSink(Protocol):
     def migration_pods(self) -> Mapping[str, Netns]:
         """uid → netns of every pod this instance serves (it takes their connections)."""
 
-    async def adopt(self, header: ConnHeader, down: socket.socket, up: socket.socket) -> bool:
+    async def adopt(self, header: ConnHeader, down: socket.socket | None, up: socket.socket | None) -> bool:
         """Resume this relay here; False if it cannot (the sockets are then closed by the caller)."""
 
 
@@ -298,7 +298,7 @@ class Intake:
         self.task = spawn(self._run(), "migrate-intake")
 
     async def _run(self) -> None:
-        held: dict[int, tuple[ConnHeader, socket.socket, socket.socket]] = {}
+        held: dict[int, _Held] = {}
         try:
             while self.taker.state != "finished":
                 holding = self.taker.state == "holding"
@@ -311,12 +311,14 @@ class Intake:
                 except TimeoutError:
                     _log.warning("old instance did not commit in time; leaving the connections to it")
                     break
+                refused_before = len(self.taker.reasons)
                 own = functools.cache(own_netns_tcp_inodes)  # read once per message, and only if needed
                 probed = [probe_conn(fd, own) for fd in fds]
                 step = self.taker.receive(data, [facts for _, facts in probed])
                 for header, down_index, up_index in step.hold:
-                    down, up = probed[down_index][0], probed[up_index][0]
-                    assert down is not None and up is not None  # validate_leg rejects what probe could not wrap
+                    # validate_leg rejects what probe could not wrap
+                    down = None if down_index is None else probed[down_index][0]
+                    up = None if up_index is None else probed[up_index][0]
                     held[header.id] = (header, down, up)
                 for index in step.reject:
                     sock = probed[index][0]
@@ -325,7 +327,7 @@ class Intake:
                     else:
                         os.close(fds[index])
                 if step.reject:
-                    self.refused += len(step.reject) // 2
+                    self.refused += len(self.taker.reasons) - refused_before
                     _log.warning("refused migrated connections", extra={"fields": {"reasons": self._reasons()}})
                 for out in step.send:
                     await send_msg(self.conn, out)
@@ -350,15 +352,14 @@ class Intake:
                 )
             self.done.set()
 
-    async def _adopt(self, header: ConnHeader, down: socket.socket, up: socket.socket) -> bool:
+    async def _adopt(self, header: ConnHeader, down: socket.socket | None, up: socket.socket | None) -> bool:
         try:
             if await self.sink.adopt(header, down, up):
                 return True
         except Exception:
             _log.exception("cannot resume a migrated connection")
         # Committed but unusable here: closing our (now only) copies ends it, as a crash of the old one would.
-        down.close()
-        up.close()
+        _close_pair((header, down, up))
         return False
 
     def _reasons(self) -> str:
@@ -368,10 +369,14 @@ class Intake:
         await cancel_and_wait(self.task)
 
 
-def _close_pair(pair: tuple[ConnHeader, socket.socket, socket.socket] | None) -> None:
+_Held = tuple[ConnHeader, socket.socket | None, socket.socket | None]
+
+
+def _close_pair(pair: _Held | None) -> None:
     if pair is not None:
-        pair[1].close()
-        pair[2].close()
+        for sock in pair[1:]:
+            if sock is not None:
+                sock.close()
 
 
 async def take(

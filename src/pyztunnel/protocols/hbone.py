@@ -180,6 +180,10 @@ class HboneConnection(H2Connection):  # type: ignore[misc]
         self._chunks, self.__dict__["_data_to_send"] = chunks + self._chunks, first + self.__dict__["_data_to_send"]
         return result
 
+    def queue_raw(self, frame: bytes) -> None:
+        """A serialized frame h2 has no API for (an extension frame), in order with what h2 queued."""
+        self._chunks.append(frame)
+
     def chunks_to_send(self) -> list[bytes]:
         """Everything queued for the wire, in order, without joining (for `transport.writelines`)."""
         out = self._chunks

@@ -43,6 +43,12 @@ class ProxySettings:
         "move established TCP↔TCP relays to the new instance at drain instead of resetting them (docs/migration.md)",
         env="PYZTUNNEL_CONNECTION_MIGRATION",
     )
+    hbone_resume: bool = setting(
+        True,
+        "offer and accept resumable HBONE streams between pyztunnel peers, so that an HBONE connection survives an "
+        "upgrade of either end (protocols/resume.py); off: ztunnel's HBONE, reset at the drain deadline",
+        env="PYZTUNNEL_HBONE_RESUME",
+    )
     version: str = setting("dev", "version tag reported as istio_build{tag}", env="PYZTUNNEL_VERSION")
     readiness_addr: str = setting(
         "0.0.0.0:15021", "readiness server address (off: none)", env="PYZTUNNEL_READINESS_ADDR"

@@ -135,6 +135,11 @@ class H2Conn(asyncio.Protocol):
         elif isinstance(event, h2.events.RemoteSettingsChanged):
             for leg in list(self.streams.values()):
                 leg.window_opened()
+        elif isinstance(event, h2.events.UnknownFrameReceived):
+            frame = event.frame
+            leg = self.streams.get(frame.stream_id) if frame is not None else None
+            if leg is not None:
+                leg.on_control(frame.type, frame.flag_byte, frame.body)
         elif isinstance(event, h2.events.PingAckReceived):
             if self._ping_deadline is not None:
                 self._ping_deadline.cancel()
@@ -185,6 +190,11 @@ class H2Conn(asyncio.Protocol):
             view.release()
         self.flush()
         return sent
+
+    def send_raw_frame(self, frame: bytes) -> None:
+        """An extension frame h2 does not know (resumable streams): queued after everything h2 queued so far."""
+        self.h2.queue_raw(frame)
+        self.flush()
 
     def end_stream(self, stream_id: int) -> None:
         with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):

@@ -13,7 +13,8 @@ from pyztunnel.aio import spawn
 from pyztunnel.identity import tls
 from pyztunnel.identity.spiffe import Identity
 from pyztunnel.observe.access import ConnectionRecord
-from pyztunnel.protocols import hbone
+from pyztunnel.protocols import hbone, resume
+from pyztunnel.proxy import resumable
 from pyztunnel.proxy.h2conn import H2ServerConn
 from pyztunnel.proxy.netsock import family_of
 from pyztunnel.proxy.outbound import baggage_for
@@ -122,6 +123,10 @@ async def _serve_stream(pod: PodProxy, conn: H2ServerConn, leg: StreamLeg, heade
         _reject(pod, conn, leg, record, request.status, request.reason, request.response_flags)
         return
     record.dst_hbone_addr = request.authority
+    resuming = resume.token_in(headers, resume.RESUME_HEADER) if shared.settings.hbone_resume else None
+    if resuming is not None:
+        await resumable.serve_resume(pod, conn, leg, record, resuming)
+        return
     forwarded = hbone.forwarded_for(request.forwarded)
     src_ip = forwarded[0] if forwarded else record.src_addr.rpartition(":")[0].strip("[]")
     index = shared.indexes.index
@@ -144,10 +149,17 @@ async def _serve_stream(pod: PodProxy, conn: H2ServerConn, leg: StreamLeg, heade
         _reject(pod, conn, leg, record, 503, f"connect to app: {exc or type(exc).__name__}", "CONNECT")
         return
     # dst.addr stays the original destination (<pod>:15008), as ztunnel reports inbound connections
-    conn.respond(leg, hbone.response_headers(200, baggage_for(workload, shared.cluster_id)))
+    response = hbone.response_headers(200, baggage_for(workload, shared.cluster_id))
+    token = resume.token_in(headers, resume.STREAM_HEADER) if shared.settings.hbone_resume else None
+    if token is not None:
+        response.append((resume.STREAM_HEADER, token.encode()))
+        leg.token = token
+    conn.respond(leg, response)
     relay = Relay(leg, up, lambda r, e: relay_done(pod, r, e), record)
     pod.track(relay, info)
     relay.start()
+    if token is not None:
+        resumable.watch(pod, relay, leg, up)
 
 
 def _reject(

@@ -2,9 +2,11 @@
 can move, how one is paused, exported and released without a FIN, and how a received one resumes here with its
 access-log record, so that the one `connection complete` line at its real end has the whole duration and bytes.
 
-Only relays whose two legs are plain kernel TCP sockets move: inbound plaintext (15006 → app) and outbound
+Relays whose two legs are plain kernel TCP sockets move whole: inbound plaintext (15006 → app) and outbound
 passthrough (15001 → a destination outside the mesh). An HBONE leg carries user-space TLS and HTTP/2 state that
-another process cannot continue; those connections drain and are reset at the deadline, as in ztunnel.
+another process cannot continue: when the peer is a pyztunnel that agreed to resume the stream, the stream is stopped
+at a known byte count (proxy/resumable.py), only the app's socket moves, and a new CONNECT continues it. Other HBONE
+streams (a ztunnel peer, `PYZTUNNEL_HBONE_RESUME=false`) drain and are reset at the deadline, as in ztunnel.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pyztunnel.aio import spawn
 from pyztunnel.lifecycle import migrate_io
 from pyztunnel.lifecycle.handoff import Netns
 from pyztunnel.lifecycle.migrate import ConnHeader, Ends
@@ -27,11 +30,15 @@ from pyztunnel.netns import netns_inode
 from pyztunnel.observe.access import ConnectionRecord
 from pyztunnel.proxy.netsock import PodNetns
 from pyztunnel.proxy.pod import PodProxy
-from pyztunnel.proxy.relay import Relay, TcpLeg
+from pyztunnel.proxy.relay import Leg, Relay, StreamLeg, TcpLeg
+from pyztunnel.proxy.resumable import Parked, ResumeState, resume_as_client
 
 _log = logging.getLogger("pyztunnel.proxy.migration")
 
 KIND_OF = {"inbound": "inbound-plaintext", "outbound": "outbound-passthrough"}
+HBONE_KIND_OF = {"inbound": "inbound-hbone", "outbound": "outbound-hbone"}
+HBONE_QUIESCE_TIMEOUT = 3.0  # a stop needs the peer's answer: a round trip and its flush, on a loaded node
+TOKEN_KEY = "hbone.resume_token"  # in a migrated header's context: the stream to continue
 _RECORD_FIELDS = [f.name for f in dataclasses.fields(ConnectionRecord) if f.name not in ("start", "direction")]
 
 
@@ -46,7 +53,7 @@ def record_from(header: ConnHeader, now: float | None = None) -> ConnectionRecor
     """The record of a received connection: the same fields, started `elapsed` seconds ago (the monotonic clock is
     the host's, but a duration is what travels, so nothing depends on that)."""
     record = ConnectionRecord(
-        src_addr="", dst_addr="", direction="inbound" if header.kind == "inbound-plaintext" else "outbound"
+        src_addr="", dst_addr="", direction="inbound" if header.kind.startswith("inbound") else "outbound"
     )
     for name in _RECORD_FIELDS:
         value = header.context.get(name)
@@ -67,6 +74,10 @@ def _ends(leg: TcpLeg) -> Ends | None:
     return Ends((str(local[0]), int(local[1])), (str(peer[0]), int(peer[1])))
 
 
+def _open(leg: Leg) -> bool:
+    return not (leg.done or leg.eof_in or leg.eof_out or leg._early)
+
+
 def movable(relay: Relay) -> bool:
     """Both legs plain TCP, both directions still open, nothing finished: the kernel sockets are the whole state."""
     if relay.finished or relay.error is not None or not isinstance(relay.info, ConnectionRecord):
@@ -74,13 +85,71 @@ def movable(relay: Relay) -> bool:
     for leg in (relay.down, relay.up):
         if not isinstance(leg, TcpLeg) or leg.transport is None or leg.transport.is_closing():
             return False
-        if leg.done or leg.eof_in or leg.eof_out or leg._early:
+        if not _open(leg):
             return False
     return True
 
 
+def resumable_stream(relay: Relay) -> ResumeState | None:
+    """The relay's resumable HBONE stream, if it is one (app socket + a stream both ends agreed to resume) that is
+    still open both ways and not being stopped already."""
+    if relay.finished or relay.error is not None or not isinstance(relay.info, ConnectionRecord):
+        return None
+    stream = relay.up if isinstance(relay.up, StreamLeg) else relay.down
+    state = stream.control if isinstance(stream, StreamLeg) else None
+    if not isinstance(state, ResumeState) or state.announced or state.broken:
+        return None
+    app, stream = state.app, state.stream
+    if app.transport is None or app.transport.is_closing() or not _open(app) or not _open(stream):
+        return None
+    if stream.conn.transport is None or stream.conn.transport.is_closing():
+        return None
+    return state
+
+
+async def _flush_writes(legs: Sequence[TcpLeg], within: float, still: Callable[[], bool]) -> bool:
+    """Reading is off; what we already read is in our write buffers until the kernel takes it. Wait (bounded) for
+    them to be empty: then every byte is in a kernel queue, which moves with the socket."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        if not still():
+            return False
+        if all(leg.transport is not None and leg.transport.get_write_buffer_size() == 0 for leg in legs):
+            return True
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(0.002)  # a bounded poll of a condition, not a synchronisation
+
+
+def _dup_all(legs: Sequence[TcpLeg]) -> list[int] | None:
+    fds: list[int] = []
+    try:
+        for leg in legs:
+            fds.append(os.dup(_fileno(leg)))
+    except OSError:  # out of fds: it stays here
+        for fd in fds:
+            os.close(fd)
+        return None
+    return fds
+
+
+def _let_go(pod: PodProxy, relay: Relay, legs: Sequence[TcpLeg]) -> None:
+    """Forget the relay without a trace on the wire: no shutdown(), no SO_LINGER, no `connection complete`."""
+    for leg in legs:
+        leg.done = True  # connection_lost (from closing our transport) must not finish or log the relay
+        leg.relay = None
+        leg.peer = None
+        if leg.transport is not None:
+            leg.transport.close()  # the buffer is empty: only our fd goes; the new instance holds its own
+    relay.finished = True
+    if not relay.closed.done():
+        relay.closed.set_result(None)
+    pod.untrack(relay)
+
+
 class RelayExport:
-    """One relay of one pod, as `migrate_io.Exportable`."""
+    """One TCP↔TCP relay of one pod, as `migrate_io.Exportable`."""
 
     def __init__(self, pod: PodProxy, relay: Relay) -> None:
         self.pod = pod
@@ -99,35 +168,15 @@ class RelayExport:
         down.pause_reading()
         up.pause_reading()
         self._paused = True
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + within
-        # Reading is off; what we already read is in our write buffers until the kernel takes it. Wait for both to
-        # be empty (then every byte is in a kernel queue, which moves with the socket).
-        while True:
-            if not movable(self.relay):
-                self.resume()
-                return None
-            assert down.transport is not None and up.transport is not None
-            if down.transport.get_write_buffer_size() == 0 and up.transport.get_write_buffer_size() == 0:
-                break
-            if loop.time() >= deadline:
-                self.resume()
-                return None
-            await asyncio.sleep(0.002)  # a bounded poll of a condition, not a synchronisation
+        if not await _flush_writes((down, up), within, lambda: movable(self.relay)):
+            self.resume()
+            return None
         down_ends, up_ends = _ends(down), _ends(up)
-        if down_ends is None or up_ends is None:
+        fds = _dup_all((down, up)) if down_ends is not None and up_ends is not None else None
+        if fds is None:
             self.resume()
             return None
         record: ConnectionRecord = self.relay.info
-        fds: list[int] = []
-        try:
-            for leg in (down, up):
-                fds.append(os.dup(_fileno(leg)))
-        except OSError:  # out of fds: it stays here
-            for fd in fds:
-                os.close(fd)
-            self.resume()
-            return None
         return Exported(
             uid=self.pod.key,
             kind=KIND_OF[record.direction],
@@ -140,23 +189,70 @@ class RelayExport:
         )
 
     def release(self) -> None:
-        """Forget the relay without a trace on the wire: no shutdown(), no SO_LINGER, no `connection complete`."""
-        for leg in self._legs():
-            leg.done = True  # connection_lost (from closing our transport) must not finish or log the relay
-            leg.relay = None
-            leg.peer = None
-            if leg.transport is not None:
-                leg.transport.close()  # the buffer is empty: only our fd goes; the new instance holds its own
-        self.relay.finished = True
-        if not self.relay.closed.done():
-            self.relay.closed.set_result(None)
-        self.pod.untrack(self.relay)
+        _let_go(self.pod, self.relay, self._legs())
 
     def resume(self) -> None:
         if self._paused:
             self._paused = False
             for leg in self._legs():
                 leg.resume_reading()
+
+
+class StreamExport:
+    """One app socket ↔ resumable HBONE stream relay, as `migrate_io.Exportable`: the stream is stopped with its
+    peer, the app socket moves, and the new instance continues the stream under its token."""
+
+    def __init__(self, pod: PodProxy, state: ResumeState) -> None:
+        self.pod = pod
+        self.state = state
+        self.relay = state.relay
+
+    async def prepare(self, within: float) -> Exported | None:
+        state, app = self.state, self.state.app
+        if resumable_stream(self.relay) is not state:
+            return None
+        within = max(within, HBONE_QUIESCE_TIMEOUT)
+        if not await state.stop(within):
+            if state.announced:
+                self._spoil("hbone stream could not be stopped for the upgrade")
+            return None
+        ends = _ends(app) if await _flush_writes((app,), within, lambda: not app.done) else None
+        fds = _dup_all((app,)) if ends is not None else None
+        if fds is None:
+            self._spoil("app socket could not be flushed for the upgrade")
+            return None
+        record: ConnectionRecord = self.relay.info
+        outbound = state.client_side
+        stream_received = state.stream.received
+        context = record_context(
+            record,
+            app.received if outbound else stream_received,
+            stream_received if outbound else app.received,
+        )
+        context[TOKEN_KEY] = state.token
+        return Exported(
+            uid=self.pod.key,
+            kind=HBONE_KIND_OF[record.direction],
+            down=ends if outbound else None,
+            up=None if outbound else ends,
+            elapsed=max(0.0, time.monotonic() - record.start),
+            context=context,
+            down_fd=fds[0] if outbound else None,
+            up_fd=None if outbound else fds[0],
+        )
+
+    def release(self) -> None:
+        _let_go(self.pod, self.relay, (self.state.app,))
+
+    def resume(self) -> None:
+        # Stopped with the peer, which now waits for a resume from the new instance that did not take it: nothing
+        # here can continue it (our listener is the new instance's). It ends as the drain would have ended it.
+        self._spoil("the new instance did not take the stopped hbone stream")
+
+    def _spoil(self, why: str) -> None:
+        if not self.relay.finished:
+            self.relay.error = ConnectionResetError(why)
+            self.relay.reset()
 
 
 def _fileno(leg: TcpLeg) -> int:
@@ -187,14 +283,17 @@ class Migration:
         return out
 
     # --- old instance
-    def migration_candidates(self, uids: set[str]) -> list[RelayExport]:
-        return [
-            RelayExport(pod, relay)
-            for pod in self._pods()
-            if pod.key in uids
-            for relay in list(pod.relays)
-            if movable(relay)
-        ]
+    def migration_candidates(self, uids: set[str]) -> list[RelayExport | StreamExport]:
+        out: list[RelayExport | StreamExport] = []
+        for pod in self._pods():
+            if pod.key not in uids:
+                continue
+            for relay in list(pod.relays):
+                if movable(relay):
+                    out.append(RelayExport(pod, relay))
+                elif (state := resumable_stream(relay)) is not None:
+                    out.append(StreamExport(pod, state))
+        return out
 
     async def drain(self) -> None:
         await self.give.migrate()
@@ -207,13 +306,16 @@ class Migration:
         finally:
             self.settled = True
 
-    async def adopt(self, header: ConnHeader, down_sock: socket.socket, up_sock: socket.socket) -> bool:
+    async def adopt(self, header: ConnHeader, down_sock: socket.socket | None, up_sock: socket.socket | None) -> bool:
         from pyztunnel.proxy import inbound, outbound
 
         pod = next((p for p in self._pods() if p.key == header.uid and not p.stopped), None)
         if pod is None:
             return False
         record = record_from(header)
+        if header.kind in HBONE_KIND_OF.values():
+            return await _adopt_stream(pod, header, record, down_sock or up_sock)
+        assert down_sock is not None and up_sock is not None  # migrate.LEGS_OF
         loop = asyncio.get_running_loop()
         down, up = TcpLeg(start_paused=True), TcpLeg(start_paused=True)
         for sock in (down_sock, up_sock):
@@ -240,3 +342,26 @@ class Migration:
         await self.give.close()
         if self.intake is not None:
             await self.intake.close()
+
+
+async def _adopt_stream(
+    pod: PodProxy, header: ConnHeader, record: ConnectionRecord, sock: socket.socket | None
+) -> bool:
+    """An app socket whose HBONE stream was stopped by the previous instance: continue the stream from here (as its
+    client), or wait for the peer to continue it (as its server)."""
+    token = header.context.get(TOKEN_KEY)
+    if sock is None or not isinstance(token, str):
+        return False
+    outbound = record.direction == "outbound"
+    app = TcpLeg(start_paused=True)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().connect_accepted_socket(lambda: app, sock)
+    app.received += record.bytes_recv if outbound else record.bytes_sent
+    stream_received = record.bytes_sent if outbound else record.bytes_recv
+    parked = Parked(pod, app, record, token, stream_received, client_side=outbound)
+    pod.shared.telemetry.opened(record)
+    if outbound:
+        spawn(resume_as_client(parked), "hbone-resume")
+    else:
+        pod.shared.resumes.park(parked)
+    return True

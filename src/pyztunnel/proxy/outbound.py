@@ -12,11 +12,12 @@ import socket
 from pyztunnel.identity import tls
 from pyztunnel.identity.spiffe import Identity, try_parse
 from pyztunnel.observe.access import ConnectionRecord
-from pyztunnel.protocols import hbone
+from pyztunnel.protocols import hbone, resume
+from pyztunnel.proxy import resumable
 from pyztunnel.proxy.h2conn import H2ClientConn
 from pyztunnel.proxy.netsock import family_of
 from pyztunnel.proxy.pod import PodProxy
-from pyztunnel.proxy.relay import Leg, Relay, TcpLeg
+from pyztunnel.proxy.relay import Leg, Relay, StreamLeg, TcpLeg
 from pyztunnel.proxy.telemetry import OUTBOUND, describe_dst, describe_src, fail, identity_of, new_record
 from pyztunnel.workloads.index import Upstream, WorkloadIndex
 from pyztunnel.workloads.model import Workload
@@ -117,6 +118,8 @@ async def handle(pod: PodProxy, sock: socket.socket) -> None:
     relay = Relay(down, up, lambda r, e: relay_done(pod, r, e), record)
     pod.track(relay)
     relay.start()
+    if isinstance(up, StreamLeg) and up.token is not None:
+        resumable.watch(pod, relay, up, down)
 
 
 def _finish_failed(pod: PodProxy, down: TcpLeg, record: ConnectionRecord, error: str, flags: str) -> None:
@@ -170,10 +173,6 @@ async def _hbone(
     record.dst_hbone_addr = addr(upstream.ip, upstream.port)
     shared.telemetry.opened(record)  # ztunnel counts it once the destination (and its identity) is known
 
-    async def connect() -> H2ClientConn:
-        return await _connect_hbone(pod, src_id, expected, upstream.ip)
-
-    conn = await pod.pool.get((src_id.uri, dst_id.uri, upstream.ip), connect)
     host = upstream.service.hostname if upstream.service is not None else None
     headers = hbone.connect_headers(
         record.dst_hbone_addr,
@@ -181,10 +180,29 @@ async def _hbone(
         baggage_value=baggage_for(src, shared.cluster_id),
         traceparent_value=hbone.traceparent(os.urandom(16), os.urandom(8)),
     )
+    token = resume.new_token(os.urandom(16)) if shared.settings.hbone_resume else None
+    if token is not None:
+        headers.append((resume.STREAM_HEADER, token.encode()))
+    leg, response = await open_stream(pod, src_id, dst_id, expected, upstream.ip, headers)
+    if token is not None and resume.token_in(response, resume.STREAM_HEADER) == token:
+        leg.token = token  # a pyztunnel peer: this stream can outlive either end's upgrade
+    return leg
+
+
+async def open_stream(
+    pod: PodProxy, src_id: Identity, dst_id: Identity, expected: list[Identity], ip: str, headers: hbone.Headers
+) -> tuple[StreamLeg, hbone.Headers]:
+    """A CONNECT on a pooled connection to `ip`; the stream and its 200 response, or OutboundError."""
+    settings = pod.shared.settings
+
+    async def connect() -> H2ClientConn:
+        return await _connect_hbone(pod, src_id, expected, ip)
+
+    conn = await pod.pool.get((src_id.uri, dst_id.uri, ip), connect)
     leg = conn.open_stream(headers)
     assert leg.response is not None
     try:
-        response = await asyncio.wait_for(asyncio.shield(leg.response), shared.settings.connect_timeout)
+        response = await asyncio.wait_for(asyncio.shield(leg.response), settings.connect_timeout)
     except TimeoutError:
         leg.abort()
         raise OutboundError("timed out waiting for the HBONE response", "CONNECT") from None
@@ -195,7 +213,7 @@ async def _hbone(
         leg.abort()
         flags = "DENY" if status == 401 else "CONNECT"
         raise OutboundError(f"http status: {status}", flags)
-    return leg
+    return leg, response
 
 
 async def _connect_hbone(pod: PodProxy, src_id: Identity, expected: list[Identity], dst_ip: str) -> H2ClientConn:

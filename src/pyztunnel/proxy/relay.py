@@ -21,7 +21,7 @@ import socket
 import struct
 import typing
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import h2.errors
 import h2.exceptions
@@ -70,6 +70,12 @@ class Leg:
 
     def _set_reading(self, on: bool) -> None:
         raise NotImplementedError
+
+    def read_again(self) -> None:
+        """Joining a new relay (a resumed HBONE stream): whatever paused us under the old one is over."""
+        if self._pauses:
+            self._pauses = 0
+            self._set_reading(True)
 
     def abort(self) -> None:
         """Reset this leg now (TCP RST / RST_STREAM)."""
@@ -193,6 +199,11 @@ class TcpLeg(asyncio.Protocol, Leg):
         self.transport.abort()
 
 
+class StreamControl(Protocol):
+    def on_frame(self, frame_type: int, flags: int, body: bytes) -> None:
+        """An HTTP/2 extension frame arrived on this stream."""
+
+
 class StreamLeg(Leg):
     """One HTTP/2 stream of an HBONE connection (its DATA frames are the tunnelled bytes)."""
 
@@ -207,6 +218,8 @@ class StreamLeg(Leg):
         self._blocked = False  # we paused our peer because the send window is exhausted
         self._unacked = 0  # received flow-controlled bytes not yet handed back (peer paused / not started)
         self.response: asyncio.Future[list[tuple[bytes, bytes]]] | None = None
+        self.token: str | None = None  # both ends agreed this stream is resumable under this name (proxy/resume.py)
+        self.control: StreamControl | None = None  # what handles extension frames on the stream
 
     # --- events from the HTTP/2 connection
     def on_data(self, data: bytes, flow_controlled: int) -> None:
@@ -218,6 +231,24 @@ class StreamLeg(Leg):
 
     def on_end(self) -> None:
         self._deliver_eof()
+
+    @property
+    def has_pending(self) -> bool:
+        """Bytes (or an END_STREAM) waiting for the peer's window."""
+        return bool(self._pending) or self._pending_eof
+
+    def on_control(self, frame_type: int, flags: int, body: bytes) -> None:
+        if self.control is not None:
+            self.control.on_frame(frame_type, flags, body)
+
+    def detach(self) -> None:
+        """Stopped for a resume elsewhere: leave the relay and the connection without a trace on the wire; whatever
+        later happens to the stream (a reset, the connection's end) is no longer this relay's business."""
+        self.done = True
+        self.relay = None
+        self.peer = None
+        self.control = None
+        self.conn.forget(self.stream_id)
 
     def on_reset(self, why: str) -> None:
         if self.response is not None and not self.response.done():

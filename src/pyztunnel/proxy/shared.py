@@ -15,6 +15,7 @@ from pyztunnel.lifecycle.drainer import ConnectionSet
 from pyztunnel.proxy.certs import CertSource
 from pyztunnel.proxy.config import ProxySettings
 from pyztunnel.proxy.netsock import ListenerSource
+from pyztunnel.proxy.resumable import ResumeRegistry
 from pyztunnel.proxy.telemetry import Telemetry
 from pyztunnel.workloads.index import WorkloadIndex
 
@@ -58,6 +59,7 @@ class Shared:
     key_dir: Path = dataclasses.field(default_factory=default_key_dir)
     cluster_id: str = "Kubernetes"
     contexts: ContextCache | None = None
+    resumes: ResumeRegistry = dataclasses.field(default_factory=ResumeRegistry)  # stopped HBONE streams, parked
 
     def __post_init__(self) -> None:
         if self.contexts is None:
