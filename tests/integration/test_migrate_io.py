@@ -41,12 +41,15 @@ class FakeRelay:
 class Source:
     def __init__(self, relays: list[FakeRelay]) -> None:
         self.relays = relays
+        self.listed: set[int] = set()
 
     def migration_pods(self) -> Mapping[str, Netns]:
         return {"pod-a": NS}
 
     def migration_candidates(self, uids: set[str]) -> Sequence[Exportable]:
-        return self.relays
+        fresh = [r for r in self.relays if id(r) not in self.listed]  # each one once, as the contract says
+        self.listed.update(id(r) for r in fresh)
+        return fresh
 
 
 async def register(service: GiveService) -> tuple[socket.socket, asyncio.Task[None]]:

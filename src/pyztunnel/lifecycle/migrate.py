@@ -49,7 +49,7 @@ LEGS_OF = {
     "inbound-hbone": (False, True),
     "outbound-hbone": (True, False),
 }
-ANSWER_TIMEOUT = 2.0  # the old instance waits this long for `taken`, then keeps the batch
+ANSWER_TIMEOUT = 5.0  # the old instance waits this long for `taken`, then keeps the batch (a loaded node is slow)
 COMMIT_TIMEOUT = ANSWER_TIMEOUT + 3.0  # the new one waits longer for `commit`, so a sent commit is always read
 TCP_ESTABLISHED = 1
 

@@ -33,6 +33,7 @@ _log = logging.getLogger("pyztunnel.lifecycle.migrate")
 
 REGISTER_TIMEOUT = 2.0
 QUIESCE_TIMEOUT = 1.0  # how long one relay may take to flush its write buffers before it is left alone
+MAX_PASSES = 3
 
 
 # Probing a received connection --------------------------------------------------------------------------------------
@@ -115,6 +116,20 @@ class Exported:
     up_fd: int | None
 
 
+def _prepared(task: asyncio.Task[Exported | None]) -> Exported | None:
+    """A finished prepare's export; one that failed (a bug: prepare must not raise) exports nothing."""
+    if task.cancelled():
+        return None
+    if (exc := task.exception()) is not None:
+        _log.error("preparing a connection for migration failed", extra={"fields": {"error": repr(exc)}})
+        return None
+    return task.result()
+
+
+def _close_exported(exported: Exported) -> None:
+    unixfd.close_fds([fd for fd in (exported.down_fd, exported.up_fd) if fd is not None])
+
+
 class Exportable(Protocol):
     async def prepare(self, within: float) -> Exported | None:
         """Pause both legs and wait until nothing of ours is buffered; None (and resumed) if it cannot be moved."""
@@ -131,7 +146,7 @@ class ConnectionSource(Protocol):
         """uid → netns of every pod this instance serves."""
 
     def migration_candidates(self, uids: set[str]) -> Sequence[Exportable]:
-        """The relays of these pods that could move (both legs plain TCP, established, not half-closed)."""
+        """The relays of these pods that could move and were not listed by an earlier call."""
 
 
 @dataclasses.dataclass
@@ -199,10 +214,13 @@ class GiveService:
         registration = self._takers[-1]
         moved = 0
         try:
-            candidates = list(self.source.migration_candidates(set(registration.giver.pods)))
-            for start in range(0, len(candidates), migrate.MAX_CONNECTIONS_PER_MESSAGE):
-                chunk = candidates[start : start + migrate.MAX_CONNECTIONS_PER_MESSAGE]
-                moved += await self._batch(registration, chunk)
+            # Connections set up while a pass ran (an accept or a CONNECT already under way when the drain began)
+            # are listed by the next one; the source lists a connection once.
+            for _ in range(MAX_PASSES):
+                candidates = list(self.source.migration_candidates(set(registration.giver.pods)))
+                if not candidates:
+                    break
+                moved += await self._pass(registration, candidates)
             await send_msg(registration.conn, registration.giver.done())
         except (OSError, PeerGone, ProtocolError) as exc:
             _log.warning(
@@ -215,13 +233,53 @@ class GiveService:
         _log.info("migrated established connections", extra={"fields": {"connections": moved, "kept": self.kept}})
         return moved
 
-    async def _batch(self, registration: _Registration, chunk: Sequence[Exportable]) -> int:
-        prepared = await asyncio.gather(*(c.prepare(self.quiesce_timeout) for c in chunk))
+    async def _pass(self, registration: _Registration, candidates: Sequence[Exportable]) -> int:
+        """Prepare every candidate at once (an HBONE stream's stop is a round trip with its peer: they overlap) and
+        send each batch as soon as some are ready, so that a slow one holds up no other."""
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        tasks = {spawn(c.prepare(self.quiesce_timeout), "migrate-prepare"): c for c in candidates}
+        pending: set[asyncio.Task[Exported | None]] = set(tasks)
+        moved = offered = 0
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                ready = [(tasks[t], e) for t in done if (e := _prepared(t)) is not None]
+                for start in range(0, len(ready), migrate.MAX_CONNECTIONS_PER_MESSAGE):
+                    chunk = ready[start : start + migrate.MAX_CONNECTIONS_PER_MESSAGE]
+                    offered += len(chunk)
+                    try:
+                        moved += await self._batch(registration, chunk)
+                    except BaseException:
+                        for candidate, exported in ready[start + migrate.MAX_CONNECTIONS_PER_MESSAGE :]:
+                            _close_exported(exported)
+                            candidate.resume()  # prepared, never offered: ours again
+                        raise
+        finally:
+            if pending:  # the exchange broke: what is still being prepared stays here
+                await asyncio.gather(*pending, return_exceptions=True)
+                for task in pending:
+                    if (leftover := _prepared(task)) is not None:
+                        _close_exported(leftover)
+                        tasks[task].resume()
+        _log.info(
+            "migration pass",
+            extra={
+                "fields": {
+                    "candidates": len(candidates),
+                    "offered": offered,
+                    "moved": moved,
+                    "seconds": round(loop.time() - began, 3),
+                }
+            },
+        )
+        return moved
+
+    async def _batch(self, registration: _Registration, chunk: Sequence[tuple[Exportable, Exported]]) -> int:
         ready: dict[int, tuple[Exportable, Exported]] = {}
-        for candidate, exported in zip(chunk, prepared, strict=True):
-            if exported is not None:
-                self._next_id += 1
-                ready[self._next_id] = (candidate, exported)
+        for candidate, exported in chunk:
+            self._next_id += 1
+            ready[self._next_id] = (candidate, exported)
         if not ready:
             return 0
         headers = [
@@ -299,6 +357,7 @@ class Intake:
 
     async def _run(self) -> None:
         held: dict[int, _Held] = {}
+        adopting: list[asyncio.Task[None]] = []
         try:
             while self.taker.state != "finished":
                 holding = self.taker.state == "holding"
@@ -333,10 +392,11 @@ class Intake:
                     await send_msg(self.conn, out)
                 for ident in step.drop:
                     _close_pair(held.pop(ident, None))
-                for ident in step.commit:
-                    header, down, up = held.pop(ident)
-                    if await self._adopt(header, down, up):
-                        self.adopted += 1
+                if step.commit:
+                    # Resumed in the background, all at once: the next batch's answer must not wait for this one's
+                    # sockets to be wrapped, one event-loop turn each, on a node busy relaying.
+                    batch = [held.pop(ident) for ident in step.commit]
+                    adopting.append(spawn(self._adopt_all(batch), "migrate-adopt"))
         except (OSError, PeerGone) as exc:
             _log.info("connection migration ended", extra={"fields": {"reason": str(exc)}})
         finally:
@@ -345,12 +405,18 @@ class Intake:
             for pair in held.values():
                 _close_pair(pair)
             self.conn.close()
+            if adopting:
+                await asyncio.gather(*adopting, return_exceptions=True)
             if self.adopted or self.refused:
                 _log.info(
                     "took over established connections",
                     extra={"fields": {"connections": self.adopted, "refused": self.refused}},
                 )
             self.done.set()
+
+    async def _adopt_all(self, batch: Sequence[_Held]) -> None:
+        results = await asyncio.gather(*(self._adopt(*item) for item in batch))
+        self.adopted += sum(results)
 
     async def _adopt(self, header: ConnHeader, down: socket.socket | None, up: socket.socket | None) -> bool:
         try:

@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -272,6 +273,7 @@ class Migration:
         self.attempted = False  # registration started (the app sets it before spawning it)
         self.settled = False  # registration over, whatever its outcome: the app may report ready
         self._own_netns = netns_inode("/proc/self/ns/net")
+        self._listed: weakref.WeakSet[Relay] = weakref.WeakSet()  # offered once: what stays is not offered again
 
     # --- both sides
     def migration_pods(self) -> Mapping[str, Netns]:
@@ -289,6 +291,9 @@ class Migration:
             if pod.key not in uids:
                 continue
             for relay in list(pod.relays):
+                if relay in self._listed:
+                    continue
+                self._listed.add(relay)
                 if movable(relay):
                     out.append(RelayExport(pod, relay))
                 elif (state := resumable_stream(relay)) is not None:

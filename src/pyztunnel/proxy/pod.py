@@ -46,12 +46,16 @@ class PodProxy:
         self.env = env
         self.lookup = lookup
         self.ports = ports or Ports()
-        self.pool = Pool(idle_timeout=float(shared.settings.pool_unused_release_timeout))
+        self.pool = Pool(
+            idle_timeout=float(shared.settings.pool_unused_release_timeout),
+            streams_per_connection=shared.settings.pool_max_streams_per_connection,
+        )
         self.acceptors: list[Acceptor] = []
         self.relays: set[Relay] = set()
         self.servers: set[H2ServerConn] = set()
         self.authorized: dict[Relay, authz.ConnectionInfo] = {}
         self.stopped = False
+        self.going_away = False  # the drain began: HBONE connections that finish their handshake now get GOAWAY too
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -87,6 +91,7 @@ class PodProxy:
             await acceptor.stop()
 
     def goaway(self) -> None:
+        self.going_away = True
         for server in list(self.servers):
             server.goaway()
         self.pool.close()
@@ -161,3 +166,7 @@ class PodProxy:
             self.shared.connections.discard(conn)
 
         conn.lost.add_done_callback(gone)
+        if self.going_away:
+            # Accepted before the drain began, handshake done after: without this it would take new streams until
+            # the deadline, on an instance about to go.
+            conn.goaway()
