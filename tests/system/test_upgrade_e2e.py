@@ -51,6 +51,16 @@ OFF = Scenario(
     "both-off", "ztunnel's: handoff off, tcp_migrate_req=0", False, False, GRACE_S, "rolling", UPSTREAM_AGE_S
 )
 DRAIN = Scenario("drain", "node drain (OnDelete)", True, True, GRACE_S, strategy="drain")
+# pyztunnel's defaults, and no cap on the gateway's upstream connection age: every keep-alive connection (client →
+# gateway, plain TCP; gateway → httpbin, HBONE) outlives every drain, and none may be reset.
+LOSSLESS = Scenario(
+    "lossless",
+    "pyztunnel's defaults (handoff, tcp_migrate_req, migration, hbone resume)",
+    True,
+    True,
+    GRACE_S,
+    connection_migration=True,
+)
 
 
 def scenario_doc(scenario: Scenario) -> dict[str, Any]:
@@ -256,6 +266,32 @@ def test_rolling_upgrade_with_handoff_loses_nothing(handoff_on: Cluster, tmp_pat
     mesh_pods = [p for p in handoff_on.state()["pods"] if p["mesh"]]
     assert sum(int(f["adopted"]) for f in adopted) == 3 * len(mesh_pods), adopted
     assert all(f["to_bind"] == "0" for f in adopted), adopted
+
+
+def test_rolling_upgrade_with_pyztunnels_defaults_resets_nothing(tmp_path: Path) -> None:
+    """The headline: keep-alive connections live for ever on both hops, and an upgrade of every node neither fails
+    a request nor resets a connection: the old proxies hand every established connection, plain TCP and HBONE, to
+    their successors (HBONE streams are stopped with their peer and resumed), and exit before their deadline."""
+    doc = scenario_doc(LOSSLESS)
+    gateway_env = next(d for d in doc["deployments"] if d["name"] == "gateway")["env"]
+    assert gateway_env["KEEPALIVE_TIME"] == "1h" and gateway_env["PROXY_NEXT_UPSTREAM"] == "off"
+    with running("tup5", doc) as cluster:
+        kept, fresh, old, _ = roll_under_load(cluster, LOSSLESS, tmp_path)
+        for run in (kept, fresh):
+            assert run.failed == 0 and run.retried == 0, (run.result.get("RetCodes"), run.result.get("RetriedKinds"))
+        logs = proxy_logs(cluster)
+        for node, name in old.items():
+            lines = logs[name]
+            fields = [log_fields(line) for line in lines if "migrated established connections" in line]
+            assert fields and fields[0]["kept"] == "0", (node, fields)
+            assert not any("reset" in line for line in lines), (node, [line for line in lines if "reset" in line])
+            outcome = [log_fields(line)["outcome"] for line in lines if "shutdown complete" in line]
+            assert outcome == ["clean"], (node, outcome)
+        gateway = cluster.pod("gateway")
+        moved = [log_fields(line) for line in logs[old[gateway["node"]]] if "migrated established" in line]
+        # Both kinds moved from the gateway's node: its client connections and its HBONE streams to httpbin.
+        assert int(moved[0]["connections"]) >= KEEPALIVE_CONNECTIONS + 1, moved
+        assert not any("upstream" in line for line in cluster.log_lines(gateway["name"]))
 
 
 def test_rolling_upgrade_with_migrate_req_only_loses_nothing(tmp_path: Path) -> None:
