@@ -6,6 +6,7 @@ in the benchmark, not in tests) and that nothing is left running.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 
@@ -15,8 +16,29 @@ from tests.conftest import require
 
 
 def _children() -> set[str]:
-    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
-    return {line for line in out.splitlines() if "pzt-bench-mtls-" in line or "workloads.yaml" in line}
+    """The harness's processes that are this test's descendants, or orphans (a leak whose parent is gone); another
+    run's live harness on the same machine is not ours to count."""
+    out = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True, check=True).stdout
+    parent: dict[int, int] = {}
+    args: dict[int, str] = {}
+    for line in out.splitlines():
+        pid, ppid, *rest = line.split(None, 2)
+        parent[int(pid)], args[int(pid)] = int(ppid), rest[0] if rest else ""
+
+    def ours(pid: int) -> bool:
+        for _ in range(64):
+            pid = parent.get(pid, 0)
+            if pid == os.getpid():
+                return True
+            if pid <= 1:
+                return False
+        return False
+
+    return {
+        text
+        for pid, text in args.items()
+        if ("pzt-bench-mtls-" in text or "workloads.yaml" in text) and (ours(pid) or parent.get(pid) == 1)
+    }
 
 
 def test_bench_mtls_smoke() -> None:

@@ -99,9 +99,10 @@ async def scenario() -> dict[str, Any]:
         "relay_done_called": bool(done),
         "untracked": pod.untracked == [relay],
         "received": (exported.context["bytes_recv"], exported.context["bytes_sent"]),
-        "ends": (exported.down.peer, exported.up.peer),
+        "ends": (exported.down and exported.down.peer, exported.up and exported.up.peer),
     }
     # The next owner's copies still work: the paused bytes are there, and writing reaches the peers.
+    assert exported.down_fd is not None and exported.up_fd is not None  # both legs of a TCP relay travel
     new_down, new_up = socket.socket(fileno=exported.down_fd), socket.socket(fileno=exported.up_fd)
     try:
         facts["linger"] = struct.unpack("ii", new_down.getsockopt(socket.SOL_SOCKET, socket.SO_LINGER, 8))[0]

@@ -244,7 +244,8 @@ class GiveService:
         try:
             while pending:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                ready = [(tasks[t], e) for t in done if (e := _prepared(t)) is not None]
+                # In the order they were listed (a set has none): batches and ids stay predictable.
+                ready = [(c, e) for t, c in tasks.items() if t in done and (e := _prepared(t)) is not None]
                 for start in range(0, len(ready), migrate.MAX_CONNECTIONS_PER_MESSAGE):
                     chunk = ready[start : start + migrate.MAX_CONNECTIONS_PER_MESSAGE]
                     offered += len(chunk)
