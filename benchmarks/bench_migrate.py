@@ -1,11 +1,13 @@
 """Connection migration: how long an old proxy takes to hand N idle established connections to the new one.
 
-Two `pyztunnel proxy` processes in direct mode on loopback (outbound passthrough to an echo server in this process).
+Two `pyztunnel proxy` processes in direct mode on loopback, an echo server in this process. Two kinds, both measured:
+`passthrough` (outbound passthrough: both legs plain TCP, moved whole) and `hbone` (outbound to a mesh workload
+through a third proxy serving it: the HBONE streams are stopped with that peer and resumed by the new instance).
 N client connections are opened through the old one (one round trip each), the new one starts and registers, the old
 one gets SIGTERM: measured from its `drain started` line to its `migrated established connections` line (log
-timestamps), and until it has exited. Then one round trip on every connection proves they all live on.
-Peer, measured in the same run: what the clients would do without migration (ztunnel: reset, reconnect): open N new
-connections through the new instance, one round trip each.
+timestamps), and until it has exited. Then one round trip on every connection proves they all live on (for HBONE:
+through a resumed stream). Peer, measured in the same run: what the clients would do without migration (ztunnel:
+reset, reconnect): open N new connections through the new instance, one round trip each.
 
     python -m benchmarks migrate [--connections N]
 """
@@ -24,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from benchmarks import tunnels
 
 
 def _arg(args: list[str], name: str, default: int) -> int:
@@ -65,10 +69,9 @@ class Proxy:
         return await asyncio.wait_for(scan(), within)
 
 
-async def _proxy(tmp: Path, name: str, listen: str, target: str, handoff: Path) -> Proxy:
+async def _proxy(tmp: Path, name: str, role: list[str], mesh: list[str]) -> Proxy:
     args = ["--readiness-addr", "", "--stats-addr", "", "--admin-addr", "", "--workload-wait", "0s"]
-    args += ["--direct-outbound", f"{listen}={target}", "--handoff-socket", str(handoff)]
-    args += ["--connection-termination-deadline", "60s"]
+    args += [*role, *mesh, "--connection-termination-deadline", "60s"]
     env = {**os.environ, "PYZTUNNEL_KEY_DIR": str(tmp / f"keys-{name}"), "RUST_LOG": "info"}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "pyztunnel", "proxy", *args, env=env, stderr=asyncio.subprocess.PIPE
@@ -93,7 +96,7 @@ async def _open(ip: str, port: int, n: int) -> list[tuple[asyncio.StreamReader, 
     return conns
 
 
-async def _measure(n: int) -> dict[str, Any]:
+async def _measure(n: int, hbone: bool) -> dict[str, Any]:
     net = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}"
     a_ip, b_ip = f"{net}.10", f"{net}.20"
     app_port, out_port = _free_port(b_ip), _free_port(a_ip)
@@ -108,12 +111,19 @@ async def _measure(n: int) -> dict[str, Any]:
     conns: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
     with tempfile.TemporaryDirectory(prefix="pzt-bench-migrate-") as tmp_dir:
         tmp = Path(tmp_dir)
-        handoff = tmp / "handoff.sock"
+        moving = ["--direct-outbound", f"{a_ip}:{out_port}={b_ip}:{app_port}", "--handoff-socket", str(tmp / "h.sock")]
+        mesh: list[str] = []
+        if hbone:  # both addresses are mesh workloads: the outbound connection is HBONE to a proxy serving b_ip
+            config = tmp / "workloads.yaml"
+            config.write_text(tunnels.WORKLOADS.format(client=a_ip, server=b_ip))
+            mesh = ["--local-xds-path", str(config), "--cert-dir", str(tunnels.write_certs(tmp / "certs")["pyz"])]
         try:
-            old = await _proxy(tmp, "old", f"{a_ip}:{out_port}", f"{b_ip}:{app_port}", handoff)
+            if hbone:
+                procs.append(await _proxy(tmp, "peer", ["--direct-inbound", b_ip], mesh))
+            old = await _proxy(tmp, "old", moving, mesh)
             procs.append(old)
             conns = await _open(a_ip, out_port, n)
-            new = await _proxy(tmp, "new", f"{a_ip}:{out_port}", f"{b_ip}:{app_port}", handoff)
+            new = await _proxy(tmp, "new", moving, mesh)
             procs.append(new)
             await new.line("registered to take established connections")
             signalled = time.time()
@@ -139,6 +149,7 @@ async def _measure(n: int) -> dict[str, Any]:
             app.close()
     migrate_s = _stamp(moved_line) - started
     return {
+        "kind": "hbone" if hbone else "passthrough",
         "connections": n,
         "migrated": moved,
         "migrate_s": round(migrate_s, 4),
@@ -153,12 +164,17 @@ def run(args: list[str]) -> dict[str, object]:
     n = _arg(args, "--connections", 1000)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8 * n + 1024)), hard))  # children inherit it
-    result = asyncio.run(_measure(n))
-    print(f"{'measure':<58} value")
-    print(f"{'idle connections migrated':<58} {result['migrated']} of {n}")
-    print(f"{'drain started → all migrated (old proxy log)':<58} {result['migrate_s']:.3f} s")
-    print(f"{'per connection':<58} {result['per_connection_us']} µs")
-    print(f"{'SIGTERM → old proxy exited':<58} {result['sigterm_to_exit_s']:.3f} s")
-    print(f"{'peer: clients reconnect through the new proxy (no migration)':<58} {result['peer_reconnect_s']:.3f} s")
-    print(f"{'migrate / reconnect':<58} {result['migrate_vs_reconnect']}")
-    return result
+    results = {kind: asyncio.run(_measure(n, kind == "hbone")) for kind in ("passthrough", "hbone")}
+    print(f"{'measure':<62} {'passthrough':>12} {'hbone':>12}")
+    rows = [
+        ("idle connections migrated", "migrated", "{}"),
+        ("drain started → all migrated (old proxy log), s", "migrate_s", "{:.3f}"),
+        ("per connection, µs", "per_connection_us", "{}"),
+        ("SIGTERM → old proxy exited, s", "sigterm_to_exit_s", "{:.3f}"),
+        ("peer: clients reconnect through the new proxy (no migration), s", "peer_reconnect_s", "{:.3f}"),
+        ("migrate / reconnect", "migrate_vs_reconnect", "{}"),
+    ]
+    for label, key, fmt in rows:
+        cells = [fmt.format(results[kind][key]) for kind in ("passthrough", "hbone")]
+        print(f"{label:<62} {cells[0]:>12} {cells[1]:>12}")
+    return {"connections": n, **results}
