@@ -71,14 +71,19 @@ async def setup(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator
     try:
         yield s
     finally:
-        for proc in s.procs:
-            if proc.proc.returncode is None:
-                proc.proc.kill()
-            await proc.proc.wait()
-            assert proc.proc.stderr is not None
-            proc.lines += (await proc.proc.stderr.read()).decode().splitlines(keepends=True)
-        sys.stderr.write("".join(line for p in s.procs for line in p.lines))
-        await s.server.close()
+        await tear_down(s.procs, s.server)
+
+
+async def tear_down(procs: list[Proc], server: StreamServer) -> None:
+    """Kill what still runs, show every proxy's log (pytest prints it for a failed test), close the app."""
+    for proc in procs:
+        if proc.proc.returncode is None:
+            proc.proc.kill()
+        await proc.proc.wait()
+        assert proc.proc.stderr is not None
+        proc.lines += (await proc.proc.stderr.read()).decode().splitlines(keepends=True)
+    sys.stderr.write("".join(line for p in procs for line in p.lines))
+    await server.close()
 
 
 def assert_intact(clients: list[Endpoint], server: StreamServer) -> None:

@@ -47,6 +47,20 @@ class Proc:
 
         return await asyncio.wait_for(scan(), within)
 
+    async def wait_for_lines(self, needle: str, count: int, within: float = 30) -> list[str]:
+        """The first `count` lines containing `needle`, reading on until they are there."""
+
+        async def scan() -> None:
+            assert self.proc.stderr is not None
+            while sum(needle in line for line in self.lines) < count:
+                raw = await self.proc.stderr.readline()
+                if not raw:
+                    raise AssertionError(f"process exited before {count} lines with {needle!r}")
+                self.lines.append(raw.decode())
+
+        await asyncio.wait_for(scan(), within)
+        return [line for line in self.lines if needle in line][:count]
+
     async def stop(self) -> int:
         if self.proc.returncode is None:
             self.proc.send_signal(signal.SIGTERM)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import pytest
 
 from tests.integration.proxy.harness import config_text, free_port, loopback_ips
 from tests.integration.proxy.streams import Endpoint, StreamServer, open_clients
-from tests.integration.proxy.test_migration import assert_intact
+from tests.integration.proxy.test_migration import assert_intact, tear_down
 from tests.integration.proxy.test_process import Proc, start_proxy, write_certs
 
 CONNECTIONS = 5
@@ -68,21 +67,6 @@ class Nodes:
         return clients
 
 
-async def lines_with(proc: Proc, needle: str, count: int, within: float = 30) -> list[str]:
-    """The first `count` log lines containing `needle`, reading on until they are there."""
-
-    async def scan() -> None:
-        assert proc.proc.stderr is not None
-        while sum(needle in line for line in proc.lines) < count:
-            raw = await proc.proc.stderr.readline()
-            if not raw:
-                raise AssertionError(f"process exited before {count} lines with {needle!r}")
-            proc.lines.append(raw.decode())
-
-    await asyncio.wait_for(scan(), within)
-    return [line for line in proc.lines if needle in line][:count]
-
-
 @pytest.fixture
 async def nodes(tmp_path: Path) -> AsyncIterator[Nodes]:
     n = Nodes(tmp_path)
@@ -90,14 +74,7 @@ async def nodes(tmp_path: Path) -> AsyncIterator[Nodes]:
     try:
         yield n
     finally:
-        for proc in n.procs:
-            if proc.proc.returncode is None:
-                proc.proc.kill()
-            await proc.proc.wait()
-            assert proc.proc.stderr is not None
-            proc.lines += (await proc.proc.stderr.read()).decode().splitlines(keepends=True)
-        sys.stderr.write("".join(line for p in n.procs for line in p.lines))
-        await n.server.close()
+        await tear_down(n.procs, n.server)
 
 
 @pytest.mark.parametrize("moving", ["a", "b"])
@@ -127,7 +104,7 @@ async def test_hbone_streams_survive_an_upgrade_of_either_end(nodes: Nodes, movi
         assert "connection complete" in line and "error=" not in line, line
         assert f"bytes_sent={client.dir.sent} bytes_recv={client.dir.received}" in line, line
     b_proxy = new if moving == "b" else staying
-    inbound = await lines_with(b_proxy, 'direction="inbound"', CONNECTIONS)
+    inbound = await b_proxy.wait_for_lines('direction="inbound"', CONNECTIONS)
     assert all("connection complete" in line for line in inbound)
     assert len(inbound) == CONNECTIONS and not any("error=" in line for line in inbound), inbound
     assert sorted(int(line.split("bytes_recv=")[1].split()[0]) for line in inbound) == sorted(
