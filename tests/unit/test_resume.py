@@ -1,0 +1,169 @@
+"""Resumable HBONE streams, sans-IO: the headers, the QUIESCE frame, the stop's state, and who may claim a parked
+stream."""
+
+from __future__ import annotations
+
+import asyncio
+import typing
+
+import pytest
+from hyperframe.frame import ExtensionFrame, Frame
+
+from pyztunnel.observe.access import ConnectionRecord
+from pyztunnel.protocols import resume
+from pyztunnel.proxy.resumable import Parked, ResumeRegistry
+
+TOKEN = "0123456789abcdef0123456789abcdef"
+
+
+def test_a_token_is_32_hex_digits_and_a_malformed_one_is_ignored() -> None:
+    assert resume.new_token(bytes(range(16))) == "000102030405060708090a0b0c0d0e0f"
+    with pytest.raises(ValueError):
+        resume.new_token(b"short")
+    assert resume.token_in([(b"pyztunnel-stream", TOKEN.encode())], resume.STREAM_HEADER) == TOKEN
+    for bad in (b"", b"xyz", TOKEN.upper().encode(), TOKEN.encode() + b"0", b"../" + TOKEN.encode()[3:]):
+        assert resume.token_in([(resume.STREAM_HEADER, bad)], resume.STREAM_HEADER) is None
+    assert resume.token_in([(resume.RESUME_HEADER, TOKEN.encode())], resume.STREAM_HEADER) is None
+
+
+def test_the_quiesce_frame_is_an_http2_extension_frame_with_the_count() -> None:
+    raw = resume.quiesce_frame(7, 123456789012, ack=True)
+    frame, length = Frame.parse_frame_header(memoryview(raw[:9]))
+    assert isinstance(frame, ExtensionFrame) and length == 8 == len(raw) - 9
+    frame.parse_body(memoryview(raw[9:]))
+    assert (frame.type, frame.stream_id, frame.flag_byte) == (resume.QUIESCE_FRAME, 7, resume.FLAG_ACK)
+    assert resume.parse_quiesce(frame.flag_byte, frame.body) == (123456789012, True)
+    assert resume.parse_quiesce(0, resume.quiesce_frame(1, 0, ack=False)[9:]) == (0, False)
+    with pytest.raises(resume.ResumeError):
+        resume.parse_quiesce(0, b"\x00" * 7)
+    for stream_id, sent in ((0, 1), (2**31, 1), (1, -1)):
+        with pytest.raises(ValueError):
+            resume.quiesce_frame(stream_id, sent, ack=False)
+
+
+def _state(q: resume.Quiesce) -> tuple[bool, bool]:
+    return q.stopped, q.must_answer
+
+
+def test_a_stop_is_complete_once_both_marks_are_through() -> None:
+    mover = resume.Quiesce()
+    mover.begin(sent=100)
+    assert _state(mover) == (False, False)
+    mover.receive(sent_by_peer=40, received=40)
+    assert _state(mover) == (True, False)
+
+    stayer = resume.Quiesce()
+    stayer.receive(sent_by_peer=100, received=100)
+    assert _state(stayer) == (False, True)
+    stayer.begin(sent=40)
+    assert _state(stayer) == (True, False)
+
+
+def test_both_ends_stopping_at_once_is_a_stop() -> None:
+    a, b = resume.Quiesce(), resume.Quiesce()
+    a.begin(10)
+    b.begin(20)
+    a.receive(20, 20)
+    b.receive(10, 10)
+    assert _state(a) == _state(b) == (True, False)
+
+
+@pytest.mark.parametrize(
+    ("steps", "error"),
+    [
+        ([("receive", 10, 9)], "peer says it sent 10 bytes, 9 arrived"),  # a byte lost (or invented) on the way
+        ([("receive", 1, 1), ("receive", 1, 1)], "a second quiesce mark"),
+        ([("begin", 1), ("begin", 1)], "already announced"),
+    ],
+)
+def test_a_stop_that_does_not_add_up_is_refused(steps: list[tuple[typing.Any, ...]], error: str) -> None:
+    state = resume.Quiesce()
+    with pytest.raises(resume.ResumeError, match=error):
+        for name, *args in steps:
+            getattr(state, name)(*args)
+
+
+class _Shared:
+    def __init__(self, registry: ResumeRegistry) -> None:
+        self.resumes = registry
+        self.connections: set[object] = set()
+        self.completed: list[ConnectionRecord] = []
+        self.logged = asyncio.Event()
+        self.telemetry = self
+
+    def complete(self, record: ConnectionRecord) -> None:
+        self.completed.append(record)
+        self.logged.set()
+
+
+class _Pod:
+    def __init__(self, key: str, shared: _Shared) -> None:
+        self.key = key
+        self.shared = shared
+
+
+class _App:
+    """The parked app socket: only what giving up touches."""
+
+    def __init__(self) -> None:
+        self.done = False
+        self.aborted = False
+        self.received = 5
+
+    def abort(self) -> None:
+        self.aborted = self.done = True
+
+
+def _parked(registry: ResumeRegistry, pod_key: str = "pod-b") -> tuple[Parked, _Shared, _App]:
+    shared = _Shared(registry)
+    record = ConnectionRecord(src_addr="10.0.0.1:5000", dst_addr="10.0.0.2:15008", direction="inbound")
+    record.src_identity = "spiffe://cluster.local/ns/a/sa/client"
+    record.dst_hbone_addr = "10.0.0.2:8080"
+    app = _App()
+    pod = typing.cast(typing.Any, _Pod(pod_key, shared))
+    return Parked(pod, typing.cast(typing.Any, app), record, TOKEN, 7, client_side=False), shared, app
+
+
+async def test_only_the_holder_of_a_stream_can_claim_it() -> None:
+    registry = ResumeRegistry(park_timeout=30)
+    parked, shared, _ = _parked(registry)
+    registry.park(parked)
+    assert parked in shared.connections  # the drain sees it as a live connection
+    identity, authority = "spiffe://cluster.local/ns/a/sa/client", "10.0.0.2:8080"
+    wrong = [
+        ("pod-x", identity, authority),  # another pod's listener
+        ("pod-b", "spiffe://cluster.local/ns/a/sa/other", authority),  # another workload
+        ("pod-b", identity, "10.0.0.2:9090"),  # another destination
+    ]
+    for key, who, where in wrong:
+        assert await registry.claim(TOKEN, key, who, where, wait=0) is None
+    assert len(registry) == 1  # a wrong claim leaves it parked
+    assert await registry.claim(TOKEN, "pod-b", identity, authority, wait=0) is parked
+    assert len(registry) == 0 and registry.resumed == 1
+    assert await registry.claim(TOKEN, "pod-b", identity, authority, wait=0) is None  # once
+    assert parked.timer is not None
+    parked.timer.cancel()
+
+
+async def test_a_claim_waits_for_a_stream_still_on_its_way() -> None:
+    registry = ResumeRegistry(park_timeout=30)
+    parked, _, _ = _parked(registry)
+    claim = asyncio.ensure_future(
+        registry.claim(TOKEN, "pod-b", "spiffe://cluster.local/ns/a/sa/client", "10.0.0.2:8080", wait=5)
+    )
+    await asyncio.sleep(0)  # [noqa: sleep-ok: the claim starts waiting before the stream is parked]
+    registry.park(parked)
+    assert await asyncio.wait_for(claim, 5) is parked
+    assert parked.timer is not None
+    parked.timer.cancel()
+
+
+async def test_a_park_that_expires_resets_the_app_and_logs_the_connection() -> None:
+    registry = ResumeRegistry(park_timeout=0.01)
+    parked, shared, app = _parked(registry)
+    registry.park(parked)
+    await asyncio.wait_for(shared.logged.wait(), 5)
+    assert app.aborted and registry.expired == 1 and len(registry) == 0 and parked not in shared.connections
+    record = shared.completed[0]
+    assert record.error is not None and "not resumed within" in record.error
+    assert (record.bytes_recv, record.bytes_sent) == (7, 5)  # the stream's bytes in, the app's bytes out
