@@ -167,3 +167,16 @@ async def test_a_park_that_expires_resets_the_app_and_logs_the_connection() -> N
     record = shared.completed[0]
     assert record.error is not None and "not resumed within" in record.error
     assert (record.bytes_recv, record.bytes_sent) == (7, 5)  # the stream's bytes in, the app's bytes out
+
+
+def test_a_moved_inbound_connection_keeps_what_its_policy_check_saw() -> None:
+    from pyztunnel import authz
+    from pyztunnel.proxy.migration import policy_view
+
+    hbone_in = ConnectionRecord(src_addr="10.0.0.1:5000", dst_addr="10.0.0.2:15008", direction="inbound")
+    hbone_in.dst_hbone_addr, hbone_in.src_identity = "10.0.0.2:8080", "spiffe://cluster.local/ns/a/sa/client"
+    assert policy_view(hbone_in) == authz.ConnectionInfo("10.0.0.1", "10.0.0.2", 8080, hbone_in.src_identity)
+    plain_in = ConnectionRecord(src_addr="10.0.0.9:4000", dst_addr="10.0.0.2:8080", direction="inbound")
+    assert policy_view(plain_in) == authz.ConnectionInfo("10.0.0.9", "10.0.0.2", 8080, None)
+    assert policy_view(ConnectionRecord(src_addr="10.0.0.9:4000", dst_addr="x", direction="outbound")) is None
+    assert policy_view(ConnectionRecord(src_addr="garbage", dst_addr="10.0.0.2:80", direction="inbound")) is None

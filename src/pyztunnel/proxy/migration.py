@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pyztunnel import authz
 from pyztunnel.aio import spawn
 from pyztunnel.lifecycle import migrate_io
 from pyztunnel.lifecycle.handoff import Netns
@@ -29,6 +30,7 @@ from pyztunnel.lifecycle.migrate import ConnHeader, Ends
 from pyztunnel.lifecycle.migrate_io import Exported, GiveService, Intake
 from pyztunnel.netns import netns_inode
 from pyztunnel.observe.access import ConnectionRecord
+from pyztunnel.protocols import hbone
 from pyztunnel.proxy.netsock import PodNetns
 from pyztunnel.proxy.pod import PodProxy
 from pyztunnel.proxy.relay import Leg, Relay, StreamLeg, TcpLeg
@@ -65,6 +67,18 @@ def record_from(header: ConnHeader, now: float | None = None) -> ConnectionRecor
             setattr(record, name, value)
     record.start = (time.monotonic() if now is None else now) - header.elapsed
     return record
+
+
+def policy_view(record: ConnectionRecord) -> authz.ConnectionInfo | None:
+    """What the policy check saw of a moved inbound connection, rebuilt from its record, so that a policy change
+    after the upgrade still closes it (ztunnel's PolicyWatcher). Outbound connections are not re-checked."""
+    if record.direction != "inbound":
+        return None
+    src = hbone.parse_authority(record.src_addr)
+    dst = hbone.parse_authority(record.dst_hbone_addr or record.dst_addr)
+    if src is None or dst is None:
+        return None
+    return authz.ConnectionInfo(src_ip=src[0], dst_ip=dst[0], dst_port=dst[1], identity=record.src_identity or None)
 
 
 def _ends(leg: TcpLeg) -> Ends | None:
@@ -338,7 +352,7 @@ class Migration:
         up.received += record.bytes_sent
         done = inbound.relay_done if record.direction == "inbound" else outbound.relay_done
         relay = Relay(down, up, lambda r, e: done(pod, r, e), record)
-        pod.track(relay)
+        pod.track(relay, policy_view(record))
         pod.shared.telemetry.opened(record)
         relay.start()
         return True
@@ -363,7 +377,7 @@ async def _adopt_stream(
     await asyncio.get_running_loop().connect_accepted_socket(lambda: app, sock)
     app.received += record.bytes_recv if outbound else record.bytes_sent
     stream_received = record.bytes_sent if outbound else record.bytes_recv
-    parked = Parked(pod, app, record, token, stream_received, client_side=outbound)
+    parked = Parked(pod, app, record, token, stream_received, client_side=outbound, authorized=policy_view(record))
     pod.shared.telemetry.opened(record)
     if outbound:
         spawn(resume_as_client(parked), "hbone-resume")
