@@ -19,7 +19,7 @@ from pyztunnel.proxy.h2conn import H2ServerConn
 from pyztunnel.proxy.netsock import family_of
 from pyztunnel.proxy.outbound import baggage_for
 from pyztunnel.proxy.pod import PodProxy
-from pyztunnel.proxy.relay import Relay, StreamLeg, TcpLeg
+from pyztunnel.proxy.relay import Relay, StreamLeg, TcpLeg, connect_leg
 from pyztunnel.proxy.telemetry import INBOUND, describe_dst, describe_src, fail, identity_of, new_record
 
 _log = logging.getLogger("pyztunnel.proxy.inbound")
@@ -155,7 +155,7 @@ async def _serve_stream(pod: PodProxy, conn: H2ServerConn, leg: StreamLeg, heade
         response.append((resume.STREAM_HEADER, token.encode()))
         leg.token = token
     conn.respond(leg, response)
-    relay = Relay(leg, up, lambda r, e: relay_done(pod, r, e), record)
+    relay = Relay(leg, up, pod.relay_done, record)
     pod.track(relay, info)
     relay.start()
     if token is not None:
@@ -176,29 +176,11 @@ def _reject(
     pod.shared.telemetry.complete(record)
 
 
-def relay_done(pod: PodProxy, relay: Relay, error: BaseException | None) -> None:
-    record: ConnectionRecord = relay.info
-    record.bytes_recv = relay.down.received  # request bytes: from the remote client towards the app
-    record.bytes_sent = relay.up.received
-    if error is not None:
-        fail(record, str(error) or type(error).__name__)
-    pod.untrack(relay)
-    pod.shared.telemetry.complete(record)
-
-
 async def _connect_app(pod: PodProxy, ip: str, port: int, client_ip: str) -> TcpLeg:
     """Connect to the app inside the pod (a marked socket, so the pod's capture rules let it through), from the
     client's address where the env preserves it."""
-    loop = asyncio.get_running_loop()
     sock = await pod.env.to_app(family_of(ip), client_ip)
-    try:
-        await asyncio.wait_for(loop.sock_connect(sock, (ip, port)), pod.shared.settings.connect_timeout)
-        leg = TcpLeg(start_paused=True)
-        await loop.create_connection(lambda: leg, sock=sock)
-    except BaseException:
-        sock.close()
-        raise
-    return leg
+    return await connect_leg(sock, (ip, port), pod.shared.settings.connect_timeout)
 
 
 async def handle_plaintext(pod: PodProxy, sock: socket.socket) -> None:
@@ -245,6 +227,6 @@ async def handle_plaintext(pod: PodProxy, sock: socket.socket) -> None:
         down.abort()
         shared.telemetry.complete(record)
         return
-    relay = Relay(down, up, lambda r, e: relay_done(pod, r, e), record)
+    relay = Relay(down, up, pod.relay_done, record)
     pod.track(relay, info)
     relay.start()

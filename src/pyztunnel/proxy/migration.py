@@ -326,8 +326,6 @@ class Migration:
             self.settled = True
 
     async def adopt(self, header: ConnHeader, down_sock: socket.socket | None, up_sock: socket.socket | None) -> bool:
-        from pyztunnel.proxy import inbound, outbound
-
         pod = next((p for p in self._pods() if p.key == header.uid and not p.stopped), None)
         if pod is None:
             return False
@@ -350,8 +348,7 @@ class Migration:
         # Add, do not assign: a transport may have delivered its first bytes (kept for the relay) already.
         down.received += record.bytes_recv
         up.received += record.bytes_sent
-        done = inbound.relay_done if record.direction == "inbound" else outbound.relay_done
-        relay = Relay(down, up, lambda r, e: done(pod, r, e), record)
+        relay = Relay(down, up, pod.relay_done, record)
         pod.track(relay, policy_view(record))
         pod.shared.telemetry.opened(record)
         relay.start()

@@ -17,7 +17,7 @@ from pyztunnel.proxy import resumable
 from pyztunnel.proxy.h2conn import H2ClientConn
 from pyztunnel.proxy.netsock import family_of
 from pyztunnel.proxy.pod import PodProxy
-from pyztunnel.proxy.relay import Leg, Relay, StreamLeg, TcpLeg
+from pyztunnel.proxy.relay import Leg, Relay, StreamLeg, TcpLeg, connect_leg
 from pyztunnel.proxy.telemetry import OUTBOUND, describe_dst, describe_src, fail, identity_of, new_record
 from pyztunnel.workloads.index import Upstream, WorkloadIndex
 from pyztunnel.workloads.model import Workload
@@ -115,7 +115,7 @@ async def handle(pod: PodProxy, sock: socket.socket) -> None:
         _log.exception("outbound connection setup failed")
         _finish_failed(pod, down, record, f"internal error: {exc!r}", "-")
         return
-    relay = Relay(down, up, lambda r, e: relay_done(pod, r, e), record)
+    relay = Relay(down, up, pod.relay_done, record)
     pod.track(relay)
     relay.start()
     if isinstance(up, StreamLeg) and up.token is not None:
@@ -129,29 +129,9 @@ def _finish_failed(pod: PodProxy, down: TcpLeg, record: ConnectionRecord, error:
     pod.shared.telemetry.complete(record)
 
 
-def relay_done(pod: PodProxy, relay: Relay, error: BaseException | None) -> None:
-    record: ConnectionRecord = relay.info
-    record.bytes_recv = relay.down.received  # request bytes: what the local app sent
-    record.bytes_sent = relay.up.received
-    if error is not None:
-        fail(record, str(error) or type(error).__name__)
-    pod.untrack(relay)
-    pod.shared.telemetry.complete(record)
-
-
 async def _tcp(pod: PodProxy, upstream: Upstream) -> TcpLeg:
-    loop = asyncio.get_running_loop()
     sock = await pod.env.outgoing(family_of(upstream.ip))
-    try:
-        await asyncio.wait_for(
-            loop.sock_connect(sock, (upstream.ip, upstream.port)), pod.shared.settings.connect_timeout
-        )
-        leg = TcpLeg(start_paused=True)
-        await loop.create_connection(lambda: leg, sock=sock)
-    except BaseException:
-        sock.close()
-        raise
-    return leg
+    return await connect_leg(sock, (upstream.ip, upstream.port), pod.shared.settings.connect_timeout)
 
 
 async def _hbone(

@@ -15,6 +15,7 @@ import socket
 from collections.abc import Callable
 
 from pyztunnel import authz
+from pyztunnel.observe.access import ConnectionRecord
 from pyztunnel.protocols import hbone
 from pyztunnel.proxy.h2conn import H2ServerConn
 from pyztunnel.proxy.netsock import Acceptor, NetEnv
@@ -137,6 +138,18 @@ class PodProxy:
         self.shared.connections.add(relay)
         if authorized is not None:
             self.authorized[relay] = authorized
+
+    def relay_done(self, relay: Relay, error: BaseException | None) -> None:
+        """A relay's end, either direction: its record gets the bytes and the error, and is logged and counted.
+        `down` is the accepted leg, so bytes_recv is what the connecting side sent (the request) for both: ztunnel's
+        outbound log shows it as bytes_sent, which the access log's formatter takes care of."""
+        record: ConnectionRecord = relay.info
+        record.bytes_recv = relay.down.received
+        record.bytes_sent = relay.up.received
+        if error is not None:
+            fail(record, str(error) or type(error).__name__)
+        self.untrack(relay)
+        self.shared.telemetry.complete(record)
 
     def untrack(self, relay: Relay) -> None:
         self.relays.discard(relay)

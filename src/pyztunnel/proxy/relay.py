@@ -199,6 +199,20 @@ class TcpLeg(asyncio.Protocol, Leg):
         self.transport.abort()
 
 
+async def connect_leg(sock: socket.socket, address: tuple[str, int], within: float) -> TcpLeg:
+    """Connect a prepared socket (marked, bound, in the right netns) and wrap it in a paused TcpLeg; the socket is
+    closed if that fails."""
+    loop = asyncio.get_running_loop()
+    try:
+        await asyncio.wait_for(loop.sock_connect(sock, address), within)
+        leg = TcpLeg(start_paused=True)
+        await loop.create_connection(lambda: leg, sock=sock)
+    except BaseException:
+        sock.close()
+        raise
+    return leg
+
+
 class StreamControl(Protocol):
     def on_frame(self, frame_type: int, flags: int, body: bytes) -> None:
         """An HTTP/2 extension frame arrived on this stream."""

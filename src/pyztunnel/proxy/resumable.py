@@ -214,8 +214,6 @@ class Parked:
 
     def attach(self, stream: StreamLeg) -> Relay:
         """Join the app socket to `stream` and run the relay again (same record, byte counts carried on)."""
-        from pyztunnel.proxy import inbound, outbound
-
         if self.timer is not None:
             self.timer.cancel()
         shared = self.pod.shared
@@ -223,9 +221,9 @@ class Parked:
         stream.received += self.stream_received
         pod = self.pod
         if self.client_side:
-            relay = Relay(self.app, stream, lambda r, e: outbound.relay_done(pod, r, e), self.record)
+            relay = Relay(self.app, stream, pod.relay_done, self.record)
         else:
-            relay = Relay(stream, self.app, lambda r, e: inbound.relay_done(pod, r, e), self.record)
+            relay = Relay(stream, self.app, pod.relay_done, self.record)
         pod.track(relay, self.authorized)
         relay.start()
         self.app.read_again()
