@@ -1,4 +1,9 @@
-"""Readiness probes, run from inside a node's netns (as the kubelet probes from the node), from 169.254.7.127."""
+"""Readiness probes, run from inside a node's netns (as the kubelet probes from the node), from 169.254.7.127.
+
+Deadlines use `asyncio.timeout`, never `asyncio.wait_for`: on Python 3.11, wait_for returns the inner result and
+drops a cancellation that arrives while the inner await has just completed, so a pod's probe loop could survive
+the cancel of its deletion and keep `DELETE ?wait=1` waiting forever (docs/cluster.md, "Bounded waits").
+"""
 
 from __future__ import annotations
 
@@ -26,7 +31,8 @@ async def _connect(netns_fd: int, ip: str, port: int, source: str | None) -> soc
 
 async def tcp(netns_fd: int, ip: str, port: int, limit: float, source: str | None = PROBE_SOURCE) -> bool:
     try:
-        sock = await asyncio.wait_for(_connect(netns_fd, ip, port, source), limit)
+        async with asyncio.timeout(limit):
+            sock = await _connect(netns_fd, ip, port, source)
     except (OSError, TimeoutError):
         return False
     sock.close()
@@ -52,7 +58,8 @@ async def http_status(netns_fd: int, ip: str, port: int, path: str, limit: float
                 await writer.wait_closed()
 
     try:
-        return await asyncio.wait_for(get(), limit)
+        async with asyncio.timeout(limit):
+            return await get()
     except (OSError, TimeoutError, ValueError):
         return None
 
