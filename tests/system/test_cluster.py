@@ -88,9 +88,13 @@ def plain_spec() -> spec.LoadedSpec:
     return spec.parse(yaml.safe_dump(doc), "test-spec.yaml")
 
 
-def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, timeout: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "pyztunnel", "cluster", *args], capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "pyztunnel", "cluster", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -249,6 +253,36 @@ def test_down_after_kill_9_of_every_process_leaves_nothing() -> None:
         assert again.returncode == 0 and "nothing to remove" in again.stdout
     finally:
         asyncio.run(manage.down(name))
+
+
+def tiny_spec() -> spec.LoadedSpec:
+    doc = {"nodes": [{"name": "node-1"}], "agent": {"enabled": False}, "proxy": {"enabled": False}}
+    doc |= {"ca": {"enabled": False}, "deployments": [], "services": []}
+    return spec.parse(yaml.safe_dump(doc), "tiny.yaml")
+
+
+def test_down_all_removes_every_cluster_of_its_state_dir_and_no_other(tmp_path: Path) -> None:
+    """`down --all` through a state dir of this test's own: its clusters go, a cluster of another state dir (as a
+    concurrent run's) stays."""
+    require(os.geteuid() == 0, "root")
+    base = tmp_path / "state"
+    mine, other = [cname(7), cname(8)], cname(9)
+    try:
+        for name in mine:
+            manage.up(tiny_spec(), name, base=base, timeout=60)
+        manage.up(tiny_spec(), other, timeout=60)
+        out = cli("down", "--all", env={"PYZTUNNEL_STATE_DIR": str(base)})
+        assert out.returncode == 0, out.stderr
+        assert sorted(out.stdout.splitlines()) == [f"cluster {n} removed" for n in sorted(mine)], out.stdout
+        for name in mine:
+            assert leftovers(name) == [] and not (base / name).exists()
+        assert manage.exists(other, Layout.of(other)) and Client(Layout.of(other), other).state()["ready"]
+        again = cli("down", "--all", env={"PYZTUNNEL_STATE_DIR": str(base)})
+        assert again.returncode == 0 and again.stdout == "no cluster to remove\n", again.stdout
+    finally:
+        for name in mine:
+            asyncio.run(manage.down(name, base))
+        asyncio.run(manage.down(other))
 
 
 def test_failed_up_removes_what_it_built() -> None:
