@@ -5,6 +5,7 @@ LocalBackend read."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from pyztunnel.aio import cancel_and_wait, spawn
 from pyztunnel.cluster import api, controller, podnet, spec, topology
 from pyztunnel.cluster.controller import Controller, Pod, PublishStuck
 from pyztunnel.cluster.layout import Layout
+from pyztunnel.workloads.watch import config_version
 
 
 @pytest.fixture
@@ -242,3 +244,32 @@ async def test_published_is_bounded_and_names_a_dead_publisher(
     await asyncio.wait({ctl._publisher_task})
     with pytest.raises(PublishStuck, match="publisher ended"):
         await ctl.published(ctl.changed(), 5)
+
+
+async def test_ready_waits_until_every_proxy_has_loaded_the_last_workloads(
+    publishing: tuple[aiohttp.ClientSession, Controller],
+) -> None:
+    client, ctl = publishing
+    ctl.phase = "running"
+    ctl.agent_api = None
+    ctl.spec.deployments.clear()
+    await ctl.published(ctl.changed(), 5)
+    proxies = []
+    for node in ctl.nodes.values():
+        pod = app_pod(ctl, f"ztunnel-{node.name}")
+        pod.owner_kind, pod.node, pod.ready = "DaemonSet", node, True
+        proxies.append(pod)
+    current = (await call(client, "GET", "/v1/state"))[1]["workloadsVersion"]
+    assert current == config_version(ctl.layout.workloads.read_bytes())
+    proxies[0].config_version = proxies[1].config_version = current
+    proxies[2].config_version = "0000000000000000"  # still the previous file
+    _, state = await call(client, "GET", "/v1/state")
+    assert state["ready"] is False
+    assert [p["configVersion"] for p in state["proxies"]] == [current, current, "0000000000000000"]
+    proxies[2].config_version = current
+    assert (await call(client, "GET", "/v1/state"))[1]["ready"] is True
+    proxies[2].config_version = None  # a proxy without the header (ztunnel): the poll interval plus a margin
+    ctl._workloads_written_at = time.monotonic()
+    assert (await call(client, "GET", "/v1/state"))[1]["ready"] is False
+    ctl._workloads_written_at -= ctl.settle
+    assert (await call(client, "GET", "/v1/state"))[1]["ready"] is True

@@ -83,12 +83,8 @@ def log_tail(lines: int = 30) -> str:
 
 def test_gateway_to_httpbin_via_vip_logged_with_identities(cluster: dict[str, Any]) -> None:
     gateway, httpbin = pod(cluster, "gateway"), service(cluster, "httpbin")
-    # The proxies poll workloads.yaml; right after `up` one may not have seen httpbin's endpoints turn healthy yet
-    # (noted as a cluster readiness gap), so the first request may fail with "no healthy upstream": retry, bounded.
-    deadline, code = time.monotonic() + 10, ""
-    while time.monotonic() < deadline and code != "418":
-        code = curl(gateway, f"http://{httpbin['vip']}:8000/status/418")
-    assert code == "418", log_tail()
+    # `cluster up` returned once every proxy had loaded the last workloads.yaml: the first request must succeed.
+    assert curl(gateway, f"http://{httpbin['vip']}:8000/status/418") == "418", log_tail()
     gw_identity = 'src.identity="spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway"'
     hb_identity = 'dst.identity="spiffe://cluster.local/ns/default/sa/httpbin"'
     outbound = wait_for_log(

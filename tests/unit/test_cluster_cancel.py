@@ -88,3 +88,13 @@ async def test_stop_task_gives_up_in_bounded_time_on_a_task_that_ignores_cancell
     assert loop.time() - started < 1.0
     release.set()
     await task
+
+
+def test_parse_head_reads_status_and_headers() -> None:
+    answer = probe.parse_head(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Pyztunnel-Config: abc\r\n\r\n")
+    assert answer is not None and answer.ok
+    assert answer.headers == {"content-type": "text/plain", "x-pyztunnel-config": "abc"}
+    not_ready = probe.parse_head(b"HTTP/1.1 500 Internal Server Error\r\n\r\n")
+    assert not_ready is not None and not not_ready.ok and not_ready.headers == {}
+    assert probe.parse_head(b"SSH-2.0-OpenSSH\r\n") is None
+    assert probe.parse_head(b"") is None

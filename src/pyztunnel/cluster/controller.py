@@ -31,7 +31,9 @@ from pyztunnel.cluster.scheduling import Candidate, pick_node
 from pyztunnel.cluster.spec import ClusterSpec, DeploymentSpec, Labels, ProxySpec, ReadinessProbe
 from pyztunnel.cluster.spec import parse as parse_spec
 from pyztunnel.netns import NETNS_RUN_DIR
+from pyztunnel.observe.servers import CONFIG_VERSION_HEADER
 from pyztunnel.settings import Duration
+from pyztunnel.workloads.watch import config_version
 
 _log = logging.getLogger("pyztunnel.cluster")
 
@@ -42,8 +44,9 @@ PROXY_READY_PATH = "/healthz/ready"
 PLUMB_RETRY_FIRST = 0.05
 PLUMB_RETRY_MAX = 1.0
 COMPONENT_READY_TIMEOUT = 30.0
-# The cluster is `ready` only once workloads.yaml has not changed for the proxies' poll interval plus this margin: a
-# client sent through the gateway right after `cluster up` must find httpbin's endpoints healthy in every proxy.
+# The cluster is `ready` only once every proxy has loaded the last workloads.yaml (its readiness answer names the
+# version it loaded), so a client sent through the gateway right after `cluster up` finds httpbin's endpoints healthy
+# in every proxy. A proxy that does not name it (ztunnel) is given its poll interval plus this margin instead.
 PROXY_CONFIG_POLL_ENV = "PYZTUNNEL_CONFIG_POLL"
 PROXY_CONFIG_POLL_DEFAULT = "0.5s"
 SETTLE_MARGIN = 0.25
@@ -126,6 +129,7 @@ class Pod:
     task: asyncio.Task[None] | None = None
     terminating: asyncio.Task[None] | None = None
     deleted: asyncio.Event = field(default_factory=asyncio.Event)
+    config_version: str | None = None  # a proxy's: the workloads.yaml version it has loaded (its readiness header)
     stage: str = ""  # the termination step under way (for the 504 of a stuck `?wait=1`)
     stage_since: float = 0.0
 
@@ -173,6 +177,7 @@ class Pod:
             "terminationGracePeriodSeconds": self.grace,
             "createdAt": self.created_at,
             "message": self.message,
+            **({"configVersion": self.config_version} if self.owner_kind == "DaemonSet" else {}),
         }
 
 
@@ -238,6 +243,7 @@ class Controller:
         self._write_lock = asyncio.Lock()
         self._published_nft: dict[str, str] = {}
         self._published_workloads = ""
+        self._workloads_version = ""
         self._tasks: list[asyncio.Task[Any]] = []
         self._pods_allowed = False
         self._workloads_written_at = 0.0
@@ -605,7 +611,15 @@ class Controller:
                 ok = await probe.tcp(pod.node.fd, pod.ip, spec.tcpSocket.port, spec.timeoutSeconds)
             else:
                 assert spec.httpGet is not None
-                ok = await probe.http(pod.node.fd, pod.ip, spec.httpGet.port, spec.httpGet.path, spec.timeoutSeconds)
+                answer = await probe.http_answer(
+                    pod.node.fd, pod.ip, spec.httpGet.port, spec.httpGet.path, spec.timeoutSeconds
+                )
+                ok = answer is not None and answer.ok
+                if answer is not None and pod.owner_kind == "DaemonSet":
+                    version = answer.headers.get(CONFIG_VERSION_HEADER.lower())
+                    if version != pod.config_version:
+                        pod.config_version = version
+                        self.changed()  # `ready` may flip
             if ok:
                 failures = 0
                 if not pod.ready and pod.proc.running and pod.phase != "Terminating":
@@ -618,8 +632,10 @@ class Controller:
                     pod.ready = False
                     _log.info("pod %s is not ready", pod.name)
                     self.changed()
-            # Until ready, probe often so `cluster up` returns quickly; then at the configured period.
-            await asyncio.sleep(spec.periodSeconds if pod.ready else min(0.05, spec.periodSeconds))
+            # Until ready (a proxy: with the current workloads.yaml loaded), probe often so `cluster up` returns
+            # quickly; then at the configured period.
+            settled = pod.ready and (pod.config_version is None or pod.config_version == self._workloads_version)
+            await asyncio.sleep(spec.periodSeconds if settled else min(0.05, spec.periodSeconds))
 
     def start_delete(self, pod: Pod, grace: float, *, replace: bool = True) -> asyncio.Task[None]:
         """Mark the pod Terminating and terminate it; with `replace`, its owner replaces it at once (as the ReplicaSet
@@ -759,6 +775,7 @@ class Controller:
         if workloads != self._published_workloads:
             atomic_write(self.layout.workloads, workloads)
             self._published_workloads = workloads
+            self._workloads_version = config_version(workloads.encode())
             self._workloads_written_at = time.monotonic()
             asyncio.get_running_loop().call_later(self.settle, self.changed)  # `ready` may flip then
         atomic_write(self.layout.state, json.dumps(self.snapshot(), indent=2) + "\n")
@@ -820,6 +837,7 @@ class Controller:
             "phase": self.phase,
             "error": self.error,
             "ready": self.is_ready(),
+            "workloadsVersion": self._workloads_version,
             "controllerPid": os.getpid(),
             "ca": {
                 "enabled": self.ca is not None,
@@ -843,18 +861,23 @@ class Controller:
             poll = Duration.parse(PROXY_CONFIG_POLL_DEFAULT)
         return float(poll) + SETTLE_MARGIN
 
+    def _has_current_config(self, proxy: Pod) -> bool:
+        """The proxy has loaded the last workloads.yaml: it says so in its readiness header; a proxy without that
+        header (ztunnel itself) is given its poll interval plus a margin to have seen the last change."""
+        if proxy.config_version is not None:
+            return proxy.config_version == self._workloads_version
+        return time.monotonic() - self._workloads_written_at >= self.settle
+
     def is_ready(self) -> bool:
         if self.phase != "running":
             return False
-        if self.daemonset.enabled and time.monotonic() - self._workloads_written_at < self.settle:
-            return False  # proxies poll workloads.yaml: give them time to see the last change
         if self.agent_api is not None and not all(n.agent_ready for n in self.nodes.values()):
             return False
-        if self.daemonset.enabled and not all(
-            any(p.owner_kind == "DaemonSet" and p.node is n and p.ready for p in self.pods.values())
-            for n in self.nodes.values()
-        ):
-            return False
+        if self.daemonset.enabled:
+            for n in self.nodes.values():
+                proxies = [p for p in self.pods.values() if p.owner_kind == "DaemonSet" and p.node is n and p.ready]
+                if not proxies or not all(self._has_current_config(p) for p in proxies):
+                    return False
         for dep in self.spec.deployments:
             ready = [p for p in self.pods.values() if p.owner == dep.name and p.owner_kind == "Deployment" and p.ready]
             if len(ready) < self.replicas[dep.name]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+from dataclasses import dataclass
 
 from pyztunnel.cluster.topology import PROBE_SOURCE
 from pyztunnel.netns import socket_in_netns
@@ -39,19 +40,43 @@ async def tcp(netns_fd: int, ip: str, port: int, limit: float, source: str | Non
     return True
 
 
-async def http_status(netns_fd: int, ip: str, port: int, path: str, limit: float) -> int | None:
-    """The status code of `GET path`, or None when there is no answer."""
+@dataclass(frozen=True)
+class HttpAnswer:
+    status: int
+    headers: dict[str, str]  # names lowercased
 
-    async def get() -> int | None:
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 400
+
+
+def parse_head(head: bytes) -> HttpAnswer | None:
+    """The status line and headers of an HTTP/1.x response head (up to the blank line); None if it is not one."""
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split()
+    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+        return None
+    headers = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    return HttpAnswer(int(parts[1]), headers)
+
+
+async def http_answer(netns_fd: int, ip: str, port: int, path: str, limit: float) -> HttpAnswer | None:
+    """The status and headers of `GET path`, or None when there is no answer."""
+
+    async def get() -> HttpAnswer | None:
         sock = await _connect(netns_fd, ip, port, PROBE_SOURCE)
         reader, writer = await asyncio.open_connection(sock=sock)
         try:
             writer.write(f"GET {path} HTTP/1.1\r\nHost: {ip}:{port}\r\nConnection: close\r\n\r\n".encode())
-            line = await reader.readline()
-            parts = line.split()
-            if len(parts) >= 2 and parts[0].startswith(b"HTTP/") and parts[1].isdigit():
-                return int(parts[1])
-            return None
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError as exc:
+                head = exc.partial
+            return parse_head(head)
         finally:
             writer.close()
             with contextlib.suppress(OSError):
@@ -60,10 +85,10 @@ async def http_status(netns_fd: int, ip: str, port: int, path: str, limit: float
     try:
         async with asyncio.timeout(limit):
             return await get()
-    except (OSError, TimeoutError, ValueError):
+    except (OSError, TimeoutError, ValueError, asyncio.LimitOverrunError):
         return None
 
 
 async def http(netns_fd: int, ip: str, port: int, path: str, limit: float) -> bool:
-    status = await http_status(netns_fd, ip, port, path, limit)
-    return status is not None and 200 <= status < 400
+    answer = await http_answer(netns_fd, ip, port, path, limit)
+    return answer is not None and answer.ok
