@@ -285,6 +285,39 @@ def test_down_all_removes_every_cluster_of_its_state_dir_and_no_other(tmp_path: 
         asyncio.run(manage.down(other))
 
 
+def test_evict_wait_answers_while_probes_race_the_cancel() -> None:
+    """The controller hang seen in CI (`evict?wait=1` unanswered): a deletion's cancel that lands as a readiness probe
+    completes was lost in `asyncio.wait_for`, and the deletion waited for the probe loop forever. Probes that run
+    back to back (HTTP and TCP) make that race likely: with the old probes about one eviction in three hung."""
+    require(os.geteuid() == 0, "root")
+    name = cname(10)
+    doc = yaml.safe_load(tiny_spec().text)
+    doc["deployments"] = [
+        {
+            "name": kind,
+            "replicas": 2,
+            "command": [sys.executable, "-c", STATUS_SERVER, "8080"],
+            "readinessProbe": {probe: {"port": 8080, **extra}, "periodSeconds": 0.001},
+            "terminationGracePeriodSeconds": 1,
+        }
+        for kind, probe, extra in (("web", "httpGet", {"path": "/status/200"}), ("tcp", "tcpSocket", {}))
+    ]
+    try:
+        state = manage.up(spec.parse(yaml.safe_dump(doc), "race.yaml"), name, timeout=60)
+        client = Client(Layout.of(name), name, timeout=10)
+        for i in range(16):
+            ready = wait_state(client, "a ready pod", lambda state: any(p["ready"] for p in state["pods"]))
+            pods = [p["name"] for p in ready["pods"] if p["ready"]]
+            pod = pods[i % len(pods)]
+            started = time.monotonic()
+            client.call("POST", f"/v1/pods/{pod}/evict?wait=1")  # ControllerUnavailable after 10 s: the hang
+            assert time.monotonic() - started < 5, f"evicting {pod} took {time.monotonic() - started:.1f}s"
+            assert pod not in {p["name"] for p in client.state()["pods"]}
+        assert state["ready"]
+    finally:
+        asyncio.run(manage.down(name))
+
+
 def test_failed_up_removes_what_it_built() -> None:
     require(os.geteuid() == 0, "root")
     name = cname(3)
