@@ -58,7 +58,9 @@ PUBLISH_TIMEOUT = 10.0  # workloads.yaml, nft DNAT and state.json rewritten
 KILL_TIMEOUT = 5.0  # after SIGKILL, the process gone
 UNPLUMB_TIMEOUT = 15.0  # the agent's DELETE (a pending Add's ZDS Ack, then a Del broadcast: 5 s each at most)
 NETNS_DELETE_TIMEOUT = 10.0
-TERMINATION_MARGIN = TASK_STOP_TIMEOUT + PUBLISH_TIMEOUT + KILL_TIMEOUT + UNPLUMB_TIMEOUT + NETNS_DELETE_TIMEOUT
+# What a termination may take beyond the grace period: the sum of the bounds (KILL_TIMEOUT twice: after SIGKILL and
+# for leftovers in the netns) and 2 s for the rest. Below rollout/local.py's EXTRA_S, so a rollout gets the 504.
+TERMINATION_MARGIN = TASK_STOP_TIMEOUT + PUBLISH_TIMEOUT + 2 * KILL_TIMEOUT + UNPLUMB_TIMEOUT + NETNS_DELETE_TIMEOUT + 2
 
 
 def random_suffix() -> str:
@@ -685,11 +687,7 @@ class Controller:
             pod.ready = False
             # The pod leaves the services' endpoints (nft DNAT, workloads.yaml) before it is signalled, so no new
             # connection is sent to a process that is going away.
-            await step(
-                "publishing its removal from the endpoints",
-                PUBLISH_TIMEOUT + 1,
-                self.published(self.changed(), PUBLISH_TIMEOUT),
-            )
+            await step("publishing its removal from the endpoints", PUBLISH_TIMEOUT, self.published(self.changed()))
             if pod.proc is not None:
                 await step("stopping the process", grace + KILL_TIMEOUT, self._stop_proc(pod, grace))
             await step("killing what is left in its netns", KILL_TIMEOUT, kill_netns_processes(pod.netns))
