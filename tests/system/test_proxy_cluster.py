@@ -83,7 +83,10 @@ def log_tail(lines: int = 30) -> str:
 
 def test_gateway_to_httpbin_via_vip_logged_with_identities(cluster: dict[str, Any]) -> None:
     gateway, httpbin = pod(cluster, "gateway"), service(cluster, "httpbin")
-    # `cluster up` returned once every proxy had loaded the last workloads.yaml: the first request must succeed.
+    # `cluster up` returned once every proxy had loaded the last workloads.yaml (each says which in its readiness
+    # answer), so the first request must succeed.
+    written = cluster["workloadsVersion"]
+    assert written and [p["configVersion"] for p in cluster["proxies"]] == [written] * 3, cluster["proxies"]
     assert curl(gateway, f"http://{httpbin['vip']}:8000/status/418") == "418", log_tail()
     gw_identity = 'src.identity="spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway"'
     hb_identity = 'dst.identity="spiffe://cluster.local/ns/default/sa/httpbin"'
