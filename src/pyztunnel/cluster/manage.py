@@ -184,6 +184,11 @@ def not_ready(state: dict[str, Any] | None, layout: Layout) -> str:
         if not pod["ready"] and pod["phase"] != "Terminating":
             why = pod["message"] or tail(layout.log(pod["name"]))
             waiting.append(f"pod {pod['name']} {pod['phase']} ({why})")
+    current = state.get("workloadsVersion")
+    for proxy in state["proxies"]:
+        loaded = proxy.get("configVersion")
+        if proxy["ready"] and loaded is not None and loaded != current:
+            waiting.append(f"proxy {proxy['name']} has not loaded the last workloads.yaml ({loaded}, not {current})")
     return "; ".join(waiting) or f"phase {state['phase']}"
 
 
