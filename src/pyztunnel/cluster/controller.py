@@ -672,8 +672,8 @@ class Controller:
             except PublishStuck as exc:
                 stuck.append(f"{what}: {exc}")
                 _log.error("pod %s: %s; going on with its cleanup", pod.name, stuck[-1])
-            except (podnet.NotReady, topology.CommandFailed) as exc:
-                _log.warning("pod %s: %s failed: %s", pod.name, what, exc)  # idempotent cleanup: go on
+            except Exception as exc:  # e.g. the agent answered 500: the cleanup is idempotent, go on with it
+                _log.warning("pod %s: %s failed: %s: %s", pod.name, what, type(exc).__name__, exc)
             else:
                 if time.monotonic() - started > 1.0 + (grace if what == "stopping the process" else 0):
                     _log.info("pod %s: %s took %.1fs", pod.name, what, time.monotonic() - started)
