@@ -1,5 +1,5 @@
-"""Issue 3's system tests in the default local cluster (`tpx1`): the node proxies on real pod namespaces, the agent's
-capture, the CA's certificates.
+"""Issue 3's system tests in the default local cluster (`tpx<pid>`): the node proxies on real pod namespaces, the
+agent's capture, the CA's certificates.
 
 - gateway → httpbin through the service VIP returns 418, and both proxies log the connection with the identities;
 - a DENY policy blocks it: the source sees its connection closed, the destination proxy logs the 401's denial;
@@ -27,7 +27,9 @@ from pyztunnel.cluster import manage, spec
 from pyztunnel.cluster.layout import Layout
 from tests.conftest import require
 
-NAME = "tpx1"
+# Unique per run: other worktrees run this suite on the same machine, and the fixture first removes a leftover of
+# its name.
+NAME = f"tpx{os.getpid() % 100000}"
 
 
 @pytest.fixture(scope="module")
