@@ -4,6 +4,8 @@ LocalBackend read."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -11,9 +13,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from pyztunnel.cluster import api, spec
-from pyztunnel.cluster.controller import Controller
+from pyztunnel.aio import cancel_and_wait, spawn
+from pyztunnel.cluster import api, controller, podnet, spec, topology
+from pyztunnel.cluster.controller import Controller, Pod, PublishStuck
 from pyztunnel.cluster.layout import Layout
+from pyztunnel.workloads.watch import config_version
 
 
 @pytest.fixture
@@ -107,3 +111,165 @@ async def test_shutdown_sets_the_stop_event(session: tuple[aiohttp.ClientSession
     client, ctl = session
     assert await call(client, "POST", "/v1/shutdown") == (200, {"ok": True})
     assert ctl.stop_requested.is_set()
+
+
+# ----- `?wait=1` is bounded -------------------------------------------------------------------------------------------
+
+
+class HangingPodNetwork:
+    """An agent whose DELETE never answers (as one waiting for a proxy that stopped reading ZDS)."""
+
+    def __init__(self) -> None:
+        self.removing = asyncio.Event()
+
+    async def add(self, pod: podnet.PodNet) -> None:
+        return None
+
+    async def remove(self, pod: podnet.PodNet) -> None:
+        self.removing.set()
+        await asyncio.Event().wait()
+
+    async def close(self) -> None:
+        return None
+
+
+def app_pod(ctl: Controller, name: str) -> Pod:
+    node = ctl.nodes["node-1"]
+    pod = Pod(
+        name=name,
+        uid=f"uid-{name}",
+        namespace="default",
+        owner_kind="Deployment",
+        owner="x",
+        node=node,
+        ip=node.ipam.allocate(),
+        netns=f"pzt-tctlapi-{name}",
+        mesh=False,
+        service_account="default",
+        labels={},
+        grace=0,
+        probe=None,
+        command=[],
+        env={},
+        files={},
+    )
+    ctl.pods[name] = pod
+    return pod
+
+
+@pytest.fixture
+async def publishing(
+    session: tuple[aiohttp.ClientSession, Controller], monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[aiohttp.ClientSession, Controller]]:
+    """The session's controller with its publisher running and no namespace to delete."""
+    _, ctl = session
+
+    async def no_namespaces(names: Any) -> None:
+        return None
+
+    monkeypatch.setattr(topology, "delete_namespaces", no_namespaces)
+    ctl._publisher_task = spawn(ctl._publisher(), "test-publisher")
+    try:
+        yield session
+    finally:
+        await cancel_and_wait(ctl._publisher_task)
+
+
+async def test_wait_answers_504_naming_the_stuck_step(
+    publishing: tuple[aiohttp.ClientSession, Controller], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, ctl = publishing
+    monkeypatch.setattr(controller, "UNPLUMB_TIMEOUT", 0.2)
+    ctl.podnet = HangingPodNetwork()
+    pod = app_pod(ctl, "a")
+    status, answer = await asyncio.wait_for(call(client, "POST", "/v1/pods/a/evict?wait=1"), 10)
+    assert status == 504
+    assert answer["error"] == (
+        "pod a was removed, but unplumbing it through the node agent did not finish within 0.2s"
+    ), answer
+    assert "a" not in ctl.pods and pod.deleted.is_set()
+
+
+async def test_wait_is_bounded_even_when_a_step_is_not(
+    publishing: tuple[aiohttp.ClientSession, Controller], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, ctl = publishing
+    monkeypatch.setattr(controller, "TERMINATION_MARGIN", 0.3)  # the answer's bound, below the step's own
+    ctl.podnet = hanging = HangingPodNetwork()
+    app_pod(ctl, "b")
+    status, answer = await asyncio.wait_for(call(client, "DELETE", "/v1/pods/b?wait=1&grace=0"), 10)
+    assert hanging.removing.is_set()
+    assert status == 504
+    assert answer["error"].startswith("pod b is not gone after 0.3s: stuck in unplumbing it through the node agent")
+    task = ctl.pods["b"].terminating
+    assert task is not None
+    await cancel_and_wait(task)
+
+
+async def test_wait_survives_a_supervising_task_that_loses_its_first_cancellation(
+    publishing: tuple[aiohttp.ClientSession, Controller],
+) -> None:
+    """What a probe loop did when `wait_for` swallowed the cancel: go on. The deletion cancels it again."""
+    client, ctl = publishing
+    ctl.podnet = podnet.DirectPodNetwork()
+    pod = app_pod(ctl, "c")
+    swallowed = asyncio.Event()
+
+    async def probe_loop() -> None:
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                if swallowed.is_set():
+                    raise
+                swallowed.set()
+
+    pod.task = spawn(probe_loop(), "pod-c")
+    status, answer = await asyncio.wait_for(call(client, "POST", "/v1/pods/c/evict?wait=1"), 10)
+    assert (status, answer["ok"]) == (200, True) and swallowed.is_set()
+    assert "c" not in ctl.pods
+
+
+async def test_published_is_bounded_and_names_a_dead_publisher(
+    session: tuple[aiohttp.ClientSession, Controller],
+) -> None:
+    _, ctl = session
+    with pytest.raises(PublishStuck, match=r"not rewritten within 0\.1s"):
+        await ctl.published(ctl.changed(), 0.1)
+
+    async def broken() -> None:
+        raise RuntimeError("boom")
+
+    ctl._publisher_task = spawn(broken(), "broken-publisher")
+    await asyncio.wait({ctl._publisher_task})
+    with pytest.raises(PublishStuck, match="publisher ended"):
+        await ctl.published(ctl.changed(), 5)
+
+
+async def test_ready_waits_until_every_proxy_has_loaded_the_last_workloads(
+    publishing: tuple[aiohttp.ClientSession, Controller],
+) -> None:
+    client, ctl = publishing
+    ctl.phase = "running"
+    ctl.agent_api = None
+    ctl.spec.deployments.clear()
+    await ctl.published(ctl.changed(), 5)
+    proxies = []
+    for node in ctl.nodes.values():
+        pod = app_pod(ctl, f"ztunnel-{node.name}")
+        pod.owner_kind, pod.node, pod.ready = "DaemonSet", node, True
+        proxies.append(pod)
+    current = (await call(client, "GET", "/v1/state"))[1]["workloadsVersion"]
+    assert current == config_version(ctl.layout.workloads.read_bytes())
+    proxies[0].config_version = proxies[1].config_version = current
+    proxies[2].config_version = "0000000000000000"  # still the previous file
+    _, state = await call(client, "GET", "/v1/state")
+    assert state["ready"] is False
+    assert [p["configVersion"] for p in state["proxies"]] == [current, current, "0000000000000000"]
+    proxies[2].config_version = current
+    assert (await call(client, "GET", "/v1/state"))[1]["ready"] is True
+    proxies[2].config_version = None  # a proxy without the header (ztunnel): the poll interval plus a margin
+    ctl._workloads_written_at = time.monotonic()
+    assert (await call(client, "GET", "/v1/state"))[1]["ready"] is False
+    ctl._workloads_written_at -= ctl.settle
+    assert (await call(client, "GET", "/v1/state"))[1]["ready"] is True

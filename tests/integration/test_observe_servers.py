@@ -17,6 +17,7 @@ from pyztunnel.observe.access import ConnectionRecord
 from pyztunnel.observe.loglevels import LogFilter, LogLevels
 from pyztunnel.observe.metrics import Metrics, labels_for
 from pyztunnel.observe.servers import (
+    CONFIG_VERSION_HEADER,
     HttpServer,
     Readiness,
     ServerGroup,
@@ -256,3 +257,14 @@ async def test_server_group_drains_all_three_together(http: aiohttp.ClientSessio
         await group.stop_accepting()
         assert [await _refused(port) for port in ports] == [True, True, True]
     assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
+
+
+async def test_readiness_names_the_config_version_when_given(http: aiohttp.ClientSession, started: Started) -> None:
+    version: list[str | None] = [None]
+    server = await started(readiness_server(Readiness(), [listening_socket("127.0.0.1", 0)], lambda: version[0]))
+    async with http.get(url(server, "/healthz/ready")) as resp:
+        assert (resp.status, await resp.text()) == (200, "ready\n")
+        assert CONFIG_VERSION_HEADER not in resp.headers  # nothing loaded yet: no header, as ztunnel
+    version[0] = "0123456789abcdef"
+    async with http.get(url(server, "/healthz/ready")) as resp:
+        assert resp.headers[CONFIG_VERSION_HEADER] == "0123456789abcdef"

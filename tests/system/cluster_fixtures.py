@@ -12,6 +12,7 @@ import copy
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -201,4 +202,13 @@ def running(name: str, doc: dict[str, Any] | spec.LoadedSpec) -> Iterator[Cluste
         print(f"cluster {name} up in {time.monotonic() - started:.1f}s")
         yield Cluster(name, state)
     finally:
+        keep_logs(name)
         asyncio.run(manage.down(name))
+
+
+def keep_logs(name: str) -> None:
+    """With PYZTUNNEL_TEST_LOGS set, copy the cluster's logs there before they go with it (CI artifacts)."""
+    target = os.environ.get("PYZTUNNEL_TEST_LOGS")
+    logs = Layout.of(name).root / "logs"
+    if target and logs.is_dir():
+        shutil.copytree(logs, Path(target) / f"{name}-{int(time.time())}", dirs_exist_ok=True)

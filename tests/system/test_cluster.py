@@ -88,9 +88,13 @@ def plain_spec() -> spec.LoadedSpec:
     return spec.parse(yaml.safe_dump(doc), "test-spec.yaml")
 
 
-def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, timeout: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "pyztunnel", "cluster", *args], capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "pyztunnel", "cluster", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -247,6 +251,69 @@ def test_down_after_kill_9_of_every_process_leaves_nothing() -> None:
         assert host_view() == before
         again = cli("down", "--name", name)  # idempotent
         assert again.returncode == 0 and "nothing to remove" in again.stdout
+    finally:
+        asyncio.run(manage.down(name))
+
+
+def tiny_spec() -> spec.LoadedSpec:
+    doc = {"nodes": [{"name": "node-1"}], "agent": {"enabled": False}, "proxy": {"enabled": False}}
+    doc |= {"ca": {"enabled": False}, "deployments": [], "services": []}
+    return spec.parse(yaml.safe_dump(doc), "tiny.yaml")
+
+
+def test_down_all_removes_every_cluster_of_its_state_dir_and_no_other(tmp_path: Path) -> None:
+    """`down --all` through a state dir of this test's own: its clusters go, a cluster of another state dir (as a
+    concurrent run's) stays."""
+    require(os.geteuid() == 0, "root")
+    base = tmp_path / "state"
+    mine, other = [cname(7), cname(8)], cname(9)
+    try:
+        for name in mine:
+            manage.up(tiny_spec(), name, base=base, timeout=60)
+        manage.up(tiny_spec(), other, timeout=60)
+        out = cli("down", "--all", env={"PYZTUNNEL_STATE_DIR": str(base)})
+        assert out.returncode == 0, out.stderr
+        assert sorted(out.stdout.splitlines()) == [f"cluster {n} removed" for n in sorted(mine)], out.stdout
+        for name in mine:
+            assert leftovers(name) == [] and not (base / name).exists()
+        assert manage.exists(other, Layout.of(other)) and Client(Layout.of(other), other).state()["ready"]
+        again = cli("down", "--all", env={"PYZTUNNEL_STATE_DIR": str(base)})
+        assert again.returncode == 0 and again.stdout == "no cluster to remove\n", again.stdout
+    finally:
+        for name in mine:
+            asyncio.run(manage.down(name, base))
+        asyncio.run(manage.down(other))
+
+
+def test_evict_wait_answers_while_probes_race_the_cancel() -> None:
+    """The controller hang seen in CI (`evict?wait=1` unanswered): a deletion's cancel that lands as a readiness probe
+    completes was lost in `asyncio.wait_for`, and the deletion waited for the probe loop forever. Probes that run
+    back to back (HTTP and TCP) make that race likely: with the old probes about one eviction in three hung."""
+    require(os.geteuid() == 0, "root")
+    name = cname(10)
+    doc = yaml.safe_load(tiny_spec().text)
+    doc["deployments"] = [
+        {
+            "name": kind,
+            "replicas": 2,
+            "command": [sys.executable, "-c", STATUS_SERVER, "8080"],
+            "readinessProbe": {probe: {"port": 8080, **extra}, "periodSeconds": 0.001},
+            "terminationGracePeriodSeconds": 1,
+        }
+        for kind, probe, extra in (("web", "httpGet", {"path": "/status/200"}), ("tcp", "tcpSocket", {}))
+    ]
+    try:
+        state = manage.up(spec.parse(yaml.safe_dump(doc), "race.yaml"), name, timeout=60)
+        client = Client(Layout.of(name), name, timeout=10)
+        for i in range(16):
+            ready = wait_state(client, "a ready pod", lambda state: any(p["ready"] for p in state["pods"]))
+            pods = [p["name"] for p in ready["pods"] if p["ready"]]
+            pod = pods[i % len(pods)]
+            started = time.monotonic()
+            client.call("POST", f"/v1/pods/{pod}/evict?wait=1")  # ControllerUnavailable after 10 s: the hang
+            assert time.monotonic() - started < 5, f"evicting {pod} took {time.monotonic() - started:.1f}s"
+            assert pod not in {p["name"] for p in client.state()["pods"]}
+        assert state["ready"]
     finally:
         asyncio.run(manage.down(name))
 

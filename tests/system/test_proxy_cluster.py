@@ -1,5 +1,5 @@
-"""Issue 3's system tests in the default local cluster (`tpx1`): the node proxies on real pod namespaces, the agent's
-capture, the CA's certificates.
+"""Issue 3's system tests in the default local cluster (`tpx<pid>`): the node proxies on real pod namespaces, the
+agent's capture, the CA's certificates.
 
 - gateway → httpbin through the service VIP returns 418, and both proxies log the connection with the identities;
 - a DENY policy blocks it: the source sees its connection closed, the destination proxy logs the 401's denial;
@@ -27,7 +27,9 @@ from pyztunnel.cluster import manage, spec
 from pyztunnel.cluster.layout import Layout
 from tests.conftest import require
 
-NAME = "tpx1"
+# Unique per run: other worktrees run this suite on the same machine, and the fixture first removes a leftover of
+# its name.
+NAME = f"tpx{os.getpid() % 100000}"
 
 
 @pytest.fixture(scope="module")
@@ -83,12 +85,11 @@ def log_tail(lines: int = 30) -> str:
 
 def test_gateway_to_httpbin_via_vip_logged_with_identities(cluster: dict[str, Any]) -> None:
     gateway, httpbin = pod(cluster, "gateway"), service(cluster, "httpbin")
-    # The proxies poll workloads.yaml; right after `up` one may not have seen httpbin's endpoints turn healthy yet
-    # (noted as a cluster readiness gap), so the first request may fail with "no healthy upstream": retry, bounded.
-    deadline, code = time.monotonic() + 10, ""
-    while time.monotonic() < deadline and code != "418":
-        code = curl(gateway, f"http://{httpbin['vip']}:8000/status/418")
-    assert code == "418", log_tail()
+    # `cluster up` returned once every proxy had loaded the last workloads.yaml (each says which in its readiness
+    # answer), so the first request must succeed.
+    written = cluster["workloadsVersion"]
+    assert written and [p["configVersion"] for p in cluster["proxies"]] == [written] * 3, cluster["proxies"]
+    assert curl(gateway, f"http://{httpbin['vip']}:8000/status/418") == "418", log_tail()
     gw_identity = 'src.identity="spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway"'
     hb_identity = 'dst.identity="spiffe://cluster.local/ns/default/sa/httpbin"'
     outbound = wait_for_log(

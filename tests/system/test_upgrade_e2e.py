@@ -464,8 +464,8 @@ while not stopping:
 
 def drain_doc() -> dict[str, Any]:
     doc = scenario_doc(DRAIN)
-    # The default client is pinned to node-1 (nodeName): a cordoned node-1 never gets its replacement (see the
-    # xfail below), so this cluster has only movable pods.
+    # The default client is pinned to node-1 (nodeName): its replacement comes back on the cordoned node-1
+    # (test_a_pinned_pod_is_replaced_on_its_cordoned_node), so this cluster has only movable pods.
     doc["deployments"] = [
         {
             "name": "echo",
@@ -488,15 +488,6 @@ def drain_doc() -> dict[str, Any]:
     return doc
 
 
-# Intermittent (1 of 3 fresh-clone runs; also seen once as DELETE /v1/proxies at -c 1000): the controller gave no
-# answer to `POST /v1/pods/<pod>/evict?wait=1` within 62 s, so the rollout stopped. Not root-caused: the pod's
-# termination path (cluster/controller.py `_terminate`: stop → kill_netns_processes → agent DELETE → netns delete →
-# `published`) hangs somewhere. Non-strict so the runs where it does not show still count; the test asserts the
-# right behaviour and the marker goes with the fix (issue 4 stays open for it).
-@pytest.mark.xfail(
-    strict=False,
-    reason="intermittent controller hang answering evict?wait=1 during a drain rollout (issue 4, not root-caused)",
-)
 def test_drain_strategy_moves_pods_and_their_connections_end_with_them(tmp_path: Path) -> None:
     with running("tup4", drain_doc()) as cluster:
         before = {p["name"] for p in cluster.state()["pods"]}

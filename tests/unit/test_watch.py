@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pyztunnel.workloads.watch import ConfigWatch
+from pyztunnel.workloads.watch import ConfigWatch, config_version
 
 GOOD = "workloads: [{name: a, namespace: n, workloadIps: ['10.0.0.1']}]\n"
 GOOD2 = "workloads: [{name: b, namespace: n, workloadIps: ['10.0.0.2']}]\n"
@@ -39,3 +39,18 @@ def test_reload_and_keep_last_good(tmp_path: Path, caplog: pytest.LogCaptureFixt
     assert watch.index.workload_by_ip("10.0.0.1") is None
     assert watch.index.workload_by_ip("10.0.0.2") is not None
     assert seen == [1, 1]
+
+
+def test_version_names_the_bytes_in_force(tmp_path: Path) -> None:
+    path = tmp_path / "workloads.yaml"
+    replace(path, GOOD)
+    assert ConfigWatch(path).version is None  # nothing loaded yet
+    watch = ConfigWatch(path)
+    watch.check()
+    assert watch.version == config_version(GOOD.encode()) and len(GOOD) > 16
+    replace(path, "workloads: [{bogus: 1}]\n")
+    watch.check()
+    assert watch.version == config_version(GOOD.encode())  # a bad file changes nothing, the version neither
+    replace(path, GOOD2)
+    watch.check()
+    assert watch.version == config_version(GOOD2.encode()) != config_version(GOOD.encode())

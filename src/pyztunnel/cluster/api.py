@@ -1,7 +1,8 @@
 """The controller API: HTTP/1.1 + JSON on `controller.sock` (docs/architecture.md, Controller API; docs/cluster.md).
 
 Mutating calls return as soon as the change is under way (a deleted pod is `Terminating`, its replacement `Pending`);
-add `?wait=1` to DELETE/evict to return only once the pod is gone.
+add `?wait=1` to DELETE/evict to return only once the pod is gone (504 naming the stuck step if its termination
+overruns its grace period plus the controller's bounds).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from pydantic import ValidationError
 
+from pyztunnel.cluster.controller import TerminationStuck
 from pyztunnel.cluster.spec import ProxySpec
 
 if TYPE_CHECKING:
@@ -74,9 +76,20 @@ async def scale(request: web.Request) -> web.Response:
 
 
 async def _delete(request: web.Request, pod: Pod, grace: float) -> web.Response:
-    task = _ctl(request).start_delete(pod, grace)
+    ctl = _ctl(request)
+    task = ctl.start_delete(pod, grace)
     if request.query.get("wait") in ("1", "true"):
-        await asyncio.shield(task)
+        # Bounded: a termination step that hangs is answered with what it is stuck in, never with silence.
+        limit = ctl.termination_limit(grace)
+        try:
+            async with asyncio.timeout(limit):
+                await asyncio.shield(task)
+        except TimeoutError:
+            return _error(504, f"pod {pod.name} is not gone after {limit:g}s: {pod.where()}")
+        except TerminationStuck as exc:
+            return _error(504, str(exc))
+        except Exception as exc:
+            return _error(500, f"deleting pod {pod.name} failed: {type(exc).__name__}: {exc}")
     return web.json_response({"ok": True, "pod": pod.name, "terminationGracePeriodSeconds": grace})
 
 

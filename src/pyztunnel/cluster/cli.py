@@ -74,7 +74,13 @@ def up_cmd(spec_file: Path | None, no_mesh: bool, timeout: float, **kw: Any) -> 
 
 
 @cluster.command("down")
-@click.option("--all", "everything", is_flag=True, help="Remove every pyztunnel cluster on this machine")
+@click.option(
+    "--all",
+    "everything",
+    is_flag=True,
+    help="Remove every cluster under the state dir; with the default state dir, also clusters on this machine whose "
+    "state dir is gone (namespaces left behind)",
+)
 @settings.cli_options(ClusterSettings)
 def down_cmd(everything: bool, **kw: Any) -> None:
     """Remove a cluster: processes, namespaces, links, nft tables, state files. Idempotent."""
@@ -82,7 +88,9 @@ def down_cmd(everything: bool, **kw: Any) -> None:
 
     require_root("pyztunnel cluster down")
     name, layout = _target(kw)
-    names = manage.known_clusters(layout.root.parent) if everything else [name]
+    base = layout.root.parent
+    # Scoped to the state dir: a test (or a second user) with a state dir of its own never removes others' clusters.
+    names = manage.known_clusters(base, orphans=base == DEFAULT_BASE) if everything else [name]
     for n in names:
         removed = asyncio.run(manage.down(n, layout.root.parent))
         click.echo(f"cluster {n} removed" if removed else f"cluster {n}: nothing to remove")

@@ -8,7 +8,6 @@ backoff, readiness probes from the node netns), keeps deployments at their repli
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -32,7 +31,9 @@ from pyztunnel.cluster.scheduling import Candidate, pick_node
 from pyztunnel.cluster.spec import ClusterSpec, DeploymentSpec, Labels, ProxySpec, ReadinessProbe
 from pyztunnel.cluster.spec import parse as parse_spec
 from pyztunnel.netns import NETNS_RUN_DIR
+from pyztunnel.observe.servers import CONFIG_VERSION_HEADER
 from pyztunnel.settings import Duration
+from pyztunnel.workloads.watch import config_version
 
 _log = logging.getLogger("pyztunnel.cluster")
 
@@ -43,12 +44,23 @@ PROXY_READY_PATH = "/healthz/ready"
 PLUMB_RETRY_FIRST = 0.05
 PLUMB_RETRY_MAX = 1.0
 COMPONENT_READY_TIMEOUT = 30.0
-# The cluster is `ready` only once workloads.yaml has not changed for the proxies' poll interval plus this margin: a
-# client sent through the gateway right after `cluster up` must find httpbin's endpoints healthy in every proxy.
+# The cluster is `ready` only once every proxy has loaded the last workloads.yaml (its readiness answer names the
+# version it loaded), so a client sent through the gateway right after `cluster up` finds httpbin's endpoints healthy
+# in every proxy. A proxy that does not name it (ztunnel) is given its poll interval plus this margin instead.
 PROXY_CONFIG_POLL_ENV = "PYZTUNNEL_CONFIG_POLL"
 PROXY_CONFIG_POLL_DEFAULT = "0.5s"
 SETTLE_MARGIN = 0.25
 CRASH_LOOP_RESTARTS = 5  # `cluster up` gives up on a process that exited this often without becoming ready
+# Bounds on each step of a pod's termination (docs/cluster.md, "Bounded waits"). A step that overruns is logged by
+# name, the rest of the cleanup still runs, and `DELETE/evict ?wait=1` answers 504 naming the step.
+TASK_STOP_TIMEOUT = 5.0  # the pod's supervising task (probe loop, plumbing retries) ends once cancelled
+PUBLISH_TIMEOUT = 10.0  # workloads.yaml, nft DNAT and state.json rewritten
+KILL_TIMEOUT = 5.0  # after SIGKILL, the process gone
+UNPLUMB_TIMEOUT = 15.0  # the agent's DELETE (a pending Add's ZDS Ack, then a Del broadcast: 5 s each at most)
+NETNS_DELETE_TIMEOUT = 10.0
+# What a termination may take beyond the grace period: the sum of the bounds (KILL_TIMEOUT twice: after SIGKILL and
+# for leftovers in the netns) and 2 s for the rest. Below rollout/local.py's EXTRA_S, so a rollout gets the 504.
+TERMINATION_MARGIN = TASK_STOP_TIMEOUT + PUBLISH_TIMEOUT + 2 * KILL_TIMEOUT + UNPLUMB_TIMEOUT + NETNS_DELETE_TIMEOUT + 2
 
 
 def random_suffix() -> str:
@@ -119,6 +131,17 @@ class Pod:
     task: asyncio.Task[None] | None = None
     terminating: asyncio.Task[None] | None = None
     deleted: asyncio.Event = field(default_factory=asyncio.Event)
+    config_version: str | None = None  # a proxy's: the workloads.yaml version it has loaded (its readiness header)
+    stage: str = ""  # the termination step under way (for the 504 of a stuck `?wait=1`)
+    stage_since: float = 0.0
+
+    def at_stage(self, stage: str) -> None:
+        self.stage, self.stage_since = stage, time.monotonic()
+
+    def where(self) -> str:
+        if not self.stage:
+            return "its termination has not started"
+        return f"stuck in {self.stage} for {time.monotonic() - self.stage_since:.1f}s"
 
     @property
     def net(self) -> podnet.PodNet:
@@ -156,7 +179,16 @@ class Pod:
             "terminationGracePeriodSeconds": self.grace,
             "createdAt": self.created_at,
             "message": self.message,
+            **({"configVersion": self.config_version} if self.owner_kind == "DaemonSet" else {}),
         }
+
+
+class TerminationStuck(Exception):
+    """A pod's termination had a step that did not finish in its bound (the pod is removed all the same)."""
+
+
+class PublishStuck(Exception):
+    """The cluster files were not rewritten in time (the publisher is stuck or gone)."""
 
 
 class ApiError(Exception):
@@ -213,10 +245,12 @@ class Controller:
         self._write_lock = asyncio.Lock()
         self._published_nft: dict[str, str] = {}
         self._published_workloads = ""
+        self._workloads_version = ""
         self._tasks: list[asyncio.Task[Any]] = []
         self._pods_allowed = False
         self._workloads_written_at = 0.0
         self._proxies_allowed = False
+        self._publisher_task: asyncio.Task[None] | None = None
 
     # ----- lifecycle -------------------------------------------------------------------------------------------
 
@@ -228,7 +262,8 @@ class Controller:
         from pyztunnel.cluster.api import serve
 
         runner = await serve(self, self.layout.socket)
-        self._tasks.append(spawn(self._publisher(), "cluster-publish"))
+        self._publisher_task = spawn(self._publisher(), "cluster-publish")
+        self._tasks.append(self._publisher_task)
         try:
             await self._bootstrap()
             self.phase = "running"
@@ -578,7 +613,15 @@ class Controller:
                 ok = await probe.tcp(pod.node.fd, pod.ip, spec.tcpSocket.port, spec.timeoutSeconds)
             else:
                 assert spec.httpGet is not None
-                ok = await probe.http(pod.node.fd, pod.ip, spec.httpGet.port, spec.httpGet.path, spec.timeoutSeconds)
+                answer = await probe.http_answer(
+                    pod.node.fd, pod.ip, spec.httpGet.port, spec.httpGet.path, spec.timeoutSeconds
+                )
+                ok = answer is not None and answer.ok
+                if answer is not None and pod.owner_kind == "DaemonSet":
+                    version = answer.headers.get(CONFIG_VERSION_HEADER.lower())
+                    if version != pod.config_version:
+                        pod.config_version = version
+                        self.changed()  # `ready` may flip
             if ok:
                 failures = 0
                 if not pod.ready and pod.proc.running and pod.phase != "Terminating":
@@ -591,8 +634,10 @@ class Controller:
                     pod.ready = False
                     _log.info("pod %s is not ready", pod.name)
                     self.changed()
-            # Until ready, probe often so `cluster up` returns quickly; then at the configured period.
-            await asyncio.sleep(spec.periodSeconds if pod.ready else min(0.05, spec.periodSeconds))
+            # Until ready (a proxy: with the current workloads.yaml loaded), probe often so `cluster up` returns
+            # quickly; then at the configured period.
+            settled = pod.ready and (pod.config_version is None or pod.config_version == self._workloads_version)
+            await asyncio.sleep(spec.periodSeconds if settled else min(0.05, spec.periodSeconds))
 
     def start_delete(self, pod: Pod, grace: float, *, replace: bool = True) -> asyncio.Task[None]:
         """Mark the pod Terminating and terminate it; with `replace`, its owner replaces it at once (as the ReplicaSet
@@ -606,29 +651,62 @@ class Controller:
                 self.reconcile()
         return pod.terminating
 
+    def termination_limit(self, grace: float) -> float:
+        """How long a pod's termination may take at most: its grace period plus the bounds of the other steps."""
+        return grace + TERMINATION_MARGIN
+
     async def _terminate(self, pod: Pod, grace: float) -> None:
-        """SIGTERM, wait the grace period, SIGKILL; then unplumb, delete the netns and free the IP."""
+        """SIGTERM, wait the grace period, SIGKILL; then unplumb, delete the netns and free the IP. Each step is
+        bounded; a step that overruns is named in the TerminationStuck raised once the cleanup is done."""
+        stuck: list[str] = []
+
+        async def step(what: str, limit: float, work: Any) -> None:
+            pod.at_stage(what)
+            started = time.monotonic()
+            try:
+                async with asyncio.timeout(limit):
+                    await work
+            except TimeoutError:
+                stuck.append(f"{what} did not finish within {limit:g}s")
+                _log.error("pod %s: %s; going on with its cleanup", pod.name, stuck[-1])
+            except PublishStuck as exc:
+                stuck.append(f"{what}: {exc}")
+                _log.error("pod %s: %s; going on with its cleanup", pod.name, stuck[-1])
+            except Exception as exc:  # e.g. the agent answered 500: the cleanup is idempotent, go on with it
+                _log.warning("pod %s: %s failed: %s: %s", pod.name, what, type(exc).__name__, exc)
+            else:
+                if time.monotonic() - started > 1.0 + (grace if what == "stopping the process" else 0):
+                    _log.info("pod %s: %s took %.1fs", pod.name, what, time.monotonic() - started)
+
         try:
             if pod.task is not None:
-                await cancel_and_wait(pod.task)
+                pod.at_stage("stopping its supervising task")
+                if not await stop_task(pod.task, TASK_STOP_TIMEOUT):
+                    stuck.append(f"its supervising task {pod.task.get_name()} ignored cancellation")
+                    _log.error("pod %s: %s", pod.name, stuck[-1])
             pod.ready = False
             # The pod leaves the services' endpoints (nft DNAT, workloads.yaml) before it is signalled, so no new
             # connection is sent to a process that is going away.
-            await self.published(self.changed())
+            await step("publishing its removal from the endpoints", PUBLISH_TIMEOUT, self.published(self.changed()))
             if pod.proc is not None:
-                code = await pod.proc.stop(grace)
-                _log.info("pod %s stopped (exit %s)", pod.name, code)
-            await kill_netns_processes(pod.netns)
-            with contextlib.suppress(Exception):
-                await self.podnet.remove(pod.net)
-            with contextlib.suppress(topology.CommandFailed):
-                await topology.delete_namespaces([pod.netns])
+                await step("stopping the process", grace + KILL_TIMEOUT, self._stop_proc(pod, grace))
+            await step("killing what is left in its netns", KILL_TIMEOUT, kill_netns_processes(pod.netns))
+            await step("unplumbing it through the node agent", UNPLUMB_TIMEOUT, self.podnet.remove(pod.net))
+            await step("deleting its netns", NETNS_DELETE_TIMEOUT, topology.delete_namespaces([pod.netns]))
         finally:
+            pod.at_stage("removed")
             pod.node.ipam.release(pod.ip)
             self.pods.pop(pod.name, None)
             pod.deleted.set()
             self.changed()
             self.reconcile()
+        if stuck:
+            raise TerminationStuck(f"pod {pod.name} was removed, but " + "; ".join(stuck))
+
+    async def _stop_proc(self, pod: Pod, grace: float) -> None:
+        assert pod.proc is not None
+        code = await pod.proc.stop(grace)
+        _log.info("pod %s stopped (exit %s)", pod.name, code)
 
     # ----- publishing ------------------------------------------------------------------------------------------
 
@@ -651,10 +729,18 @@ class Controller:
                 self._published = generation
                 self._published_cond.notify_all()
 
-    async def published(self, generation: int) -> None:
-        """Wait until the files reflect at least this generation of changes."""
-        async with self._published_cond:
-            await self._published_cond.wait_for(lambda: self._published >= generation)
+    async def published(self, generation: int, within: float | None = None) -> None:
+        """Wait until the files reflect at least this generation of changes; PublishStuck after `within` seconds
+        or when the publisher is gone."""
+        task = self._publisher_task
+        if task is not None and task.done() and self._published < generation:
+            raise PublishStuck(f"the cluster files are not written any more (publisher ended: {task!r})")
+        try:
+            async with asyncio.timeout(within):
+                async with self._published_cond:
+                    await self._published_cond.wait_for(lambda: self._published >= generation)
+        except TimeoutError:
+            raise PublishStuck(f"the cluster files were not rewritten within {within:g}s") from None
 
     def workload_views(self) -> list[render.WorkloadView]:
         return [
@@ -687,6 +773,7 @@ class Controller:
         if workloads != self._published_workloads:
             atomic_write(self.layout.workloads, workloads)
             self._published_workloads = workloads
+            self._workloads_version = config_version(workloads.encode())
             self._workloads_written_at = time.monotonic()
             asyncio.get_running_loop().call_later(self.settle, self.changed)  # `ready` may flip then
         atomic_write(self.layout.state, json.dumps(self.snapshot(), indent=2) + "\n")
@@ -748,6 +835,7 @@ class Controller:
             "phase": self.phase,
             "error": self.error,
             "ready": self.is_ready(),
+            "workloadsVersion": self._workloads_version,
             "controllerPid": os.getpid(),
             "ca": {
                 "enabled": self.ca is not None,
@@ -771,18 +859,23 @@ class Controller:
             poll = Duration.parse(PROXY_CONFIG_POLL_DEFAULT)
         return float(poll) + SETTLE_MARGIN
 
+    def _has_current_config(self, proxy: Pod) -> bool:
+        """The proxy has loaded the last workloads.yaml: it says so in its readiness header; a proxy without that
+        header (ztunnel itself) is given its poll interval plus a margin to have seen the last change."""
+        if proxy.config_version is not None:
+            return proxy.config_version == self._workloads_version
+        return time.monotonic() - self._workloads_written_at >= self.settle
+
     def is_ready(self) -> bool:
         if self.phase != "running":
             return False
-        if self.daemonset.enabled and time.monotonic() - self._workloads_written_at < self.settle:
-            return False  # proxies poll workloads.yaml: give them time to see the last change
         if self.agent_api is not None and not all(n.agent_ready for n in self.nodes.values()):
             return False
-        if self.daemonset.enabled and not all(
-            any(p.owner_kind == "DaemonSet" and p.node is n and p.ready for p in self.pods.values())
-            for n in self.nodes.values()
-        ):
-            return False
+        if self.daemonset.enabled:
+            for n in self.nodes.values():
+                proxies = [p for p in self.pods.values() if p.owner_kind == "DaemonSet" and p.node is n and p.ready]
+                if not proxies or not all(self._has_current_config(p) for p in proxies):
+                    return False
         for dep in self.spec.deployments:
             ready = [p for p in self.pods.values() if p.owner == dep.name and p.owner_kind == "Deployment" and p.ready]
             if len(ready) < self.replicas[dep.name]:
@@ -809,6 +902,21 @@ def tail(path: Path, lines: int = 2, width: int = 240) -> str:
         return f"its log {path} is empty"
     shown = [line if len(line) <= width else line[: width - 1] + "…" for line in text[-lines:]]
     return f"last lines of {path}: " + " | ".join(shown)
+
+
+async def stop_task(task: asyncio.Task[Any], limit: float) -> bool:
+    """Cancel a task and wait until it has ended, cancelling again while it goes on (a cancellation can be lost:
+    `asyncio.wait_for` on Python 3.11 drops one that races with its inner result). False if it still runs after
+    `limit` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while not task.done():
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return False
+        task.cancel()
+        await asyncio.wait({task}, timeout=min(0.5, remaining))
+    return True
 
 
 async def kill_netns_processes(netns: str) -> None:

@@ -184,17 +184,23 @@ def not_ready(state: dict[str, Any] | None, layout: Layout) -> str:
         if not pod["ready"] and pod["phase"] != "Terminating":
             why = pod["message"] or tail(layout.log(pod["name"]))
             waiting.append(f"pod {pod['name']} {pod['phase']} ({why})")
+    current = state.get("workloadsVersion")
+    for proxy in state["proxies"]:
+        loaded = proxy.get("configVersion")
+        if proxy["ready"] and loaded is not None and loaded != current:
+            waiting.append(f"proxy {proxy['name']} has not loaded the last workloads.yaml ({loaded}, not {current})")
     return "; ".join(waiting) or f"phase {state['phase']}"
 
 
-def known_clusters(base: Path | None = None) -> list[str]:
-    """Clusters with a state dir or with namespaces left behind."""
+def known_clusters(base: Path | None = None, *, orphans: bool = True) -> list[str]:
+    """Clusters with a state dir under `base`; with `orphans`, also any cluster with namespaces left behind (those
+    carry no state dir, so they may belong to a run with another state dir: only a machine-wide cleanup takes them)."""
     root = base or base_dir()
     dirs = [p.name for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
-    try:
-        namespaces = [p.name for p in NETNS_RUN_DIR.iterdir()]
-    except FileNotFoundError:
-        namespaces = []
+    namespaces: list[str] = []
+    if orphans:
+        with contextlib.suppress(FileNotFoundError):
+            namespaces = [p.name for p in NETNS_RUN_DIR.iterdir()]
     return clusters_from(dirs, namespaces)
 
 

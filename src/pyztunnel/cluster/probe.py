@@ -1,10 +1,16 @@
-"""Readiness probes, run from inside a node's netns (as the kubelet probes from the node), from 169.254.7.127."""
+"""Readiness probes, run from inside a node's netns (as the kubelet probes from the node), from 169.254.7.127.
+
+Deadlines use `asyncio.timeout`, never `asyncio.wait_for`: on Python 3.11, wait_for returns the inner result and
+drops a cancellation that arrives while the inner await has just completed, so a pod's probe loop could survive
+the cancel of its deletion and keep `DELETE ?wait=1` waiting forever (docs/cluster.md, "Bounded waits").
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import socket
+from dataclasses import dataclass
 
 from pyztunnel.cluster.topology import PROBE_SOURCE
 from pyztunnel.netns import socket_in_netns
@@ -26,37 +32,63 @@ async def _connect(netns_fd: int, ip: str, port: int, source: str | None) -> soc
 
 async def tcp(netns_fd: int, ip: str, port: int, limit: float, source: str | None = PROBE_SOURCE) -> bool:
     try:
-        sock = await asyncio.wait_for(_connect(netns_fd, ip, port, source), limit)
+        async with asyncio.timeout(limit):
+            sock = await _connect(netns_fd, ip, port, source)
     except (OSError, TimeoutError):
         return False
     sock.close()
     return True
 
 
-async def http_status(netns_fd: int, ip: str, port: int, path: str, limit: float) -> int | None:
-    """The status code of `GET path`, or None when there is no answer."""
+@dataclass(frozen=True)
+class HttpAnswer:
+    status: int
+    headers: dict[str, str]  # names lowercased
 
-    async def get() -> int | None:
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 400
+
+
+def parse_head(head: bytes) -> HttpAnswer | None:
+    """The status line and headers of an HTTP/1.x response head (up to the blank line); None if it is not one."""
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split()
+    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+        return None
+    headers = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    return HttpAnswer(int(parts[1]), headers)
+
+
+async def http_answer(netns_fd: int, ip: str, port: int, path: str, limit: float) -> HttpAnswer | None:
+    """The status and headers of `GET path`, or None when there is no answer."""
+
+    async def get() -> HttpAnswer | None:
         sock = await _connect(netns_fd, ip, port, PROBE_SOURCE)
         reader, writer = await asyncio.open_connection(sock=sock)
         try:
             writer.write(f"GET {path} HTTP/1.1\r\nHost: {ip}:{port}\r\nConnection: close\r\n\r\n".encode())
-            line = await reader.readline()
-            parts = line.split()
-            if len(parts) >= 2 and parts[0].startswith(b"HTTP/") and parts[1].isdigit():
-                return int(parts[1])
-            return None
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError as exc:
+                head = exc.partial
+            return parse_head(head)
         finally:
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
 
     try:
-        return await asyncio.wait_for(get(), limit)
-    except (OSError, TimeoutError, ValueError):
+        async with asyncio.timeout(limit):
+            return await get()
+    except (OSError, TimeoutError, ValueError, asyncio.LimitOverrunError):
         return None
 
 
 async def http(netns_fd: int, ip: str, port: int, path: str, limit: float) -> bool:
-    status = await http_status(netns_fd, ip, port, path, limit)
-    return status is not None and 200 <= status < 400
+    answer = await http_answer(netns_fd, ip, port, path, limit)
+    return answer is not None and answer.ok

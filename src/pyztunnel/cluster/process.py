@@ -72,7 +72,7 @@ class Supervised:
         argv = self.argv if self.netns is None else ["ip", "netns", "exec", self.netns, *self.argv]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
-            return await asyncio.create_subprocess_exec(
+            proc = await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log,
@@ -81,6 +81,8 @@ class Supervised:
                 cwd=self.cwd,
                 start_new_session=True,
             )
+        self._proc, self.pid = proc, proc.pid  # before any await: stop() must find it
+        return proc
 
     async def _loop(self) -> None:
         failures = 0
@@ -117,11 +119,16 @@ class Supervised:
     async def stop(self, grace: float) -> int | None:
         """SIGTERM, wait up to `grace` seconds, then SIGKILL; no restart afterwards. Returns the exit code."""
         self._stopping = True
+        # The supervising loop goes first: a process it was just spawning is then in `_proc` (`_spawn` sets it
+        # before it returns), so none is started behind our back or left unsignalled.
+        if self._task is not None:
+            await cancel_and_wait(self._task)
         proc = self._proc
         if proc is not None and proc.returncode is None:
             self.signal(signal.SIGTERM)
             try:
-                await asyncio.wait_for(proc.wait(), grace)
+                async with asyncio.timeout(grace):
+                    await proc.wait()
             except TimeoutError:
                 self.signal(signal.SIGKILL)
                 await proc.wait()
@@ -129,7 +136,5 @@ class Supervised:
         if self.pid is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.pid, signal.SIGKILL)
-        if self._task is not None:
-            await cancel_and_wait(self._task)
         self.started.clear()
         return proc.returncode if proc is not None else None

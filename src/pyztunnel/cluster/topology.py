@@ -178,14 +178,26 @@ class CommandFailed(Exception):
     pass
 
 
-async def run(argv: Sequence[str], stdin: str | None = None) -> str:
+COMMAND_TIMEOUT = 30.0  # `ip`, `nft`, `sysctl` finish in milliseconds; one that does not must not stall the caller
+
+
+async def run(argv: Sequence[str], stdin: str | None = None, limit: float = COMMAND_TIMEOUT) -> str:
     proc = await asyncio.create_subprocess_exec(
         *argv,
         stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await proc.communicate(stdin.encode() if stdin is not None else None)
+    try:
+        async with asyncio.timeout(limit):
+            out, err = await proc.communicate(stdin.encode() if stdin is not None else None)
+    except BaseException as exc:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        if isinstance(exc, TimeoutError):
+            raise CommandFailed(f"{' '.join(argv[:4])}…: did not finish within {limit:g}s") from None
+        raise
     if proc.returncode != 0:
         raise CommandFailed(
             f"{' '.join(argv[:4])}…: {err.decode(errors='replace').strip() or f'exit {proc.returncode}'}"

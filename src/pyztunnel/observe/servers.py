@@ -186,14 +186,24 @@ def _addrs(addresses: Iterable[Any]) -> str:
 # Readiness
 
 
-def readiness_server(readiness: Readiness, sockets: Sequence[socket.socket]) -> HttpServer:
+CONFIG_VERSION_HEADER = "X-Pyztunnel-Config"
+
+
+def readiness_server(
+    readiness: Readiness, sockets: Sequence[socket.socket], config_version: Callable[[], str | None] = lambda: None
+) -> HttpServer:
+    """`config_version()` names the workloads config in force; sent as the X-Pyztunnel-Config header (an extension:
+    ztunnel's answer has no such header, and its body and status are unchanged)."""
+
     async def ready(request: web.Request) -> web.StreamResponse:
         if request.method != "GET":
             return _empty(405)
         pending = readiness.pending
-        if not pending:
-            return _text(200, "ready\n")
-        return _text(500, f"not ready, pending: {', '.join(pending)}\n")
+        response = _text(200, "ready\n") if not pending else _text(500, f"not ready, pending: {', '.join(pending)}\n")
+        version = config_version()
+        if version is not None:
+            response.headers[CONFIG_VERSION_HEADER] = version
+        return response
 
     return HttpServer("readiness", route_app({"/healthz/ready": ready}), sockets)
 

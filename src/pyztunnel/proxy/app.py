@@ -191,7 +191,11 @@ class ProxyApp:
     async def start_servers(self) -> None:
         """Readiness (15021), metrics (15020), admin (127.0.0.1:15000); the address `off` (or empty) turns one off."""
         wanted: list[tuple[str, Callable[[list[socket.socket]], HttpServer], str]] = [
-            (self.settings.readiness_addr, lambda socks: readiness_server(self.readiness, socks), "readiness"),
+            (
+                self.settings.readiness_addr,
+                lambda socks: readiness_server(self.readiness, socks, self._config_version),
+                "readiness",
+            ),
             (self.settings.stats_addr, lambda socks: metrics_server(self.metrics, socks), "metrics"),
             (
                 self.settings.admin_addr,
@@ -214,6 +218,9 @@ class ProxyApp:
     def _quit(self) -> None:
         if self.drainer is not None:
             self.drainer.quitquitquit()
+
+    def _config_version(self) -> str | None:
+        return self.watch.version if self.watch is not None else None
 
     def config_dump(self) -> dict[str, object]:
         """ztunnel's /config_dump keys (§6.2)."""

@@ -2,11 +2,15 @@
 
 The file is replaced atomically by its writer (rename), so a change shows as a new (inode, mtime, size); polling that
 stat is cheap and needs no inotify dependency.
+
+`version` names the config in force: the first 16 hex digits of the SHA-256 of the file's bytes as loaded. The proxy
+shows it on its readiness endpoint, so whoever wrote the file (the cluster controller) can tell that it is in force.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 from collections.abc import Callable
@@ -38,6 +42,7 @@ class ConfigWatch:
         self.loaded = False
         self.last_error: str | None = None
         self.reloads = 0
+        self.version: str | None = None  # of the config in force
         self._signature: Signature = None
         self.changed = asyncio.Event()
 
@@ -48,7 +53,11 @@ class ConfigWatch:
             return False
         self._signature = signature
         try:
-            config = local.load(self.path)
+            try:
+                data = self.path.read_bytes()
+            except OSError as exc:
+                raise local.ConfigError(f"{self.path}:0: cannot read: {exc.strerror}") from None
+            config = local.parse(data.decode(errors="replace"), str(self.path))
         except local.ConfigError as exc:
             if str(exc) != self.last_error:
                 _log.error("config not loaded, keeping the last good one", extra={"fields": {"error": str(exc)}})
@@ -57,6 +66,7 @@ class ConfigWatch:
         self.last_error = None
         self.index = WorkloadIndex(config)
         self.loaded = True
+        self.version = config_version(data)
         self.reloads += 1
         _log.info(
             "config loaded",
@@ -66,6 +76,7 @@ class ConfigWatch:
                     "workloads": len(config.workloads),
                     "services": len(config.services),
                     "policies": len(config.policies),
+                    "version": self.version,
                 }
             },
         )
@@ -79,3 +90,8 @@ class ConfigWatch:
         while True:
             self.check()
             await asyncio.sleep(interval)
+
+
+def config_version(data: bytes) -> str:
+    """The version a LOCAL_XDS_PATH file's bytes are known by (the proxy's readiness header; the controller's)."""
+    return hashlib.sha256(data).hexdigest()[:16]
