@@ -6,6 +6,7 @@ whose drain is far shorter than the load; with `PYZTUNNEL_CONNECTION_MIGRATION=f
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ from pyztunnel.cluster.layout import Layout
 from pyztunnel.experiment.runner import LoadProcess, client_netns, gateway_url, scenario_spec, upgrade
 from pyztunnel.experiment.scenarios import Scenario
 
-NAME = "tmig"
+NAME = f"tmig{os.getpid() % 100000}"  # unique per run: a concurrent suite must not remove ours
 CONNECTIONS = 20
 # Grace 4 s → a 3 s drain: without migration every client connection still open 3 s after SIGTERM is reset.
 SCENARIO = Scenario("migrate", "connection migration", listener_handoff=True, tcp_migrate_req=True, grace_s=4)

@@ -275,7 +275,7 @@ def test_rolling_upgrade_with_pyztunnels_defaults_resets_nothing(tmp_path: Path)
     doc = scenario_doc(LOSSLESS)
     gateway_env = next(d for d in doc["deployments"] if d["name"] == "gateway")["env"]
     assert gateway_env["KEEPALIVE_TIME"] == "1h" and gateway_env["PROXY_NEXT_UPSTREAM"] == "off"
-    with running("tup5", doc) as cluster:
+    with running("tup6", doc) as cluster:
         kept, fresh, old, _ = roll_under_load(cluster, LOSSLESS, tmp_path)
         for run in (kept, fresh):
             assert run.failed == 0 and run.retried == 0, (run.result.get("RetCodes"), run.result.get("RetriedKinds"))

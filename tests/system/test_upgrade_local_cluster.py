@@ -16,7 +16,7 @@ import pytest
 
 from pyztunnel.rollout.testing import STAND_IN_PROXY
 
-NAME = "tlcup"
+NAME = f"tlcup{os.getpid() % 100000}"  # unique per run: a concurrent suite must not remove ours
 
 
 def spec(stand_in: Path) -> str:
