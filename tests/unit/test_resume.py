@@ -180,3 +180,26 @@ def test_a_moved_inbound_connection_keeps_what_its_policy_check_saw() -> None:
     assert policy_view(plain_in) == authz.ConnectionInfo("10.0.0.9", "10.0.0.2", 8080, None)
     assert policy_view(ConnectionRecord(src_addr="10.0.0.9:4000", dst_addr="x", direction="outbound")) is None
     assert policy_view(ConnectionRecord(src_addr="garbage", dst_addr="10.0.0.2:80", direction="inbound")) is None
+
+
+async def test_a_stop_that_arrives_before_the_relay_is_watched_is_kept_for_it() -> None:
+    """A peer may stop a stream right after its 200: the frame can be read together with the response, before the
+    CONNECT's caller installs the stream's handler."""
+    from pyztunnel.proxy.relay import StreamLeg
+
+    leg = StreamLeg(typing.cast(typing.Any, object()), 1)
+    frame = resume.quiesce_frame(1, 0, ack=False)
+    leg.on_control(resume.QUIESCE_FRAME, 0, frame[9:])
+
+    class Handler:
+        def __init__(self) -> None:
+            self.frames: list[tuple[int, int, bytes]] = []
+
+        def on_frame(self, frame_type: int, flags: int, body: bytes) -> None:
+            self.frames.append((frame_type, flags, body))
+
+    handler = Handler()
+    leg.set_control(handler)
+    assert handler.frames == [(resume.QUIESCE_FRAME, 0, frame[9:])]
+    leg.on_control(resume.QUIESCE_FRAME, 1, b"later")
+    assert handler.frames[-1] == (resume.QUIESCE_FRAME, 1, b"later")

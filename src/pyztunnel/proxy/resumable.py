@@ -175,7 +175,7 @@ class ResumeState:
 def watch(pod: PodProxy, relay: Relay, stream: StreamLeg, app: TcpLeg) -> ResumeState:
     """Make a started relay's resumable stream answer a peer's stop."""
     state = ResumeState(pod, relay, stream, app)
-    stream.control = state
+    stream.set_control(state)
     return state
 
 
