@@ -174,7 +174,8 @@ def test_mechanism_table_against_ztunnel() -> None:
     text = report.mechanism_tables(matrix_runs(), gateway_retry=True)
     assert "measured at 1000 connections" in text and "per upgrade" in text
     header = next(line for line in text.splitlines() if line.startswith("| scenario"))
-    assert [c.strip() for c in header.strip("|").split("|")] == report.MECHANISM_HEADER
+    assert [c.strip() for c in header.strip("|").split("|")] == report.mechanism_header(gateway_retry=True)
+    assert header.count("gateway retried") == 1
     rows = table_rows(text)
     assert list(rows) == ["ztunnel", "handoff", "migration", "pyztunnel"]
     assert rows["ztunnel"][1:7] == ["none (ztunnel)", "200", "2.000", "1.00×", "1050", "12"]
@@ -182,14 +183,16 @@ def test_mechanism_table_against_ztunnel() -> None:
     assert rows["migration"][1:6] == ["handoff, migration", "2", "0.020", "0.01×", "0"]
     assert rows["pyztunnel"][1:6] == ["handoff, migrate_req, migration, hbone_resume", "0", "0.000", "0.00×", "0"]
     assert rows["pyztunnel"][7] == "10.5"
+    # Without the gateway's retry its upstream errors are still counted: each was a 502 to the client.
+    assert table_rows(report.mechanism_tables(matrix_runs(), gateway_retry=False))["ztunnel"][6] == "12"
 
 
 def test_mechanism_table_without_gateway_retry_or_baseline() -> None:
     runs = [r for r in matrix_runs(100, gateway_errors=None) if r.scenario.key != "ztunnel"]
     text = report.mechanism_tables(runs, gateway_retry=False)
-    assert "measured at 100 connections" in text and "gateway retry off" in text
+    assert "measured at 100 connections" in text and "| gateway upstream errors |" in text
     rows = table_rows(text)
-    assert rows["handoff"][4] == "n/a" and rows["handoff"][6] == "–"
+    assert rows["handoff"][4] == "n/a" and rows["handoff"][6] == "n/a"
 
 
 def test_mechanism_tables_one_per_connection_count_with_repeats() -> None:

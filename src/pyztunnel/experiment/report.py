@@ -146,16 +146,9 @@ def markdown_table(runs: Iterable[Run]) -> str:
     return "\n".join(lines) + "\n"
 
 
-MECHANISM_HEADER = [
-    "scenario",
-    "mechanisms on",
-    "failed",
-    "failed %",
-    "vs ztunnel",
-    "connection errors",
-    "gateway retried",
-    "upgrade s",
-]
+def mechanism_header(gateway_retry: bool) -> list[str]:
+    gateway = "gateway retried" if gateway_retry else "gateway upstream errors"
+    return ["scenario", "mechanisms on", "failed", "failed %", "vs ztunnel", "connection errors", gateway, "upgrade s"]
 
 
 def mechanism_tables(runs: Iterable[Run], gateway_retry: bool) -> str:
@@ -165,7 +158,8 @@ def mechanism_tables(runs: Iterable[Run], gateway_retry: bool) -> str:
     by_connections: dict[int, list[Row]] = {}
     for row in rows(runs):
         by_connections.setdefault(row.connections, []).append(row)
-    retried = "upstream errors the gateway retried (its error log)" if gateway_retry else "gateway retry off"
+    header = mechanism_header(gateway_retry)
+    gateway = "retried by the gateway" if gateway_retry else "each answered 502 by the gateway (its retry is off)"
     for connections, group in by_connections.items():
         baseline = next((r for r in group if r.scenario.key == BASELINE), None)
         repeats = {len(r.runs) for r in group}
@@ -173,17 +167,19 @@ def mechanism_tables(runs: Iterable[Run], gateway_retry: bool) -> str:
         out += [
             f"### Failed requests {per}, measured at {connections} connections",
             "",
-            f"Connection errors: the load generator's socket errors (Code -1 + hidden retries); {retried}.",
+            "Failed: requests without an OK answer. Connection errors: the load generator's socket errors on its",
+            "connections to the gateway (Code -1 + hidden retries). Gateway upstream errors: its error log's failed",
+            f"upstream (HBONE) requests, {gateway}. vs ztunnel: failed / failed of `{BASELINE}` in the same run.",
             "",
-            "| " + " | ".join(MECHANISM_HEADER) + " |",
-            "|" + "---|" * len(MECHANISM_HEADER),
+            "| " + " | ".join(header) + " |",
+            "|" + "---|" * len(header),
         ]
-        out += ["| " + " | ".join(mechanism_cells(r, baseline, gateway_retry)) + " |" for r in group]
+        out += ["| " + " | ".join(mechanism_cells(r, baseline)) + " |" for r in group]
         out.append("")
     return "\n".join(out)
 
 
-def mechanism_cells(row: Row, baseline: Row | None, gateway_retry: bool) -> list[str]:
+def mechanism_cells(row: Row, baseline: Row | None) -> list[str]:
     failed = [r.failed for r in row.runs]
     percent = [100.0 * r.failed / r.calls if r.calls else 0.0 for r in row.runs]
     gateway = [r.gateway_errors for r in row.runs if r.gateway_errors is not None]
@@ -194,7 +190,7 @@ def mechanism_cells(row: Row, baseline: Row | None, gateway_retry: bool) -> list
         _span_pct(percent),
         _ratio(_mean(failed), _mean(r.failed for r in baseline.runs)) if baseline else "n/a",
         _span(r.connection_errors for r in row.runs),
-        _span(gateway) if gateway_retry and gateway else "–",
+        _span(gateway) if gateway else "n/a",
         _upgrade_cell(row.runs),
     ]
 
