@@ -14,6 +14,7 @@ bench-results/upgrade/.
 from __future__ import annotations
 
 import os
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,7 @@ def run(args: list[str]) -> dict[str, Any]:
     versions = [0]
     for scenario in scenarios:
         runs += run_scenario(plan, scenario, base, print, versions)
-    write_report(runs, plan, time.monotonic() - started)
+    write_report(runs, plan, time.monotonic() - started, shlex.join(["python", "-m", "benchmarks", "upgrade", *args]))
     print(report.mechanism_tables(runs, gateway_retry))
 
     baseline = next((r for r in runs if r.scenario.key == BASELINE), None)

@@ -21,6 +21,7 @@ def test_quick_experiment_writes_its_report(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     report = (out / "report.md").read_text()
     assert report.count("| ztunnel's behaviour") == 1 and report.count("| pyztunnel's defaults") == 1
+    assert "`pyztunnel experiment seed --quick --scenarios ztunnel,pyztunnel" in report
     assert "Code 418 :" in report and "Sockets used:" in report
     assert "Failed requests per upgrade, measured at 100 connections" in report
     assert "| ztunnel | none (ztunnel) |" in report

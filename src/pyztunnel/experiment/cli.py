@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -73,15 +75,17 @@ def seed(quick: bool, **kw: Any) -> None:
     versions = [0]
     for scenario in scenarios:
         runs += run_scenario(plan, scenario, base, click.echo, versions)
-    write_report(runs, plan, time.monotonic() - started)
+    write_report(runs, plan, time.monotonic() - started, shlex.join(["pyztunnel", *sys.argv[1:]]))
     click.echo(f"\n{report.markdown_table(runs)}\n{report.mechanism_tables(runs, plan.gateway_retry)}")
     click.echo(f"report: {out / 'report.md'}, plot: {out / 'plot.png'}")
 
 
-def write_report(runs: list[report.Run], plan: Plan, took_s: float) -> None:
+def write_report(runs: list[report.Run], plan: Plan, took_s: float, command: str) -> None:
     retry = "retries a request on another upstream connection" if plan.gateway_retry else "does not retry"
     lines = [
         "# The seeds' experiment, reproduced",
+        "",
+        f"`{command}`",
         "",
         f"Load: `pyztunnel load -qps 0 -c C -timeout {plan.timeout}` from the `client` pod (outside the mesh) to the",
         "gateway's ClusterIP (`/status/418`); every node's proxy upgraded in the middle of the load. On an upstream",
