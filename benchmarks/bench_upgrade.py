@@ -28,6 +28,8 @@ from pyztunnel.experiment.scenarios import BASELINE, seed_scenarios, select
 NAME = "tbup"
 DEFAULTS = {"connections": "1000", "duration": "12", "scenarios": "mechanisms"}
 QUICK = {"connections": "100", "duration": "8"}
+FLAGS = ("connections", "duration", "scenarios", "gateway_retry", "quick")
+USAGE = "--connections=N --duration=SECONDS --scenarios=KEYS --gateway-retry --quick"
 
 
 def options(args: list[str]) -> dict[str, str]:
@@ -35,7 +37,10 @@ def options(args: list[str]) -> dict[str, str]:
     chosen = {**DEFAULTS, **(QUICK if "--quick" in args else {})}
     for arg in args:
         key, _, value = arg.lstrip("-").partition("=")
-        chosen[key.replace("-", "_")] = value or "true"
+        key = key.replace("-", "_")
+        if key not in FLAGS:
+            raise SystemExit(f"error: unknown flag {arg!r}; bench_upgrade takes {USAGE}")
+        chosen[key] = value or "true"
     return chosen
 
 
