@@ -85,14 +85,18 @@ def test_scenario_spec_sets_every_switch(key: str) -> None:
     assert gateway["env"]["PROXY_NEXT_UPSTREAM"] == "error timeout"
 
 
-def test_proxy_settings_ignore_an_env_var_they_do_not_declare() -> None:
-    """The scenarios set PYZTUNNEL_HBONE_RESUME before every proxy declares it: settings.load reads only the
-    variables it declares, so an older proxy starts anyway (and a declared one gets the scenario's value)."""
+def test_scenario_switches_are_the_proxys_own_settings() -> None:
+    """The variables the scenarios set are the proxy's declared ones, and each reaches its field; a variable the proxy
+    does not declare is ignored (settings.load reads only declared ones), so an older proxy starts anyway."""
     from pyztunnel import settings
     from pyztunnel.proxy.config import ProxySettings
 
-    loaded = settings.load(ProxySettings, environ={"PYZTUNNEL_HBONE_RESUME": "false", "PYZTUNNEL_NO_SUCH": "x"})
-    assert getattr(loaded, "hbone_resume", False) is False
+    fields = {"PYZTUNNEL_LISTENER_HANDOFF", "PYZTUNNEL_CONNECTION_MIGRATION", "PYZTUNNEL_HBONE_RESUME"}
+    by_env = {d.info.env: d.name for d in settings.declared(ProxySettings) if d.info.env in fields}
+    assert set(by_env) == fields
+    assert all(getattr(settings.load(ProxySettings, environ={}), f) for f in by_env.values()), "defaults: on"
+    loaded = settings.load(ProxySettings, environ={"PYZTUNNEL_NO_SUCH": "x", **dict.fromkeys(fields, "false")})
+    assert not any(getattr(loaded, f) for f in by_env.values())
 
 
 def test_failed_counts_non_ok_codes_and_socket_errors() -> None:
