@@ -37,3 +37,5 @@ def test_quick_experiment_writes_its_report(tmp_path: Path) -> None:
         assert 0 < r["upgrade_start_s"] < r["upgrade_end_s"]
         assert r["gateway_errors"] is not None and r["gateway_errors"] >= 0  # counted from the gateway's error log
     assert [r["scenario"]["hbone_resume"] for r in results] == [False, True]
+    for key in ("ztunnel", "pyztunnel"):  # the cluster's logs outlive it
+        assert any((out / "logs" / key).glob("gateway-*.log")), sorted((out / "logs" / key).iterdir())

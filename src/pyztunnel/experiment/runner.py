@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -221,5 +222,16 @@ def run_scenario(
                 if upgrade_error:
                     return runs
     finally:
+        keep_logs(plan.cluster, plan.out / "logs" / scenario.key)
         asyncio.run(manage.down(plan.cluster))
     return runs
+
+
+def keep_logs(cluster: str, dest: Path) -> None:
+    """Copy the cluster's logs (proxies, agents, pods, controller) before the cluster is removed: what explains a
+    row's failures after the run."""
+    shutil.rmtree(dest, ignore_errors=True)
+    try:
+        shutil.copytree(Layout.of(cluster).root / "logs", dest)
+    except OSError:
+        pass  # a cluster that never came up has no logs; the experiment's own output says why
