@@ -85,7 +85,7 @@ async def scenario() -> dict[str, Any]:
     pod = StandInPod()
     export = RelayExport(cast(PodProxy, pod), relay)
     exported = await export.prepare(1.0)
-    assert exported is not None
+    assert exported is not None and exported.down is not None and exported.up is not None  # TCP↔TCP: both legs
     client.sendall(b"while paused")  # must wait in the kernel, not be read by the old owner
     # Let the loop run a few iterations: a paused leg must not read it.
     for _ in range(5):

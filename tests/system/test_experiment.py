@@ -21,7 +21,11 @@ def test_quick_experiment_writes_its_report(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     report = (out / "report.md").read_text()
     assert report.count("| ztunnel's behaviour") == 1 and report.count("| pyztunnel's defaults") == 1
+    assert "`pyztunnel experiment seed --quick --scenarios ztunnel,pyztunnel" in report
     assert "Code 418 :" in report and "Sockets used:" in report
+    assert "Failed requests per upgrade, measured at 100 connections" in report
+    assert "| ztunnel | none (ztunnel) |" in report
+    assert "| pyztunnel | handoff, migrate_req, migration, hbone_resume |" in report
     assert (out / "plot.png").read_bytes()[:4] == b"\x89PNG"
     results = json.loads((out / "results.json").read_text())
     assert [r["scenario"]["key"] for r in results] == ["ztunnel", "pyztunnel"]
@@ -31,3 +35,7 @@ def test_quick_experiment_writes_its_report(tmp_path: Path) -> None:
         assert run["Timeline"], "the load generator's per-second timeline is what the plot is drawn from"
     for r in results:
         assert 0 < r["upgrade_start_s"] < r["upgrade_end_s"]
+        assert r["gateway_errors"] is not None and r["gateway_errors"] >= 0  # counted from the gateway's error log
+    assert [r["scenario"]["hbone_resume"] for r in results] == [False, True]
+    for key in ("ztunnel", "pyztunnel"):  # the cluster's logs outlive it
+        assert any((out / "logs" / key).glob("gateway-*.log")), sorted((out / "logs" / key).iterdir())

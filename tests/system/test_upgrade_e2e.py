@@ -60,6 +60,7 @@ LOSSLESS = Scenario(
     True,
     GRACE_S,
     connection_migration=True,
+    hbone_resume=True,  # scenario_spec sets every switch: a Scenario's defaults are ztunnel's (all off)
 )
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,11 @@ class ExperimentSettings:
     )
     connections: list[str] = setting(["1000", "100"], "Load connections per run (fortio -c), comma-separated")
     repeat: int = setting(1, "Runs per scenario and -c (the seeds repeated theirs to see the spread)")
-    scenarios: str = setting("", "Scenarios by number or key, comma-separated (default: all five)")
+    scenarios: str = setting(
+        "",
+        "Scenarios by number, key or group, comma-separated: groups 'seeds' (the default: the seeds' five), "
+        "'mechanisms' (each of pyztunnel's mechanisms on/off: the per-mechanism table), 'all'",
+    )
     timeout: str = setting("10s", "Per-request timeout of the load (fortio -timeout)")
     gateway_retry: bool = setting(False, "The gateway (nginx) retries a request after an upstream error")
     out: Path = setting(Path("out/experiment"), "Output directory: report.md, plot.png, runs/*.json|txt")
@@ -46,8 +52,9 @@ def experiment() -> None:
 @click.option("--quick", is_flag=True, help="A short run for a laptop or CI: 8s, -c 100, one run per scenario")
 @settings.cli_options(ExperimentSettings)
 def seed(quick: bool, **kw: Any) -> None:
-    """Upgrade every node's proxy under load, per scenario (ztunnel's behaviour, a long grace period, capped upstream
-    connection age, node drain, pyztunnel's defaults), and write the report."""
+    """Upgrade every node's proxy under load, per scenario (the seeds': ztunnel's behaviour, a long grace period,
+    capped upstream connection age, node drain, pyztunnel's defaults; or `--scenarios mechanisms`: each of
+    pyztunnel's mechanisms on/off), and write the report."""
     require_root("pyztunnel experiment seed")
     if quick:
         kw = {**{k: v for k, v in QUICK.items()}, **{k: v for k, v in kw.items() if v is not None}}
@@ -68,14 +75,17 @@ def seed(quick: bool, **kw: Any) -> None:
     versions = [0]
     for scenario in scenarios:
         runs += run_scenario(plan, scenario, base, click.echo, versions)
-    write_report(runs, plan, time.monotonic() - started)
-    click.echo(f"\n{report.markdown_table(runs)}\nreport: {out / 'report.md'}, plot: {out / 'plot.png'}")
+    write_report(runs, plan, time.monotonic() - started, shlex.join(["pyztunnel", *sys.argv[1:]]))
+    click.echo(f"\n{report.markdown_table(runs)}\n{report.mechanism_tables(runs, plan.gateway_retry)}")
+    click.echo(f"report: {out / 'report.md'}, plot: {out / 'plot.png'}")
 
 
-def write_report(runs: list[report.Run], plan: Plan, took_s: float) -> None:
+def write_report(runs: list[report.Run], plan: Plan, took_s: float, command: str) -> None:
     retry = "retries a request on another upstream connection" if plan.gateway_retry else "does not retry"
     lines = [
         "# The seeds' experiment, reproduced",
+        "",
+        f"`{command}`",
         "",
         f"Load: `pyztunnel load -qps 0 -c C -timeout {plan.timeout}` from the `client` pod (outside the mesh) to the",
         "gateway's ClusterIP (`/status/418`); every node's proxy upgraded in the middle of the load. On an upstream",
@@ -84,6 +94,9 @@ def write_report(runs: list[report.Run], plan: Plan, took_s: float) -> None:
         "requests fortio would have retried silently on a fresh socket.",
         "",
         report.markdown_table(runs),
+        "## Per mechanism",
+        "",
+        report.mechanism_tables(runs, plan.gateway_retry),
         "## fortio lines per run",
         "",
     ]
@@ -100,6 +113,10 @@ def write_report(runs: list[report.Run], plan: Plan, took_s: float) -> None:
                     "repeat": r.repeat,
                     "failed": r.failed,
                     "retried": r.retried,
+                    "connection_errors": r.connection_errors,
+                    "gateway_errors": r.gateway_errors,
+                    "calls": r.calls,
+                    "upgrade_error": r.upgrade_error,
                     "upgrade_start_s": r.upgrade_start_s,
                     "upgrade_end_s": r.upgrade_end_s,
                 }

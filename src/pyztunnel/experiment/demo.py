@@ -10,30 +10,12 @@ from typing import Any
 
 import click
 
-from pyztunnel.cluster.layout import Layout
 from pyztunnel.experiment import report
-from pyztunnel.experiment.runner import LoadProcess, client_netns, gateway_url, upgrade
+from pyztunnel.experiment.runner import LoadProcess, client_netns, gateway_upstream_errors, gateway_url, upgrade
 from pyztunnel.experiment.scenarios import Scenario
 
 CONNECTIONS = 100
 WARM_S = TAIL_S = 3.0
-# nginx's error-log messages for an upstream connection that failed under a request (then retried, per
-# proxy_next_upstream): what the gateway's retry hides from the client.
-UPSTREAM_ERRORS = ("upstream prematurely closed", "recv() failed", "writev() failed", "send() failed")
-
-
-def gateway_upstream_errors(cluster: str, state: dict[str, Any]) -> int:
-    layout = Layout.of(cluster)
-    count = 0
-    for pod in state["pods"]:
-        if pod["owner"]["name"] != "gateway":
-            continue
-        try:
-            text = layout.log(pod["name"]).read_text(errors="replace")
-        except OSError:
-            continue
-        count += sum(1 for line in text.splitlines() if any(m in line for m in UPSTREAM_ERRORS))
-    return count
 
 
 def run(cluster: str, state: dict[str, Any]) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pyztunnel.experiment.scenarios import Scenario
+from pyztunnel.experiment.scenarios import BASELINE, Scenario
 
 
 def code_is_ok(code: str) -> bool:
@@ -32,6 +32,7 @@ class Run:
     upgrade_start_s: float
     upgrade_end_s: float
     upgrade_error: str | None = None  # the rollout stopped: the run measured a partial upgrade
+    gateway_errors: int | None = None  # upstream errors in the gateway's error log during the run (None: not counted)
 
     @property
     def calls(self) -> int:
@@ -47,6 +48,12 @@ class Run:
         """Requests fortio would have hidden: retried on a fresh socket after a reused one failed."""
         retried = self.result.get("Retried", 0)
         return int(retried if isinstance(retried, int | float) else len(retried))
+
+    @property
+    def connection_errors(self) -> int:
+        """Socket errors the load generator saw on its connections to the gateway: requests that failed with one
+        (Code -1) and those it retried on a fresh socket after a reused one failed."""
+        return int(self.result.get("RetCodes", {}).get("-1", 0)) + self.retried
 
     @property
     def qps(self) -> float:
@@ -137,6 +144,67 @@ def markdown_table(runs: Iterable[Run]) -> str:
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(row.cells()) + " |" for row in rows(runs)]
     return "\n".join(lines) + "\n"
+
+
+def mechanism_header(gateway_retry: bool) -> list[str]:
+    gateway = "gateway retried" if gateway_retry else "gateway upstream errors"
+    return ["scenario", "mechanisms on", "failed", "failed %", "vs ztunnel", "connection errors", gateway, "upgrade s"]
+
+
+def mechanism_tables(runs: Iterable[Run], gateway_retry: bool) -> str:
+    """The per-mechanism failure table (issue 4's headline), one per connection count: failed requests per upgrade
+    with each mechanism on or off, against ztunnel's behaviour (every mechanism off) measured in the same run."""
+    out = []
+    by_connections: dict[int, list[Row]] = {}
+    for row in rows(runs):
+        by_connections.setdefault(row.connections, []).append(row)
+    header = mechanism_header(gateway_retry)
+    gateway = "retried by the gateway" if gateway_retry else "each answered 502 by the gateway (its retry is off)"
+    for connections, group in by_connections.items():
+        baseline = next((r for r in group if r.scenario.key == BASELINE), None)
+        repeats = {len(r.runs) for r in group}
+        per = "per upgrade" if repeats == {1} else "per upgrade, min–max over repeats"
+        out += [
+            f"### Failed requests {per}, measured at {connections} connections",
+            "",
+            "Failed: requests without an OK answer. Connection errors: the load generator's socket errors on its",
+            "connections to the gateway (Code -1 + hidden retries). Gateway upstream errors: its error log's failed",
+            f"upstream (HBONE) requests, {gateway}. vs ztunnel: failed / failed of `{BASELINE}` in the same run.",
+            "",
+            "| " + " | ".join(header) + " |",
+            "|" + "---|" * len(header),
+        ]
+        out += ["| " + " | ".join(mechanism_cells(r, baseline)) + " |" for r in group]
+        out.append("")
+    return "\n".join(out)
+
+
+def mechanism_cells(row: Row, baseline: Row | None) -> list[str]:
+    failed = [r.failed for r in row.runs]
+    percent = [100.0 * r.failed / r.calls if r.calls else 0.0 for r in row.runs]
+    gateway = [r.gateway_errors for r in row.runs if r.gateway_errors is not None]
+    return [
+        row.scenario.key,
+        ", ".join(row.scenario.mechanisms) or "none (ztunnel)",
+        _span(failed),
+        _span_pct(percent),
+        _ratio(_mean(failed), _mean(r.failed for r in baseline.runs)) if baseline else "n/a",
+        _span(r.connection_errors for r in row.runs),
+        _span(gateway) if gateway else "n/a",
+        _upgrade_cell(row.runs),
+    ]
+
+
+def _span_pct(values: list[float]) -> str:
+    low, high = min(values), max(values)
+    return f"{low:.3f}" if f"{low:.3f}" == f"{high:.3f}" else f"{low:.3f}–{high:.3f}"
+
+
+def _ratio(ours: float, ztunnel: float) -> str:
+    """ours/ztunnel's failures; no ratio when ztunnel's behaviour failed nothing."""
+    if ztunnel == 0:
+        return f"{ours:g} vs 0"
+    return f"{ours / ztunnel:.2f}×"
 
 
 def fortio_summary(run: Run) -> str:

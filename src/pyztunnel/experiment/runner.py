@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from typing import IO, Any
 import yaml
 
 from pyztunnel.cluster import manage, spec
+from pyztunnel.cluster.layout import Layout
 from pyztunnel.errors import UserError
 from pyztunnel.experiment.report import Run
 from pyztunnel.experiment.scenarios import Scenario
@@ -48,6 +50,8 @@ def scenario_spec(base: spec.LoadedSpec, scenario: Scenario, gateway_retry: bool
     proxy["terminationGracePeriodSeconds"] = int(scenario.grace_s)
     proxy.setdefault("env", {})["PYZTUNNEL_LISTENER_HANDOFF"] = "true" if scenario.listener_handoff else "false"
     proxy["env"]["PYZTUNNEL_CONNECTION_MIGRATION"] = "true" if scenario.connection_migration else "false"
+    # A proxy without the setting ignores the variable (settings.load reads only the variables it declares).
+    proxy["env"]["PYZTUNNEL_HBONE_RESUME"] = "true" if scenario.hbone_resume else "false"
     if scenario.strategy == "drain":
         proxy["updateStrategy"] = {"type": "OnDelete"}
     doc.setdefault("agent", {})["tcpMigrateReq"] = 1 if scenario.tcp_migrate_req else 0
@@ -73,6 +77,31 @@ def nodes_to_upgrade(state: dict[str, Any], scenario: Scenario) -> list[str] | N
         return None
     client_nodes = {p["node"] for p in state["pods"] if p["owner"]["name"] == "client"}
     return [n["name"] for n in state["nodes"] if n["name"] not in client_nodes]
+
+
+# nginx's error-log messages for an upstream connection that failed under a request (then retried, per
+# proxy_next_upstream, or answered 502): what the gateway's retry hides from the client.
+UPSTREAM_ERRORS = ("upstream prematurely closed", "recv() failed", "writev() failed", "send() failed")
+
+
+def gateway_upstream_errors(cluster: str, state: dict[str, Any]) -> int:
+    """Upstream errors in the error logs of the gateway's pods: those of `state` and of the cluster's current state
+    (a drain replaces evicted pods; their logs stay)."""
+    layout = Layout.of(cluster)
+    pods = list(state["pods"])
+    try:
+        pods += json.loads(layout.state.read_text())["pods"]
+    except (OSError, ValueError, KeyError):
+        pass  # the state as given is all there is
+    names = {p["name"] for p in pods if p["owner"]["name"] == "gateway"}
+    count = 0
+    for name in sorted(names):
+        try:
+            text = layout.log(name).read_text(errors="replace")
+        except OSError:
+            continue
+        count += sum(1 for line in text.splitlines() if any(m in line for m in UPSTREAM_ERRORS))
+    return count
 
 
 def client_netns(state: dict[str, Any]) -> str:
@@ -160,6 +189,7 @@ def run_scenario(
                     stem.with_suffix(".txt"),
                 )
                 upgrade_error: str | None = None
+                errors_before = gateway_upstream_errors(plan.cluster, state)
                 try:
                     load.wait_started()
                     time.sleep(warm)  # the experiment's design: steady load before the upgrade
@@ -179,15 +209,29 @@ def run_scenario(
                     time.sleep(tail)  # and steady load after it, so late failures are seen
                 finally:
                     result = load.stop()
-                run = Run(scenario, connections, repeat, result, upgrade_start, upgrade_end, upgrade_error)
+                gateway_errors = gateway_upstream_errors(plan.cluster, state) - errors_before
+                run = Run(
+                    scenario, connections, repeat, result, upgrade_start, upgrade_end, upgrade_error, gateway_errors
+                )
                 outcome = f"upgrade FAILED: {upgrade_error}" if upgrade_error else f"{run.upgrade_s:.1f}s upgrade"
                 say(
                     f"  -c {connections} run {repeat + 1}: {run.calls} calls, {run.failed} failed, "
-                    f"{run.retried} retried, {outcome}"
+                    f"{run.retried} retried, {gateway_errors} gateway upstream errors, {outcome}"
                 )
                 runs.append(run)
                 if upgrade_error:
                     return runs
     finally:
+        keep_logs(plan.cluster, plan.out / "logs" / scenario.key)
         asyncio.run(manage.down(plan.cluster))
     return runs
+
+
+def keep_logs(cluster: str, dest: Path) -> None:
+    """Copy the cluster's logs (proxies, agents, pods, controller) before the cluster is removed: what explains a
+    row's failures after the run."""
+    shutil.rmtree(dest, ignore_errors=True)
+    try:
+        shutil.copytree(Layout.of(cluster).root / "logs", dest)
+    except OSError:
+        pass  # a cluster that never came up has no logs; the experiment's own output says why
