@@ -203,3 +203,14 @@ async def test_a_stop_that_arrives_before_the_relay_is_watched_is_kept_for_it() 
     assert handler.frames == [(resume.QUIESCE_FRAME, 0, frame[9:])]
     leg.on_control(resume.QUIESCE_FRAME, 1, b"later")
     assert handler.frames[-1] == (resume.QUIESCE_FRAME, 1, b"later")
+
+
+async def test_a_parked_connection_whose_app_left_is_still_logged_once() -> None:
+    registry = ResumeRegistry(park_timeout=30)
+    parked, shared, app = _parked(registry)
+    registry.park(parked)
+    app.done = True  # the app closed (or reset) its socket while the stream was parked
+    parked.give_up("hbone resume failed: http status: 410")
+    parked.give_up("again")
+    assert not app.aborted and len(shared.completed) == 1 and len(registry) == 0
+    assert shared.completed[0].error == "hbone resume failed: http status: 410"

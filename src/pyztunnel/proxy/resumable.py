@@ -192,6 +192,7 @@ class Parked:
     client_side: bool
     authorized: authz.ConnectionInfo | None = None
     timer: asyncio.TimerHandle | None = None
+    ended: bool = False
 
     def reset(self) -> None:
         self.give_up("connection reset at drain deadline while waiting for its hbone stream to resume")
@@ -202,14 +203,18 @@ class Parked:
         return opened_fields(self.record)
 
     def give_up(self, why: str) -> None:
+        """The connection ends here: the app socket is reset (unless the app already closed it) and the record
+        logged, once."""
         if self.timer is not None:
             self.timer.cancel()
         shared = self.pod.shared
         shared.resumes.forget(self)
         shared.connections.discard(self)
-        if self.app.done:
+        if self.ended:
             return
-        self.app.abort()
+        self.ended = True
+        if not self.app.done:
+            self.app.abort()
         _complete(self, why)
 
     def attach(self, stream: StreamLeg) -> Relay:
