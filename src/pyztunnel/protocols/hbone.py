@@ -39,6 +39,7 @@ SERVER_MAX_CONCURRENT_STREAMS = 200
 CLIENT_MAX_STREAMS_PER_CONNECTION = 100
 PING_INTERVAL = 10.0
 PING_TIMEOUT = 20.0
+CLOSE_ROUND_TRIP_TIMEOUT = 1.0  # a connection going away waits this long at most for its last PING's ACK
 DEFAULT_H2_WINDOW = 65535
 
 Headers = list[tuple[bytes, bytes]]

@@ -34,6 +34,9 @@ def _cheap_data_repr(frame: hyperframe.frame.DataFrame) -> str:
 hyperframe.frame.DataFrame._body_repr = _cheap_data_repr
 
 
+_CLOSING_PING = b"pzt-bye!"  # the PING whose ACK lets a connection that is going away close
+
+
 class H2Conn(asyncio.Protocol):
     def __init__(self, client_side: bool, ping_interval: float = hbone.PING_INTERVAL) -> None:
         self.h2 = hbone.new_connection(client_side)
@@ -53,6 +56,8 @@ class H2Conn(asyncio.Protocol):
         # Post-handshake check, run before any HTTP/2 byte is read or sent; raising closes the connection.
         self.verify: Callable[[asyncio.Transport], None] | None = None
         self.info: dict[str, Any] = {}
+        self._closing_ping = False
+        self._close_timer: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------------ asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -87,6 +92,8 @@ class H2Conn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_ping()
+        if self._close_timer is not None:
+            self._close_timer.cancel()
         self.closing = True
         why = self.error or (f"connection lost: {exc}" if exc else "connection closed")
         for leg in list(self.streams.values()):
@@ -125,7 +132,8 @@ class H2Conn(asyncio.Protocol):
         elif isinstance(event, h2.events.StreamReset):
             leg = self.streams.get(event.stream_id or 0)
             if leg is not None:
-                leg.on_reset(f"stream reset by peer (error code {event.error_code})")
+                refused = event.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
+                leg.on_reset(f"stream reset by peer (error code {event.error_code})", refused)
         elif isinstance(event, h2.events.WindowUpdated):
             if not event.stream_id:
                 for leg in list(self.streams.values()):
@@ -140,6 +148,9 @@ class H2Conn(asyncio.Protocol):
             leg = self.streams.get(frame.stream_id) if frame is not None else None
             if leg is not None:
                 leg.on_control(frame.type, frame.flag_byte, frame.body)
+        elif isinstance(event, h2.events.PingAckReceived) and event.ping_data == _CLOSING_PING:
+            if not self.streams:
+                self._close_now()
         elif isinstance(event, h2.events.PingAckReceived):
             if self._ping_deadline is not None:
                 self._ping_deadline.cancel()
@@ -155,7 +166,7 @@ class H2Conn(asyncio.Protocol):
             ours = 1 if self.h2.config.client_side else 0
             for stream_id, leg in list(self.streams.items()):
                 if stream_id % 2 == ours and stream_id > last:
-                    leg.on_reset("refused by GOAWAY")
+                    leg.on_reset("refused by GOAWAY", refused=True)
             self._check_idle()
         else:
             self.handle_event(event)
@@ -219,10 +230,31 @@ class H2Conn(asyncio.Protocol):
         if self.streams:
             return
         if self.closing and self.transport is not None:
-            self.flush_now()
-            self.transport.close()
+            self._close_after_round_trip()
         elif self.on_idle is not None:
             self.on_idle(self)
+
+    def _close_after_round_trip(self) -> None:
+        """Going away with nothing left: close once a PING sent now comes back, not at once. A CONNECT the peer sent
+        before it read our GOAWAY then still arrives on an open connection, is refused (REFUSED_STREAM) and opened
+        again elsewhere; closing at once would reset the connection under it, a failed request (RFC 9113 §6.8)."""
+        if self._closing_ping or self.transport is None or self.transport.is_closing():
+            return
+        self._closing_ping = True
+        try:
+            self.h2.ping(_CLOSING_PING)
+        except h2.exceptions.ProtocolError:
+            self._close_now()
+            return
+        self.flush_now()
+        self._close_timer = self._loop.call_later(hbone.CLOSE_ROUND_TRIP_TIMEOUT, self._close_now)
+
+    def _close_now(self) -> None:
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+        if self.transport is not None and not self.transport.is_closing():
+            self.flush_now()
+            self.transport.close()
 
     # ------------------------------------------------------------------ connection-level
     def flush(self) -> None:

@@ -17,12 +17,14 @@ from pyztunnel.proxy import resumable
 from pyztunnel.proxy.h2conn import H2ClientConn
 from pyztunnel.proxy.netsock import family_of
 from pyztunnel.proxy.pod import PodProxy
-from pyztunnel.proxy.relay import Leg, Relay, StreamLeg, TcpLeg, connect_leg
+from pyztunnel.proxy.relay import Leg, Refused, Relay, StreamLeg, TcpLeg, connect_leg
 from pyztunnel.proxy.telemetry import OUTBOUND, describe_dst, describe_src, fail, identity_of, new_record
 from pyztunnel.workloads.index import Upstream, WorkloadIndex
 from pyztunnel.workloads.model import Workload
 
 _log = logging.getLogger("pyztunnel.proxy.outbound")
+
+OPEN_ATTEMPTS = 3  # a CONNECT refused by a peer going away is opened again, on another connection
 
 
 class OutboundError(Exception):
@@ -178,16 +180,23 @@ async def open_stream(
     async def connect() -> H2ClientConn:
         return await _connect_hbone(pod, src_id, expected, ip)
 
-    conn = await pod.pool.get((src_id.uri, dst_id.uri, ip), connect)
-    leg = conn.open_stream(headers)
-    assert leg.response is not None
-    try:
-        response = await asyncio.wait_for(asyncio.shield(leg.response), settings.connect_timeout)
-    except TimeoutError:
-        leg.abort()
-        raise OutboundError("timed out waiting for the HBONE response", "CONNECT") from None
-    except Exception as exc:
-        raise OutboundError(f"hbone stream failed: {exc}", "CONNECT") from None
+    for attempt in range(1, OPEN_ATTEMPTS + 1):
+        conn = await pod.pool.get((src_id.uri, dst_id.uri, ip), connect)
+        leg = conn.open_stream(headers)
+        assert leg.response is not None
+        try:
+            response = await asyncio.wait_for(asyncio.shield(leg.response), settings.connect_timeout)
+            break
+        except TimeoutError:
+            leg.abort()
+            raise OutboundError("timed out waiting for the HBONE response", "CONNECT") from None
+        except Refused as exc:
+            # The peer is going away (GOAWAY crossed our CONNECT): it never saw the stream, so open it again; the
+            # pool no longer hands out that connection. Nothing of the app's was read yet (its leg is paused).
+            if attempt == OPEN_ATTEMPTS:
+                raise OutboundError(f"hbone stream failed: {exc}", "CONNECT") from None
+        except Exception as exc:
+            raise OutboundError(f"hbone stream failed: {exc}", "CONNECT") from None
     status = hbone.status_of(response)
     if status != 200:
         leg.abort()

@@ -36,6 +36,11 @@ class Reset(Exception):
     """A leg was reset (TCP RST, RST_STREAM, or its HBONE connection died)."""
 
 
+class Refused(Reset):
+    """The peer never processed the stream (above its GOAWAY's last stream id, or REFUSED_STREAM): nothing of it
+    reached the other side, so it is safe to open again on another connection (RFC 9113 §8.7)."""
+
+
 class Leg:
     """One side of a relay. Subclasses carry bytes; this base keeps the shared state and the relay bookkeeping."""
 
@@ -277,11 +282,12 @@ class StreamLeg(Leg):
         self.control = None
         self.conn.forget(self.stream_id)
 
-    def on_reset(self, why: str) -> None:
+    def on_reset(self, why: str, refused: bool = False) -> None:
+        error = Refused(why) if refused else Reset(why)
         if self.response is not None and not self.response.done():
-            self.response.set_exception(Reset(why))
+            self.response.set_exception(error)
         self.conn.forget(self.stream_id)
-        self._finished(Reset(why))
+        self._finished(error)
 
     def window_opened(self) -> None:
         if not self._pending and not self._pending_eof:

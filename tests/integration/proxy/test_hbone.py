@@ -8,9 +8,10 @@ import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import h2.events
 import pytest
 
-from tests.integration.proxy.harness import Mesh, echo_server, start_mesh, stop_mesh
+from tests.integration.proxy.harness import Mesh, echo_server, roundtrip, start_mesh, stop_mesh
 
 
 @pytest.fixture
@@ -173,3 +174,42 @@ async def test_pool_stream_budget_one_connect_at_a_time_and_idle_release(tmp_pat
             assert m.pod_a.pool.connections == []
     finally:
         await stop_mesh(m)
+
+
+@pytest.mark.parametrize("busy", [True, False], ids=["busy", "idle"])
+async def test_a_connect_refused_by_a_peer_going_away_is_opened_again(mesh: Mesh, busy: bool) -> None:
+    """The peer's GOAWAY crosses our CONNECT on the wire: it never processed the stream (RFC 9113 §8.7), so the client
+    proxy opens it again on a new connection instead of failing the app's connection. Idle: the peer has no stream
+    left on the connection, and still keeps it open until its PING comes back, so the CONNECT meets a refusal, not a
+    reset connection."""
+    if busy:
+        reader, writer = await mesh.open_client()  # a stream that stays open
+        writer.write(b"held")
+        assert await asyncio.wait_for(reader.readexactly(4), 10) == b"held"
+    else:
+        await roundtrip(mesh)
+    (pooled,) = mesh.pod_a.pool.connections
+    (server,) = mesh.pod_b.servers
+    assert pooled.transport is not None
+    pooled.transport.pause_reading()  # A does not see B's GOAWAY before it sends the CONNECT
+    server.goaway()
+    refused = asyncio.Event()
+    handle = server.handle_event
+
+    def spy(event: h2.events.Event) -> None:
+        handle(event)  # B answers a CONNECT above its GOAWAY's last stream with REFUSED_STREAM
+        if isinstance(event, h2.events.RequestReceived):
+            refused.set()
+
+    server.handle_event = spy  # type: ignore[method-assign]
+    client = asyncio.ensure_future(roundtrip(mesh, b"sent across a GOAWAY"))
+    await asyncio.wait_for(refused.wait(), 10)
+    pooled.transport.resume_reading()
+    await asyncio.wait_for(client, 10)  # the echo went through, on a second connection
+    assert mesh.pod_a.pool.opened == 2
+    if busy:
+        writer.write(b"still")  # and the held stream goes on, on the first
+        assert await asyncio.wait_for(reader.readexactly(5), 10) == b"still"
+        writer.close()
+    else:
+        await asyncio.wait_for(server.lost, 5)  # the idle one closed after the PING round trip
