@@ -218,7 +218,7 @@ async def test_wait_survives_a_supervising_task_that_loses_its_first_cancellatio
     async def probe_loop() -> None:
         while True:
             try:
-                await asyncio.sleep(3600)
+                await asyncio.get_running_loop().create_future()  # blocks until cancelled
             except asyncio.CancelledError:
                 if swallowed.is_set():
                     raise

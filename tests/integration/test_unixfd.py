@@ -59,9 +59,7 @@ async def test_passes_a_netns_fd(pair: tuple[socket.socket, socket.socket]) -> N
 async def test_waits_for_data(pair: tuple[socket.socket, socket.socket]) -> None:
     a, b = pair
     receiving = asyncio.ensure_future(recv_with_fds(b, 1024, 1))
-    await asyncio.sleep(
-        0
-    )  # let the receiver park on the reader slot (not synchronisation: it must not finish) [noqa: sleep-ok]
+    await asyncio.sleep(0)  # one loop iteration: the receiver parks and must not finish [noqa: sleep-ok]
     assert not receiving.done()
     await send_with_fds(a, b"late")
     assert await asyncio.wait_for(receiving, 2) == (b"late", [], 0)

@@ -64,7 +64,7 @@ def wait_for(what: str, condition: Callable[[], Any], timeout: float) -> Any:
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(POLL_S)
+        time.sleep(POLL_S)  # polling a condition with a deadline [noqa: sleep-ok]
 
 
 _FIELD = re.compile(r'([a-z_.]+)=("(?:[^"\\]|\\.)*"|\S+)')

@@ -8,7 +8,8 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import time
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,23 @@ from pyztunnel.cluster import manage, spec
 from pyztunnel.cluster.layout import Layout
 from pyztunnel.experiment.runner import LoadProcess, client_netns, gateway_url, scenario_spec, upgrade
 from pyztunnel.experiment.scenarios import Scenario
+from tests.system.cluster_fixtures import wait_for
+
+LOAD_BYTES = 500_000  # what the client receives before and after the upgrade: the load is flowing
+LOAD_TIMEOUT_S = 30.0
+
+
+def received_bytes(netns: str) -> int:
+    """Bytes the client pod's interfaces received (its /proc/net/dev)."""
+    out = subprocess.run(["ip", "netns", "exec", netns, "cat", "/proc/net/dev"], capture_output=True, text=True)
+    return sum(int(line.split(":", 1)[1].split()[0]) for line in out.stdout.splitlines()[2:] if ":" in line)
+
+
+def traffic_past(netns: str, amount: int) -> Callable[[], bool]:
+    """A condition: the client has received `amount` more bytes than now."""
+    target = received_bytes(netns) + amount
+    return lambda: received_bytes(netns) >= target
+
 
 NAME = f"tmig{os.getpid() % 100000}"  # unique per run: a concurrent suite must not remove ours
 CONNECTIONS = 20
@@ -38,9 +56,11 @@ def run(tmp: Path, migration: bool) -> tuple[dict[str, Any], str]:
         )
         try:
             load.wait_started()
-            time.sleep(1.0)  # steady load before the upgrade (the run's design, not a synchronisation)
+            netns = client_netns(state)
+            wait_for("steady load before the upgrade", traffic_past(netns, LOAD_BYTES), LOAD_TIMEOUT_S)
             upgrade(NAME, "v2", SCENARIO, tmp / "upgrade.log")
-            time.sleep(1.0)  # and after it, so late failures are seen
+            # and after it, through the new proxies, so late failures are seen
+            wait_for("load after the upgrade", traffic_past(netns, LOAD_BYTES), LOAD_TIMEOUT_S)
         finally:
             result = load.stop()
         logs = "".join(p.read_text() for p in sorted((Layout.of(NAME).root / "logs").glob("ztunnel-*.log")))

@@ -27,7 +27,7 @@ async def test_a_tcp_probe_keeps_a_cancellation_that_races_its_connect(monkeypat
 
     monkeypatch.setattr(probe, "_connect", connect)
     task = spawn(probe.tcp(-1, "10.0.0.1", 80, 5.0), "probe")
-    await asyncio.sleep(0)  # let it reach the connect
+    await asyncio.sleep(0)  # one loop iteration: the task reaches its await [noqa: sleep-ok]
     # Both in the same loop iteration: the connect completes and the probe's caller is cancelled.
     connected.set_result(None)
     task.cancel()
@@ -44,7 +44,7 @@ async def test_an_http_probe_keeps_a_cancellation_that_races_its_connect(monkeyp
 
     monkeypatch.setattr(probe, "_connect", connect)
     task = spawn(probe.http(-1, "10.0.0.1", 80, "/", 5.0), "probe")
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one loop iteration: the task reaches its await [noqa: sleep-ok]
     connected.set_result(None)
     task.cancel()
     await asyncio.wait({task}, timeout=1)
@@ -58,14 +58,14 @@ async def test_stop_task_cancels_again_a_task_that_lost_its_first_cancellation()
         nonlocal cancels
         while True:
             try:
-                await asyncio.sleep(3600)
+                await asyncio.get_running_loop().create_future()  # blocks until cancelled
             except asyncio.CancelledError:
                 cancels += 1
                 if cancels > 1:
                     raise
 
     task = spawn(stubborn_once(), "stubborn-once")
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one loop iteration: the task reaches its await [noqa: sleep-ok]
     assert await stop_task(task, 5.0)
     assert task.cancelled() and cancels == 2
 
@@ -81,7 +81,7 @@ async def test_stop_task_gives_up_in_bounded_time_on_a_task_that_ignores_cancell
                 pass
 
     task = spawn(deaf(), "deaf")
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one loop iteration: the task reaches its await [noqa: sleep-ok]
     loop = asyncio.get_running_loop()
     started = loop.time()
     assert not await stop_task(task, 0.3)

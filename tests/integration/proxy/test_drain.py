@@ -59,9 +59,7 @@ async def test_drain_keeps_established_then_resets(tmp_path: Path) -> None:
                     except ConnectionRefusedError:
                         return
                     w.close()
-                    await asyncio.sleep(
-                        0.01
-                    )  # the accept task is being cancelled; retry (bounded by wait_for) [noqa: sleep-ok]
+                    await asyncio.sleep(0.01)  # retry while the accept task is cancelled (bounded) [noqa: sleep-ok]
 
             await asyncio.wait_for(refused(), 5)
             # ...but the established connection still carries bytes, until the deadline resets it.
