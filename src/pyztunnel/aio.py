@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -38,6 +38,21 @@ async def cancel_and_wait(*tasks: asyncio.Task[Any]) -> None:
     for task in tasks:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
+
+
+async def poll_until(ready: Callable[[], bool], within: float, alive: Callable[[], bool] = lambda: True) -> bool:
+    """True once `ready()` holds; False if `alive()` stops holding or `within` seconds pass first. For states that
+    have no event to wait on (a transport's write buffer, HTTP/2 flow-control queues): usually ready at once, so the
+    2 ms poll rarely runs."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while alive():
+        if ready():
+            return True
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(0.002)  # a bounded poll of a condition, not a synchronisation
+    return False
 
 
 def install_uvloop() -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pyztunnel import authz
-from pyztunnel.aio import spawn
+from pyztunnel.aio import poll_until, spawn
 from pyztunnel.lifecycle import migrate_io
 from pyztunnel.lifecycle.handoff import Netns
 from pyztunnel.lifecycle.migrate import ConnHeader, Ends
@@ -125,16 +125,11 @@ def resumable_stream(relay: Relay) -> ResumeState | None:
 async def _flush_writes(legs: Sequence[TcpLeg], within: float, still: Callable[[], bool]) -> bool:
     """Reading is off; what we already read is in our write buffers until the kernel takes it. Wait (bounded) for
     them to be empty: then every byte is in a kernel queue, which moves with the socket."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
-        if not still():
-            return False
-        if all(leg.transport is not None and leg.transport.get_write_buffer_size() == 0 for leg in legs):
-            return True
-        if loop.time() >= deadline:
-            return False
-        await asyncio.sleep(0.002)  # a bounded poll of a condition, not a synchronisation
+    return await poll_until(
+        lambda: all(leg.transport is not None and leg.transport.get_write_buffer_size() == 0 for leg in legs),
+        within,
+        still,
+    )
 
 
 def _dup_all(legs: Sequence[TcpLeg]) -> list[int] | None:

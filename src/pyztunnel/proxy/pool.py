@@ -81,8 +81,7 @@ class Pool:
                     await asyncio.wait(set(opening.tasks), return_when=asyncio.FIRST_COMPLETED)
             finally:
                 opening.waiting -= 1
-                if not opening.tasks and not opening.waiting and self._opening.get(key) is opening:
-                    del self._opening[key]
+                self._drop_if_unused(key, opening)
 
     async def _open(self, key: PoolKey, connect: Callable[[], Awaitable[H2ClientConn]]) -> H2ClientConn:
         conn = await connect()
@@ -100,6 +99,9 @@ class Pool:
         opening.tasks.discard(task)
         if not task.cancelled():
             task.exception()  # retrieved: the caller that started it raises it; nobody else needs it
+        self._drop_if_unused(key, opening)
+
+    def _drop_if_unused(self, key: PoolKey, opening: _Opening) -> None:
         if not opening.tasks and not opening.waiting and self._opening.get(key) is opening:
             del self._opening[key]
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import h2.errors
 
 from pyztunnel import authz
-from pyztunnel.aio import spawn
+from pyztunnel.aio import poll_until, spawn
 from pyztunnel.identity.spiffe import try_parse
 from pyztunnel.observe.access import ConnectionRecord
 from pyztunnel.protocols import hbone, resume
@@ -42,7 +42,6 @@ _log = logging.getLogger("pyztunnel.proxy.resume")
 ANSWER_TIMEOUT = 5.0  # the answering end flushes what it read before its mark within this
 PARK_TIMEOUT = 15.0  # a server end holds a stopped stream's app socket this long for its resume CONNECT
 CLAIM_WAIT = 5.0  # a resume CONNECT may arrive before the app socket does (the handoff is still on its way)
-_POLL = 0.002
 
 
 class ResumeState:
@@ -58,7 +57,6 @@ class ResumeState:
         self.quiesce = resume.Quiesce()
         self.stopped: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.broken = False
-        self._began = 0.0
 
     @property
     def client_side(self) -> bool:
@@ -82,16 +80,17 @@ class ResumeState:
     # --- the end that moves (the old instance at drain)
     async def stop(self, within: float) -> bool:
         """Stop the stream in both directions; False if it could not be (then `announced` says if it is spoiled)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
         self.app.pause_reading()
         if not await self._flushed(within):
             self.app.resume_reading()
             return False
         self._announce(ack=False)
-        loop = asyncio.get_running_loop()
         # Until the peer's mark, or the relay's end (the peer refused: a reset), or the bound.
         await asyncio.wait(
             [self.stopped, self.relay.closed],
-            timeout=max(0.0, within - (loop.time() - self._began)),
+            timeout=max(0.0, deadline - loop.time()),
             return_when=asyncio.FIRST_COMPLETED,
         )
         return self.stopped.done() and not self.broken and not self.relay.finished
@@ -139,13 +138,9 @@ class ResumeState:
     # --- helpers
     async def _flushed(self, within: float) -> bool:
         """Wait until everything read from the app is handed to HTTP/2 (the stream's flow-control queue is empty)."""
-        loop = asyncio.get_running_loop()
-        self._began = loop.time()
-        while self.stream.has_pending:
-            if self.stream.done or self.relay.finished or loop.time() - self._began >= within:
-                return False
-            await asyncio.sleep(_POLL)  # a bounded poll of a condition, not a synchronisation
-        return not (self.stream.done or self.relay.finished)
+        return await poll_until(
+            lambda: not self.stream.has_pending, within, lambda: not (self.stream.done or self.relay.finished)
+        )
 
     def _announce(self, ack: bool) -> None:
         self.quiesce.begin(self.app.received)  # the app's bytes read = the stream's bytes sent (nothing pending)

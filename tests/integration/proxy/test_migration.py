@@ -22,7 +22,7 @@ from pyztunnel.lifecycle.handoff_io import recv_msg, send_msg
 from pyztunnel.netns import netns_inode
 from tests.integration.proxy.harness import free_port, loopback_ips
 from tests.integration.proxy.streams import Endpoint, StreamServer, open_clients
-from tests.integration.proxy.test_process import Proc, start_proxy
+from tests.integration.proxy.test_process import Proc, start_ready
 
 CONNECTIONS = 5
 
@@ -38,7 +38,8 @@ class Setup:
         self.procs: list[Proc] = []
 
     async def proxy(self, name: str, *extra: str, deadline: str = "30s") -> Proc:
-        proc = await start_proxy(
+        return await start_ready(
+            self.procs,
             self.tmp,
             name,
             *("--readiness-addr", "", "--stats-addr", "", "--admin-addr", ""),
@@ -47,9 +48,6 @@ class Setup:
             *("--connection-termination-deadline", deadline),
             *extra,
         )
-        self.procs.append(proc)
-        await proc.wait_for_line("proxy started")
-        return proc
 
     def listener(self) -> list[str]:
         if self.mode == "inbound":  # inbound plaintext: 15006 on the pod's address → its app
@@ -86,6 +84,22 @@ async def tear_down(procs: list[Proc], server: StreamServer) -> None:
     await server.close()
 
 
+async def upgrade_and_finish(old: Proc, new: Proc, clients: list[Endpoint], server: StreamServer) -> None:
+    """SIGTERM the old instance: it moves every connection, exits clean at once (nothing left to wait for) and is
+    SIGKILLed anyway; the streams flow on through the new one, then end intact."""
+    old.proc.send_signal(signal.SIGTERM)
+    moved = await old.wait_for_line("migrated established connections")
+    assert f"connections={len(clients)} kept=0" in moved
+    await old.wait_for_line("shutdown complete")
+    old.proc.kill()
+    await new.wait_for_line("took over established connections")
+    before = [c.dir.received for c in clients]
+    for client, seen in zip(clients, before, strict=True):
+        await client.wait_received(seen + 500_000)  # the streams flow through the new instance
+    await asyncio.gather(*(c.finish() for c in clients))
+    assert_intact(clients, server)
+
+
 def assert_intact(clients: list[Endpoint], server: StreamServer) -> None:
     """No error, no wrong byte at any offset, every stream ended with EOF after all that was sent. (Which server end
     belongs to which client is not known here, so the byte totals are compared as multisets.)"""
@@ -104,17 +118,7 @@ async def test_migrated_streams_survive_sigkill_of_the_old_instance(setup: Setup
     new = await setup.proxy("new")
     await new.wait_for_line("registered to take established connections")
     await old.wait_for_line("a new instance will take established connections")
-    old.proc.send_signal(signal.SIGTERM)
-    moved = await old.wait_for_line("migrated established connections")
-    assert f"connections={CONNECTIONS} kept=0" in moved
-    await old.wait_for_line("shutdown complete")  # nothing left to wait for: a clean, immediate exit
-    old.proc.kill()
-    await new.wait_for_line("took over established connections")
-    before = [c.dir.received for c in clients]
-    for client, seen in zip(clients, before, strict=True):
-        await client.wait_received(seen + 500_000)  # the streams flow through the new instance
-    await asyncio.gather(*(c.finish() for c in clients))
-    assert_intact(clients, setup.server)
+    await upgrade_and_finish(old, new, clients, setup.server)
     lines = [
         await new.wait_for_line(
             f"src.addr={c.writer.get_extra_info('sockname')[0]}:{c.writer.get_extra_info('sockname')[1]} "

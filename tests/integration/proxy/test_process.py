@@ -25,6 +25,14 @@ def write_certs(root: Path) -> None:
         (out / "root-cert.pem").write_text(cert.roots)
 
 
+async def start_ready(procs: list[Proc], tmp: Path, name: str, *args: str) -> Proc:
+    """A proxy process, added to `procs` (for the tear-down) and waited for until it has started."""
+    proc = await start_proxy(tmp, name, *args)
+    procs.append(proc)
+    await proc.wait_for_line("proxy started")
+    return proc
+
+
 class Proc:
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc

@@ -10,7 +10,6 @@ streams are not resumable and end with the reset at the old instance's deadline,
 
 from __future__ import annotations
 
-import asyncio
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,8 +18,8 @@ import pytest
 
 from tests.integration.proxy.harness import config_text, free_port, loopback_ips
 from tests.integration.proxy.streams import Endpoint, StreamServer, open_clients
-from tests.integration.proxy.test_migration import assert_intact, tear_down
-from tests.integration.proxy.test_process import Proc, start_proxy, write_certs
+from tests.integration.proxy.test_migration import tear_down, upgrade_and_finish
+from tests.integration.proxy.test_process import Proc, start_ready, write_certs
 
 CONNECTIONS = 5
 
@@ -47,7 +46,8 @@ class Nodes:
             if end == "a"
             else ["--direct-inbound", self.b_ip]
         )
-        proc = await start_proxy(
+        return await start_ready(
+            self.procs,
             self.tmp,
             name,
             *self.common,
@@ -56,9 +56,6 @@ class Nodes:
             *("--connection-termination-deadline", deadline),
             *extra,
         )
-        self.procs.append(proc)
-        await proc.wait_for_line("proxy started")
-        return proc
 
     async def clients(self) -> list[Endpoint]:
         clients = await open_clients(self.a_ip, self.out_port, CONNECTIONS)
@@ -85,17 +82,7 @@ async def test_hbone_streams_survive_an_upgrade_of_either_end(nodes: Nodes, movi
     new = await nodes.proxy(moving, "new")
     await new.wait_for_line("registered to take established connections")
     await old.wait_for_line("a new instance will take established connections")
-    old.proc.send_signal(signal.SIGTERM)
-    moved = await old.wait_for_line("migrated established connections")
-    assert f"connections={CONNECTIONS} kept=0" in moved
-    await old.wait_for_line("shutdown complete")  # nothing left: its HBONE connections ended without a reset
-    old.proc.kill()
-    await new.wait_for_line("took over established connections")
-    before = [c.dir.received for c in clients]
-    for client, seen in zip(clients, before, strict=True):
-        await client.wait_received(seen + 500_000)  # the streams flow through the new instance
-    await asyncio.gather(*(c.finish() for c in clients))
-    assert_intact(clients, nodes.server)
+    await upgrade_and_finish(old, new, clients, nodes.server)  # its HBONE streams too, without a reset
     # One line per connection at its real end on each node's current proxy, with the whole connection's bytes.
     a_proxy = new if moving == "a" else staying
     for client in clients:
