@@ -239,7 +239,7 @@ class StreamLeg(Leg):
         self.response: asyncio.Future[list[tuple[bytes, bytes]]] | None = None
         self.token: str | None = None  # both ends agreed this stream is resumable under this name (proxy/resume.py)
         self.control: StreamControl | None = None  # what handles extension frames on the stream
-        self._early_control: list[tuple[int, int, bytes]] = []
+        self._early_control: list[tuple[int, int, bytes]] | None = None  # made only if such a frame comes early
 
     # --- events from the HTTP/2 connection
     def on_data(self, data: bytes, flow_controlled: int) -> None:
@@ -260,6 +260,8 @@ class StreamLeg(Leg):
     def on_control(self, frame_type: int, flags: int, body: bytes) -> None:
         if self.control is not None:
             self.control.on_frame(frame_type, flags, body)
+        elif self._early_control is None:
+            self._early_control = [(frame_type, flags, body)]
         elif len(self._early_control) < 4:
             # A peer may stop the stream right after its 200: the frame can come in the same read as the response,
             # before the CONNECT's caller has resumed and installed the handler. Kept for it (a few at most).
@@ -268,7 +270,7 @@ class StreamLeg(Leg):
     def set_control(self, control: StreamControl) -> None:
         """Install the handler of the stream's extension frames, and give it those that came first."""
         self.control = control
-        early, self._early_control = self._early_control, []
+        early, self._early_control = self._early_control or [], None
         for frame in early:
             if self.control is control:
                 control.on_frame(*frame)
