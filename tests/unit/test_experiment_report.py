@@ -81,6 +81,7 @@ def test_scenario_spec_sets_every_switch(key: str) -> None:
     assert env["PYZTUNNEL_CONNECTION_MIGRATION"] == str("migration" in on).lower()
     assert env["PYZTUNNEL_HBONE_RESUME"] == str("hbone_resume" in on).lower()
     assert doc["agent"]["tcpMigrateReq"] == (1 if "migrate_req" in on else 0)
+    assert env["PYZTUNNEL_TCP_MIGRATE_REQ"] == str("migrate_req" in on).lower()
     gateway = next(d for d in doc["deployments"] if d["name"] == "gateway")
     assert gateway["env"]["PROXY_NEXT_UPSTREAM"] == "error timeout"
 
@@ -91,7 +92,12 @@ def test_scenario_switches_are_the_proxys_own_settings() -> None:
     from pyztunnel import settings
     from pyztunnel.proxy.config import ProxySettings
 
-    fields = {"PYZTUNNEL_LISTENER_HANDOFF", "PYZTUNNEL_CONNECTION_MIGRATION", "PYZTUNNEL_HBONE_RESUME"}
+    fields = {
+        "PYZTUNNEL_LISTENER_HANDOFF",
+        "PYZTUNNEL_CONNECTION_MIGRATION",
+        "PYZTUNNEL_HBONE_RESUME",
+        "PYZTUNNEL_TCP_MIGRATE_REQ",
+    }
     by_env = {d.info.env: d.name for d in settings.declared(ProxySettings) if d.info.env in fields}
     assert set(by_env) == fields
     assert all(getattr(settings.load(ProxySettings, environ={}), f) for f in by_env.values()), "defaults: on"

@@ -55,6 +55,9 @@ def scenario_spec(base: spec.LoadedSpec, scenario: Scenario, gateway_retry: bool
     if scenario.strategy == "drain":
         proxy["updateStrategy"] = {"type": "OnDelete"}
     doc.setdefault("agent", {})["tcpMigrateReq"] = 1 if scenario.tcp_migrate_req else 0
+    # The same switch in the proxy: its own reuseport migrate program (pyztunnel.reuseport), which works where the
+    # agent's sysctl cannot be written (Kubernetes); off with the sysctl, so the ztunnel scenario has neither.
+    proxy["env"]["PYZTUNNEL_TCP_MIGRATE_REQ"] = "true" if scenario.tcp_migrate_req else "false"
     for deployment in doc.get("deployments", []):
         if deployment["name"] != "gateway":
             continue

@@ -16,10 +16,14 @@ from pyztunnel.proxy.config import ProxySettings
 
 
 @click.command("proxy")
+# ztunnel's DaemonSet runs `proxy ztunnel` (reference kubernetes.md §1): that mode is accepted, the only one.
+@click.argument("mode", required=False, type=click.Choice(["ztunnel"]))
 @settings.cli_options(ProxySettings)
 @settings.cli_options(CaClientSettings)
-def proxy(**values: Any) -> None:
+def proxy(mode: str | None, **values: Any) -> None:
     """The node proxy (ztunnel): in-pod listeners from ZDS, HBONE over mTLS, L4 authorization.
+
+    MODE is ztunnel's (`proxy ztunnel`, as its DaemonSet's args say); it may be left out.
 
     Direct mode (tests, benchmarks): --direct-outbound 127.0.0.1:16001=127.0.0.2:8080 and --direct-inbound
     127.0.0.2 serve the same data path on loopback, without namespaces.

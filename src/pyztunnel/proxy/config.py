@@ -38,6 +38,13 @@ class ProxySettings:
         True, "adopt/hand off listening sockets across upgrades", env="PYZTUNNEL_LISTENER_HANDOFF"
     )
     handoff_socket: Path | None = setting(None, "unix socket for the listener handoff", env="PYZTUNNEL_HANDOFF_SOCKET")
+    tcp_migrate_req: bool = setting(
+        True,
+        "net.ipv4.tcp_migrate_req's effect on every in-pod listener, by a reuseport BPF program (SELECT_OR_MIGRATE) "
+        "the proxy attaches itself: a closed listener's queue moves to its sibling instead of being reset; works "
+        "where /proc/sys is read-only (a non-privileged pod); off: ztunnel's listeners (pyztunnel.reuseport)",
+        env="PYZTUNNEL_TCP_MIGRATE_REQ",
+    )
     connection_migration: bool = setting(
         True,
         "move established TCP↔TCP relays to the new instance at drain instead of resetting them (docs/migration.md)",

@@ -21,7 +21,7 @@ import struct
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from pyztunnel import netns
+from pyztunnel import netns, reuseport
 from pyztunnel.lifecycle.accept import AcceptLoop
 
 _log = logging.getLogger("pyztunnel.proxy.netsock")
@@ -86,7 +86,24 @@ class NetEnv:
         """Release what the env holds (threads); sockets belong to their users."""
 
 
-def _setup_listener(sock: socket.socket, addr: tuple[str, int], mark: int | None) -> socket.socket:
+_migrate_unavailable_logged = False
+
+
+def _attach_migrate(sock: socket.socket) -> None:
+    """tcp_migrate_req's effect for this listener's reuseport group (`reuseport`); like SO_REUSEPORT, a kernel that
+    refuses only costs the backstop, so it is logged once and the listener serves on."""
+    global _migrate_unavailable_logged
+    try:
+        reuseport.attach_migrate(sock)
+    except OSError as exc:
+        if not _migrate_unavailable_logged:
+            _migrate_unavailable_logged = True
+            _log.warning("cannot attach the reuseport migrate program", extra={"fields": {"error": str(exc)}})
+
+
+def _setup_listener(
+    sock: socket.socket, addr: tuple[str, int], mark: int | None, migrate: bool = False
+) -> socket.socket:
     try:
         if mark is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
@@ -96,6 +113,8 @@ def _setup_listener(sock: socket.socket, addr: tuple[str, int], mark: int | None
             _log.warning("cannot set SO_REUSEPORT", extra={"fields": {"error": str(exc)}})
         sock.bind(addr)
         sock.listen(LISTEN_BACKLOG)
+        if migrate:
+            _attach_migrate(sock)
         sock.setblocking(False)
     except BaseException:
         sock.close()
@@ -109,11 +128,14 @@ class PodNetns(NetEnv):
 
     check_authority_ip = True
 
-    def __init__(self, netns_fd: int, name: str, mark: int = INPOD_MARK, original_source: bool = True) -> None:
+    def __init__(
+        self, netns_fd: int, name: str, mark: int = INPOD_MARK, original_source: bool = True, migrate: bool = False
+    ) -> None:
         self.fd = netns_fd
         self.name = name
         self.mark = mark
         self.original_source = original_source
+        self.migrate = migrate
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"netns-{name}", initializer=netns.setns, initargs=(netns_fd,)
         )
@@ -124,7 +146,7 @@ class PodNetns(NetEnv):
     async def listener(self, port: int, ip: str | None = None) -> socket.socket:
         def make() -> socket.socket:
             return _setup_listener(
-                socket.socket(socket.AF_INET, socket.SOCK_STREAM), (ip or "0.0.0.0", port), self.mark
+                socket.socket(socket.AF_INET, socket.SOCK_STREAM), (ip or "0.0.0.0", port), self.mark, self.migrate
             )
 
         return await self._in_netns(make)

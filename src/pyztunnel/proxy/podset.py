@@ -49,7 +49,10 @@ class PodSet:
         """Start the pod's proxy; takes ownership of `netns_fd`. Returns None, or the error (the pod stays pending)."""
         self.pending.pop(uid, None)
         env = PodNetns(
-            netns_fd, name=f"{info.namespace}/{info.name}", original_source=self.shared.settings.enable_orig_src
+            netns_fd,
+            name=f"{info.namespace}/{info.name}",
+            original_source=self.shared.settings.enable_orig_src,
+            migrate=self.shared.settings.tcp_migrate_req,
         )
         key = (info.namespace, info.name)
         pod = PodProxy(self.shared, uid, env, lambda idx: idx.by_name.get(key), self.ports)
