@@ -27,7 +27,11 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "proxy": ("pyztunnel.proxy.cli", "proxy", "The node proxy (ztunnel): in-pod listeners, HBONE over mTLS."),
     "ca": ("pyztunnel.identity.cli", "ca", "Istio CA API (CreateCertificate) for node proxies; issue certificates."),
     "upgrade": ("pyztunnel.rollout.cli", "upgrade", "Upgrade the node proxies: rolling surge or node drain."),
-    "k8s": ("pyztunnel.k8s.cli", "k8s", "Kubernetes: the DaemonSet's manifests (the Helm chart's objects) without Helm."),
+    "k8s": (
+        "pyztunnel.k8s.cli",
+        "k8s",
+        "Kubernetes: the DaemonSet's manifests (the Helm chart's objects) without Helm.",
+    ),
     "load": ("pyztunnel.load.cli", "load", "fortio-compatible load generator (HTTP/1.1 and TCP echo)."),
     "advise": ("pyztunnel.advise", "advise", "Recommend terminationGracePeriodSeconds from access logs."),
     "experiment": ("pyztunnel.experiment.cli", "experiment", "Reproduce the seeds' upgrade experiment and report."),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import decimal
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -49,7 +50,7 @@ def go_string(value: Any) -> str:
 def _go_float(value: float) -> str:
     """strconv.FormatFloat(v, 'g', -1, 64) as fmt's %v uses it: the shortest digits; %e when the decimal exponent
     is < -4 or ≥ 6 (1e+06, 1.5e-05), else plain (0.0001, 123456)."""
-    if value != value or value in (float("inf"), float("-inf")):
+    if not math.isfinite(value):
         return {"nan": "NaN", "inf": "+Inf", "-inf": "-Inf"}[repr(value)]
     if value == 0:
         return "-0" if repr(value).startswith("-") else "0"
@@ -160,7 +161,9 @@ def container_env(values: Values) -> list[dict[str, Any]]:
         _field("INSTANCE_IP", "status.podIP"),
         _field("SERVICE_ACCOUNT", "spec.serviceAccountName"),
     ]
-    env += [{"name": k, "value": go_string(v)} for k, v in sorted(values.meshConfig.defaultConfig.proxyMetadata.items())]
+    env += [
+        {"name": k, "value": go_string(v)} for k, v in sorted(values.meshConfig.defaultConfig.proxyMetadata.items())
+    ]
     env.append({"name": "ZTUNNEL_CPU_LIMIT", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu"}}})
     env += settings_env(values)
     env += [{"name": k, "value": go_string(v)} for k, v in sorted(values.env.items())]
@@ -226,7 +229,10 @@ def _volumes(values: Values) -> list[dict[str, Any]]:
         {"name": "cni-ztunnel-sock-dir", "hostPath": {"path": ZDS_DIR, "type": "DirectoryOrCreate"}},
         {"name": "tmp", "emptyDir": {}},
         # Per node, so that the new pod of a surge (or of a drain) finds the old one's handoff socket.
-        {"name": "pyztunnel-handoff-dir", "hostPath": {"path": values.pyztunnel.handoffDir, "type": "DirectoryOrCreate"}},
+        {
+            "name": "pyztunnel-handoff-dir",
+            "hostPath": {"path": values.pyztunnel.handoffDir, "type": "DirectoryOrCreate"},
+        },
         *values.volumes,
     ]
 

@@ -12,7 +12,7 @@ and the validation of `pyztunnel k8s manifests`.
 from __future__ import annotations
 
 import copy
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
@@ -43,7 +43,7 @@ class UpdateStrategy(_Strict):
 
 
 class MultiCluster(_Strict):
-    clusterName: str = Field("", description="the cluster's name → ISTIO_META_CLUSTER_ID (default Kubernetes)")
+    clusterName: str = Field(default="", description="the cluster's name → ISTIO_META_CLUSTER_ID (default Kubernetes)")
 
 
 class DefaultConfig(_Strict):
@@ -55,7 +55,9 @@ class MeshConfig(_Strict):
 
 
 class ResourceQuotas(_Strict):
-    enabled: bool = Field(False, description="accepted for Istio's chart; ignored (no ResourceQuota is rendered)")
+    enabled: bool = Field(
+        default=False, description="accepted for Istio's chart; ignored (no ResourceQuota is rendered)"
+    )
     pods: int = 5000
 
 
@@ -63,7 +65,7 @@ def _switch_fields() -> dict[str, Any]:
     """Every PYZTUNNEL_* switch the proxy declares (settings.py): one chart value each, same default and help."""
     fields: dict[str, Any] = {}
     for decl in proxy_switches():
-        fields[decl.yaml_key] = (bool, Field(decl.default, description=f"{decl.info.env}: {decl.info.help}"))
+        fields[decl.yaml_key] = (bool, Field(default=decl.default, description=f"{decl.info.env}: {decl.info.help}"))
     return fields
 
 
@@ -75,31 +77,30 @@ def proxy_switches() -> list[settings.Declared]:
     ]
 
 
-PyztunnelValues = create_model(
-    "PyztunnelValues",
-    __base__=_Strict,
-    handoffDir=(
-        str,
-        Field(
-            "/var/run/pyztunnel",
-            description="node directory (hostPath) of the listener-handoff socket: an old and a new pod on the same "
-            "node meet there",
-        ),
-    ),
-    **_switch_fields(),
-)
+class _PyztunnelBase(_Strict):
+    handoffDir: str = Field(
+        default="/var/run/pyztunnel",
+        description="node directory (hostPath) of the listener-handoff socket: an old and a new pod on the same node "
+        "meet there",
+    )
+
+
+if TYPE_CHECKING:
+    PyztunnelValues = _PyztunnelBase
+else:
+    PyztunnelValues = create_model("PyztunnelValues", __base__=_PyztunnelBase, **_switch_fields())
 
 
 class Values(_Strict):
     """The effective values (Istio's ztunnel chart's names and defaults unless said otherwise)."""
 
-    hub: str = Field("docker.io/library", description="image is <hub>/<image>:<tag>[-<variant>]")
-    tag: str = Field(__version__, description="image tag (the pyztunnel version)")
+    hub: str = Field(default="docker.io/library", description="image is <hub>/<image>:<tag>[-<variant>]")
+    tag: str = Field(default=__version__, description="image tag (the pyztunnel version)")
     variant: str = ""
-    image: str = Field("pyztunnel", description="image name; used verbatim when it contains a '/'")
+    image: str = Field(default="pyztunnel", description="image name; used verbatim when it contains a '/'")
     imagePullPolicy: Literal["", "Always", "Never", "IfNotPresent"] = ""
     imagePullSecrets: list[str] = Field(default_factory=list, description="secret names, on the ServiceAccount")
-    resourceName: str = Field("", description="name of the DaemonSet and ServiceAccount (default ztunnel)")
+    resourceName: str = Field(default="", description="name of the DaemonSet and ServiceAccount (default ztunnel)")
     labels: dict[str, str] = Field(default_factory=dict, description="labels of every object")
     annotations: dict[str, str] = Field(default_factory=dict, description="annotations of the DaemonSet")
     podLabels: dict[str, str] = Field(default_factory=dict)
@@ -124,33 +125,39 @@ class Values(_Strict):
     multiCluster: MultiCluster = Field(default_factory=MultiCluster)
     meshConfig: MeshConfig = Field(default_factory=MeshConfig)
     terminationGracePeriodSeconds: int = Field(
-        30, ge=0, description="pod grace, also TERMINATION_GRACE_PERIOD_SECONDS (drain = N−5 s for N > 10)"
+        default=30, ge=0, description="pod grace, also TERMINATION_GRACE_PERIOD_SECONDS (drain = N−5 s for N > 10)"
     )
-    revision: str = Field("", description="istiod revision: istiod-<revision> is the default CA and XDS address")
-    caAddress: str = Field("", description="CA_ADDRESS (default istiod[-<revision>].<istioNamespace>.svc:15012)")
-    xdsAddress: str = Field("", description="XDS_ADDRESS (default as caAddress)")
+    revision: str = Field(
+        default="", description="istiod revision: istiod-<revision> is the default CA and XDS address"
+    )
+    caAddress: str = Field(
+        default="", description="CA_ADDRESS (default istiod[-<revision>].<istioNamespace>.svc:15012)"
+    )
+    xdsAddress: str = Field(default="", description="XDS_ADDRESS (default as caAddress)")
     istioNamespace: str = "istio-system"
-    logLevel: str = Field("info", description="RUST_LOG (trace, debug, info, warn, error, or a RUST_LOG filter)")
-    logAsJson: bool = Field(False, description="LOG_FORMAT=json")
-    network: str = Field("", description="NETWORK (also global.network)")
-    trustBundleName: str = Field("", description="ConfigMap of the CA root (default istio-ca-root-cert)")
+    logLevel: str = Field(
+        default="info", description="RUST_LOG (trace, debug, info, warn, error, or a RUST_LOG filter)"
+    )
+    logAsJson: bool = Field(default=False, description="LOG_FORMAT=json")
+    network: str = Field(default="", description="NETWORK (also global.network)")
+    trustBundleName: str = Field(default="", description="ConfigMap of the CA root (default istio-ca-root-cert)")
     seLinuxOptions: dict[str, Any] = Field(default_factory=dict)
     updateStrategy: UpdateStrategy = Field(default_factory=UpdateStrategy)
     resourceScope: Literal["all", "cluster", "namespace"] = Field(
-        "all", description="every object here is namespaced: 'cluster' renders none"
+        default="all", description="every object here is namespaced: 'cluster' renders none"
     )
-    priorityClassName: str = Field("system-node-critical", description="(Istio's chart: fixed to this)")
+    priorityClassName: str = Field(default="system-node-critical", description="(Istio's chart: fixed to this)")
     dnsPolicy: str = ""
     dnsConfig: dict[str, Any] = Field(default_factory=dict)
     peerCaCrl: dict[str, Any] = Field(default_factory=dict, description="accepted for Sail; ignored")
-    profile: str = Field("", description="accepted for Istio's charts; ignored (no profiles)")
-    compatibilityVersion: str = Field("", description="accepted for Istio's charts; ignored")
-    platform: str = Field("", description="accepted for Istio's charts; ignored")
-    pyztunnel: PyztunnelValues = Field(default_factory=PyztunnelValues)  # type: ignore[valid-type]
+    profile: str = Field(default="", description="accepted for Istio's charts; ignored (no profiles)")
+    compatibilityVersion: str = Field(default="", description="accepted for Istio's charts; ignored")
+    platform: str = Field(default="", description="accepted for Istio's charts; ignored")
+    pyztunnel: PyztunnelValues = Field(default_factory=PyztunnelValues)
 
 
 def _optional_fields(model: type[BaseModel]) -> dict[str, Any]:
-    return {name: (info.annotation | None, None) for name, info in model.model_fields.items()}
+    return {name: (info.annotation | None, None) for name, info in model.model_fields.items()}  # type: ignore[operator]
 
 
 # A Sail CR's values.ztunnel (and top-level user values): every field optional, unset = the default.
@@ -176,7 +183,7 @@ RawValues = create_model(
     "RawValues",
     __base__=ValueOverrides,
     global_=(GlobalValues | None, Field(None, alias="global")),
-    ztunnel=(ValueOverrides | None, None),  # type: ignore[valid-type]
+    ztunnel=(ValueOverrides | None, None),  # type: ignore[arg-type]
     internal_defaults=(Values | None, Field(None, alias=DEFAULTS_KEY)),
 )
 

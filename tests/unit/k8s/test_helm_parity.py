@@ -41,7 +41,11 @@ def _normalised(docs: list[Any]) -> list[Any]:
         if not doc:
             continue
         text = json.dumps(doc, sort_keys=True)
-        out.append(json.loads(text.replace('"app.kubernetes.io/managed-by": "Helm"', '"app.kubernetes.io/managed-by": "pyztunnel"')))
+        out.append(
+            json.loads(
+                text.replace('"app.kubernetes.io/managed-by": "Helm"', '"app.kubernetes.io/managed-by": "pyztunnel"')
+            )
+        )
     return out
 
 
