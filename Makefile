@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install demo test lint unit bench clean lock down
+.PHONY: install demo test lint unit bench clean lock down image
 
 install:
 	@scripts/install.sh
@@ -24,6 +24,9 @@ unit: install
 
 bench: install
 	$(PY) -m benchmarks $(BENCH_ARGS)
+
+image:
+	@scripts/image.sh
 
 down: install
 	$(PY) -m pyztunnel cluster down --all
