@@ -93,3 +93,8 @@ def test_both_refuse_the_same_bad_values(sets: tuple[str, ...]) -> None:
     assert helm_template(case).returncode != 0
     with pytest.raises(UserError, match="invalid values"):
         python_render(case)
+
+
+def test_helm_lint_passes() -> None:
+    result = subprocess.run([_helm(), "lint", str(CHART)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
