@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from pyztunnel.rollout.local import template_of
 from pyztunnel.rollout.testing import FakeCluster
 
 
@@ -24,12 +25,13 @@ def snapshot(fake: FakeCluster) -> dict[str, Any]:
             "phase": "Running",
             "ready": p.ready,
             "version": p.version,
-            "terminationGracePeriodSeconds": int(str(fake.template.get("grace_seconds") or 30)),
+            "terminationGracePeriodSeconds": fake.current.grace_seconds,
         }
 
     deployments: dict[str, int] = {}
     for pod in fake.pods.values():
-        deployments[pod.deployment or ""] = deployments.get(pod.deployment or "", 0) + 1
+        name = (pod.owner or "").split("/")[-1]
+        deployments[name] = deployments.get(name, 0) + 1
     return {
         "name": "t",
         "nodes": [{"name": n, "cordoned": not ok} for n, ok in fake.schedulable.items()],
@@ -37,7 +39,7 @@ def snapshot(fake: FakeCluster) -> dict[str, Any]:
             {
                 "name": p.name,
                 "node": p.node,
-                "owner": {"kind": "Deployment", "name": p.deployment},
+                "owner": {"kind": "Deployment", "name": (p.owner or "").split("/")[-1]},
                 "phase": "Running",
                 "ready": True,
                 "terminationGracePeriodSeconds": p.grace_seconds,
@@ -46,7 +48,17 @@ def snapshot(fake: FakeCluster) -> dict[str, Any]:
         ],
         "deployments": [{"name": d, "replicas": n, "readyReplicas": n} for d, n in deployments.items()],
         "proxies": [proxy(p) for p in fake.proxy_pods.values()],
-        "daemonset": {"version": fake.template.get("version", "v1"), "updateStrategy": {"type": "RollingUpdate"}},
+        "daemonset": daemonset(fake),
+    }
+
+
+def daemonset(fake: FakeCluster) -> dict[str, Any]:
+    t = fake.current
+    return {
+        **t.body,
+        "version": t.version,
+        "terminationGracePeriodSeconds": t.grace_seconds,
+        "updateStrategy": {**t.body.get("updateStrategy", {}), "type": t.strategy},
     }
 
 
@@ -75,7 +87,8 @@ def app_for(fake: FakeCluster) -> web.Application:
 
     async def create_proxy(request: web.Request) -> web.Response:
         body = await request.json()
-        created = await fake.create_proxy(body["node"], body["version"])
+        assert body["version"] == fake.current.version
+        created = await fake.create_proxy(body["node"])
         mark_ready()
         p = fake.proxy_pods[created.name]
         return web.json_response(
@@ -89,12 +102,9 @@ def app_for(fake: FakeCluster) -> web.Application:
 
     async def put_daemonset(request: web.Request) -> web.Response:
         body = await request.json()
-        await fake.update_daemonset(
-            version=body["version"],
-            strategy=body["updateStrategy"]["type"],
-            grace_seconds=body.get("terminationGracePeriodSeconds"),
-        )
-        return web.json_response({"ok": True})
+        merged = {**daemonset(fake), **body}  # as the controller: top-level fields replaced
+        fake.current = template_of(merged)
+        return web.json_response({"ok": True, "daemonset": daemonset(fake)})
 
     app = web.Application()
     app.add_routes(

@@ -11,6 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from pyztunnel.cli import cli, main
+from pyztunnel.errors import UserError
+from pyztunnel.rollout.backend import TemplateChange
 from pyztunnel.rollout.local import ClusterUnavailable, LocalBackend
 from pyztunnel.rollout.strategies import Plan, Rollout
 from pyztunnel.rollout.testing import FakeCluster
@@ -40,15 +42,22 @@ def test_backend_maps_the_api(fake: FakeCluster) -> None:
             await backend.cordon("n1")
             assert [n.schedulable for n in await backend.nodes()] == [False, True]
             pods = await backend.pods_on("n1")
-            assert pods and all(p.deployment in ("httpbin", "gateway") for p in pods)
+            assert pods and all(p.owner in ("Deployment/httpbin", "Deployment/gateway") for p in pods)
             await backend.evict(pods[0])
             assert pods[0].name not in {p.name for p in await backend.pods_on("n2")}
             await backend.uncordon("n1")
-            created = await backend.create_proxy("n2", "v9")
+            await backend.set_template(TemplateChange(version="v9", strategy="RollingUpdate"))
+            created = await backend.create_proxy("n2")
             assert await backend.wait_proxy_ready(created.name, 5)
-            assert sorted(p.version for p in await backend.proxies("n2")) == ["v1", "v9"]
+            assert sorted((p.version, p.updated) for p in await backend.proxies("n2")) == [("v1", False), ("v9", True)]
             await backend.delete_proxy(created.name)
             assert not await backend.wait_proxy_ready(created.name, 1)
+            # replace_proxy surges in the lossless order: the new proxy Ready before the old one is deleted.
+            fake.calls.clear()
+            new = await backend.replace_proxy("n1", surge=True, within=5)
+            assert new.version == "v9"
+            assert [op for op, _ in fake.calls] == ["create_proxy", "delete_proxy"]  # readiness is polled
+            assert [(p.version, p.ready) for p in await backend.proxies("n1")] == [("v9", True)]
 
     asyncio.run(go())
 
@@ -62,7 +71,7 @@ def test_rollout_through_the_api(fake: FakeCluster, plan: Plan) -> None:
     asyncio.run(go())
     assert fake.versions() == {n: ["v2"] for n in NODES}
     assert all(fake.schedulable.values())
-    assert fake.template["version"] == "v2"
+    assert fake.current.version == "v2"
 
 
 def test_upgrade_command_shows_progress_and_records_state(fake: FakeCluster, base: Path) -> None:
@@ -80,8 +89,10 @@ def test_upgrade_command_shows_progress_and_records_state(fake: FakeCluster, bas
 def test_upgrade_failure_is_one_line_and_resumable(fake: FakeCluster, base: Path) -> None:
     fake.broken_versions.add("v2")
     result = CliRunner().invoke(cli, ["upgrade", "--version", "v2", "--name", "t", "--ready-timeout", "1s"])
-    assert result.exit_code == 1
-    assert "not ready within 1s; deleted it, the old proxy keeps serving" in str(result.exception)
+    assert isinstance(result.exception, UserError) and result.exception.exit_code == 2  # main() exits with it
+    assert "not ready within 1s: " in str(result.exception)
+    assert "deleted it, the old proxy keeps serving" in str(result.exception)
+    assert "cordoned nodes: none" in result.output and "resume state (" in result.output
     assert "failed" in result.output and "n1" in result.output  # the final table stays, showing where it stopped
     assert fake.versions() == {n: ["v1"] for n in NODES}
     fake.broken_versions.clear()
@@ -111,4 +122,4 @@ def test_bad_options_are_user_errors(base: Path) -> None:
     result = CliRunner().invoke(cli, ["upgrade", "--version", "v2", "--max-surge", "0", "--max-unavailable", "0"])
     assert result.exit_code != 0 and "cannot both be 0" in str(result.exception)
     result = CliRunner().invoke(cli, ["upgrade"])
-    assert "--version is required" in str(result.exception)
+    assert "--version (or --image, or --rollback) is required" in str(result.exception)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pyztunnel.rollout.store import RolloutStore
-from pyztunnel.rollout.strategies import Plan, Progress, Rollout, RolloutFailed
+from pyztunnel.rollout.store import FileState, RolloutStore
+from pyztunnel.rollout.strategies import Plan, Progress, Rollout, RolloutFailed, RolloutRefused
 from pyztunnel.rollout.testing import FakeCluster, Interrupted
 
 NODES = ["n1", "n2", "n3"]
@@ -26,7 +26,8 @@ def assert_upgraded(fake: FakeCluster, version: str = "v2") -> None:
     assert all(fake.schedulable.values())
     by_deployment: dict[str, int] = {}
     for pod in fake.pods.values():
-        by_deployment[pod.deployment or ""] = by_deployment.get(pod.deployment or "", 0) + 1
+        deployment = (pod.owner or "").split("/")[-1]
+        by_deployment[deployment] = by_deployment.get(deployment, 0) + 1
     assert by_deployment == PODS
 
 
@@ -46,13 +47,8 @@ async def test_rolling_default_surges_one_node_at_a_time_never_unready() -> None
     assert [arg.split(":")[0] for op, arg in fake.calls if op == "create_proxy"] == NODES
     assert fake.max_surging == 1 and fake.max_unavailable == 0
     assert min(fake.min_ready.values()) == 1  # maxUnavailable 0: never a node without a ready proxy
-    assert fake.template == {"version": "v2", "strategy": "RollingUpdate", "grace_seconds": None}
-    assert [(e.node, e.phase) for e in events if e.node == "n1"] == [
-        ("n1", "surge"),
-        ("n1", "wait-ready"),
-        ("n1", "delete-old"),
-        ("n1", "done"),
-    ]
+    assert (fake.current.version, fake.current.strategy, fake.current.grace_seconds) == ("v2", "RollingUpdate", 30)
+    assert [(e.node, e.phase) for e in events if e.node == "n1"] == [("n1", "surge"), ("n1", "done")]
 
 
 async def test_max_surge_two_runs_two_nodes_at_once() -> None:
@@ -87,21 +83,21 @@ async def test_only_the_named_nodes(tmp_path: Path) -> None:
     fake = cluster()
     await Rollout(fake, Plan("v2", nodes=("n2",))).run()
     assert fake.versions() == {"n1": ["v1"], "n2": ["v2"], "n3": ["v1"]}
-    with pytest.raises(RolloutFailed, match="no node named 'n9'"):
+    with pytest.raises(RolloutRefused, match="no node named 'n9'"):
         await Rollout(fake, Plan("v3", nodes=("n9",))).run()
 
 
 async def test_new_proxy_never_ready_is_deleted_and_old_kept(tmp_path: Path) -> None:
     fake = cluster()
     fake.broken_versions.add("v2")
-    store = RolloutStore(tmp_path / "rollout.json")
+    store = RolloutStore(FileState(tmp_path / "rollout.json"))
     with pytest.raises(
-        RolloutFailed, match=r"node n1: .* not ready within 5s; deleted it, the old proxy keeps serving"
+        RolloutFailed, match=r"node n1: .* not ready within 5s: .*; deleted it, the old proxy keeps serving"
     ):
         await Rollout(fake, Plan("v2", ready_timeout=5), store).run()
     assert fake.versions() == {n: ["v1"] for n in NODES}  # n2, n3 untouched; n1 back to its old proxy only
     assert min(fake.min_ready.values()) == 1
-    record = store.load()
+    record = await store.load()
     assert record is not None and record.status == "failed" and record.progress["n1"].status == "failed"
     assert "not ready" in (record.error or "")
 
@@ -115,7 +111,7 @@ async def test_delete_first_failure_restores_previous_version(auto_replace: bool
     with pytest.raises(RolloutFailed, match="restored v1"):
         await Rollout(fake, plan).run()
     assert fake.versions()["n1"] == ["v1"] and fake.ready_proxies("n1")
-    assert fake.template["version"] == "v1"  # nothing will bring the broken version back
+    assert fake.current.version == "v1"  # nothing will bring the broken version back
 
 
 async def test_drain_cordons_evicts_replaces_uncordons_one_node_at_a_time() -> None:
@@ -123,9 +119,10 @@ async def test_drain_cordons_evicts_replaces_uncordons_one_node_at_a_time() -> N
     n1_pods = {p.name for p in fake.pods.values() if p.node == "n1"}
     await Rollout(fake, Plan("v2", strategy="drain", grace_seconds=120)).run()
     assert_upgraded(fake)
-    assert fake.template["strategy"] == "OnDelete" and fake.template["grace_seconds"] == 120
+    # OnDelete during the drain; the strategy before it (RollingUpdate) is put back at the end.
+    assert fake.current.strategy == "RollingUpdate" and fake.current.grace_seconds == 120
     ops = [op for op, _ in fake.calls]
-    per_node = ["cordon", *["evict"] * len(n1_pods), "delete_proxy", "create_proxy", "uncordon", "wait_proxy_ready"]
+    per_node = ["cordon", *["evict"] * len(n1_pods), "delete_proxy", "create_proxy", "wait_proxy_ready", "uncordon"]
     assert ops[: len(per_node)] == per_node
     # Nodes strictly one after another.
     cordons = [arg for op, arg in fake.calls if op == "cordon"]
@@ -139,17 +136,17 @@ async def test_drain_cordons_evicts_replaces_uncordons_one_node_at_a_time() -> N
 async def test_drain_with_a_pinned_pod_brings_it_back_after_uncordon() -> None:
     fake = cluster()
     fake.pinned.add("client")
-    before = {p.node for p in fake.pods.values() if p.deployment == "client"}
+    before = {p.node for p in fake.pods.values() if p.owner == "Deployment/client"}
     await Rollout(fake, Plan("v2", strategy="drain")).run()
     assert_upgraded(fake)
-    assert {p.node for p in fake.pods.values() if p.deployment == "client"} == before and not fake.unscheduled
+    assert {p.node for p in fake.pods.values() if p.owner == "Deployment/client"} == before and not fake.unscheduled
 
 
 async def test_drain_eviction_failure_uncordons_and_stops() -> None:
     fake = cluster()
     victim = next(p.name for p in fake.pods.values() if p.node == "n1")
     fake.failing_evictions.add(victim)
-    with pytest.raises(RolloutFailed, match=f"evicting {victim} failed.*uncordoned"):
+    with pytest.raises(RolloutFailed, match=f"evicting default/{victim} failed.*uncordoned"):
         await Rollout(fake, Plan("v2", strategy="drain")).run()
     assert all(fake.schedulable.values()) and fake.versions()["n1"] == ["v1"]
 
@@ -173,7 +170,7 @@ async def test_resume_after_interruption_at_every_step(
     assert_upgraded(fake)
     total = len(fake.calls)
     for k in range(total):
-        store = RolloutStore(tmp_path / f"rollout-{k}.json")
+        store = RolloutStore(FileState(tmp_path / f"rollout-{k}.json"))
         fake = cluster(auto_replace)
         fake.interrupt_at, fake.interrupt_after_effect = k, after_effect
         with pytest.raises(Interrupted):
@@ -189,7 +186,7 @@ async def test_resume_after_interruption_at_every_step(
 
 
 async def test_a_different_version_starts_afresh_and_done_is_not_resumed(tmp_path: Path) -> None:
-    store = RolloutStore(tmp_path / "rollout.json")
+    store = RolloutStore(FileState(tmp_path / "rollout.json"))
     fake = cluster()
     await Rollout(fake, Plan("v2"), store).run()
     again = Rollout(fake, Plan("v2"), store)

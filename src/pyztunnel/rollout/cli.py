@@ -1,140 +1,208 @@
-"""`pyztunnel upgrade`: roll the node proxies of the local cluster to a new version, with a live progress view."""
+"""`pyztunnel upgrade`: roll the node proxies to a new version, on the local cluster or (with --kubeconfig) on a
+Kubernetes cluster, with a live progress view; resumable; --rollback, --dry-run, --canary."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
-import time
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import click
 from rich.console import Console
 from rich.live import Live
-from rich.table import Table
 
 from pyztunnel import settings
 from pyztunnel.errors import UserError
-from pyztunnel.rollout.local import LocalBackend
+from pyztunnel.rollout.backend import BackendError, ClusterBackend, Template
+from pyztunnel.rollout.bake import DEFAULT_INTERVAL, CanaryPlan
+from pyztunnel.rollout.canary import Thresholds
+from pyztunnel.rollout.drain import DEFAULT_DRAIN_TIMEOUT, DEFAULT_EVICTION_RETRY, DrainOptions
+from pyztunnel.rollout.drainfilter import DrainFlags
+from pyztunnel.rollout.dryrun import plan_lines
 from pyztunnel.rollout.store import RolloutRecord, RolloutStore
-from pyztunnel.rollout.strategies import DEFAULT_READY_TIMEOUT, Plan, Progress, Rollout, RolloutFailed
+from pyztunnel.rollout.strategies import DEFAULT_READY_TIMEOUT, Plan, Rollout, RolloutFailed, RolloutRefused
+from pyztunnel.rollout.view import ProgressView
 from pyztunnel.settings import Duration, setting
 
 
 @settings.group("upgrade")
 @dataclasses.dataclass(frozen=True)
 class UpgradeSettings:
-    version: str = setting("", "The proxy version to roll out (the DaemonSet's version tag)")
+    version: str = setting("", "The proxy version to roll out (the image tag on Kubernetes)")
+    image: str = setting("", "Kubernetes: a whole image reference to roll out instead of --version")
     strategy: str = setting(
         "rolling",
-        "rolling: new proxy beside the old one per node (RollingUpdate); drain: cordon, evict, replace (OnDelete)",
+        "rolling: RollingUpdate (new proxy beside the old per node); drain: OnDelete + cordon, evict, replace",
         choices=("rolling", "drain"),
     )
-    grace: int | None = setting(
-        None,
-        "terminationGracePeriodSeconds for the DaemonSet and the proxies this rollout creates (an old proxy drains "
-        "for the grace it was created with, as in Kubernetes)",
-    )
+    rollback: bool = setting(False, "Restore the template before the last rollout (all of it, not only the version)")
+    dry_run: bool = setting(False, "Print what the rollout would do and change nothing")
+    restart: bool = setting(False, "Discard the saved state of an unfinished rollout and start afresh")
+    grace: int | None = setting(None, "terminationGracePeriodSeconds for the DaemonSet (and its env)")
     nodes: list[str] = setting([], "Only these nodes, comma-separated (none: every node)")
-    name: str = setting("demo", "The local cluster's name")
+    name: str = setting("demo", "The local cluster's name (without --kubeconfig)")
+    kubeconfig: str = setting("", "A kubeconfig: upgrade this Kubernetes cluster instead of the local one")
+    context: str = setting("", "The kubeconfig context (default: its current-context)")
+    daemonset: str = setting("", "NAMESPACE/NAME of the proxy DaemonSet (default: the one labelled app=ztunnel)")
     max_surge: int = setting(1, "RollingUpdate: nodes that may run two proxies at once")
     max_unavailable: int = setting(0, "RollingUpdate: nodes that may be without a ready proxy at once")
-    ready_timeout: Duration = setting(Duration(DEFAULT_READY_TIMEOUT), "How long a new proxy may take to be ready")
+    ready_timeout: Duration = setting(
+        Duration(DEFAULT_READY_TIMEOUT), "How long a node's new proxy may take to be Ready"
+    )
+    ignore_daemonsets: bool = setting(True, "drain: leave other DaemonSets' pods (kubectl drain --ignore-daemonsets)")
+    delete_emptydir_data: bool = setting(False, "drain: evict pods with emptyDir volumes (their data is lost)")
+    force: bool = setting(False, "drain: evict pods that declare no controller (they are not recreated)")
+    eviction_retry: Duration = setting(Duration(DEFAULT_EVICTION_RETRY), "drain: retry a 429 (PDB) eviction after")
+    drain_timeout: Duration = setting(Duration(DEFAULT_DRAIN_TIMEOUT), "drain: give up on a node's evictions after")
+    canary: int = setting(0, "Upgrade this many nodes first and bake them before the rest (0: no canary)")
+    bake: Duration = setting(Duration(60.0), "Canary: how long to watch the canary proxies")
+    auto_rollback: bool = setting(False, "Canary: on a bad verdict also put the canary nodes back on the old version")
+    canary_interval: Duration = setting(Duration(DEFAULT_INTERVAL), "Canary: how often the proxies are sampled")
+    canary_max_failed: int = setting(0, "Canary: halt above this many failed connections")
+    canary_max_error_closes: int = setting(0, "Canary: halt above this many connections closed with an error flag")
+    canary_max_restarts: int = setting(0, "Canary: halt above this many proxy restarts")
+    canary_max_flaps: int = setting(0, "Canary: halt above this many readiness flaps (Ready → not Ready)")
 
 
 class RolloutStopped(UserError):
-    exit_code = 1
+    pass
 
 
-STATUS_STYLE = {"done": "green", "running": "yellow", "failed": "bold red", "pending": "dim"}
-
-
-class ProgressView:
-    """Node, phase, status, elapsed: one row per node, redrawn on every progress event."""
-
-    def __init__(self, nodes: list[str]) -> None:
-        self.rows: dict[str, Progress] = {n: Progress(n, "pending", "pending", 0.0) for n in nodes}
-        self.seen: dict[str, float] = {}  # when each row's event arrived, so running rows keep ticking
-
-    def update(self, event: Progress) -> None:
-        self.rows[event.node] = event
-        self.seen[event.node] = time.monotonic()
-
-    def elapsed(self, row: Progress) -> float:
-        if row.status != "running" or row.node not in self.seen:
-            return row.elapsed
-        return row.elapsed + time.monotonic() - self.seen[row.node]
-
-    def table(self, title: str) -> Table:
-        table = Table(title=title, title_justify="left")
-        for col in ("node", "phase", "status", "elapsed", "detail"):
-            table.add_column(col)
-        for row in self.rows.values():
-            style = STATUS_STYLE.get(row.status, "")
-            detail = row.detail if row.status == "failed" else ""
-            table.add_row(row.node, row.phase, f"[{style}]{row.status}[/]", f"{self.elapsed(row):.1f}s", detail)
-        return table
-
-    def seed(self, record: RolloutRecord) -> None:
-        for node, rec in record.progress.items():
-            if node in self.rows or node in record.nodes:
-                self.rows[node] = Progress(node, rec.phase, rec.status, rec.elapsed, rec.error or "")
-
-
-async def _upgrade(cfg: UpgradeSettings, console: Console) -> RolloutRecord:
-    plan = Plan(
-        version=cfg.version,
+def plan_of(cfg: UpgradeSettings, target: Template | None = None) -> Plan:
+    canary = None
+    if cfg.canary:
+        thresholds = Thresholds(
+            cfg.canary_max_failed, cfg.canary_max_error_closes, cfg.canary_max_restarts, cfg.canary_max_flaps
+        )
+        canary = CanaryPlan(cfg.canary, float(cfg.bake), cfg.auto_rollback, float(cfg.canary_interval), thresholds)
+    flags = DrainFlags(cfg.ignore_daemonsets, cfg.delete_emptydir_data, cfg.force)
+    version = target.version if target is not None else (cfg.image or cfg.version)
+    return Plan(
+        version=version,
         strategy="drain" if cfg.strategy == "drain" else "rolling",
         nodes=tuple(cfg.nodes) or None,
         max_surge=cfg.max_surge,
         max_unavailable=cfg.max_unavailable,
         grace_seconds=cfg.grace,
         ready_timeout=float(cfg.ready_timeout),
+        image=cfg.image or None,
+        drain=DrainOptions(flags, float(cfg.eviction_retry), float(cfg.drain_timeout)),
+        canary=canary,
+        target=target,
     )
-    async with LocalBackend(cfg.name) as backend:
-        store = RolloutStore(backend.rollout_state)
-        try:
-            previous = store.load()
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
-        nodes = [n.name for n in await backend.nodes()]
-        if previous is not None and previous.resumes(plan.version, plan.strategy):
-            done = [n for n in previous.nodes if previous.node(n).status == "done"]
-            console.print(f"resuming the rollout to {plan.version} ({len(done)}/{len(previous.nodes)} nodes done)")
-            nodes = previous.nodes
-        elif plan.nodes:
-            nodes = list(plan.nodes)
+
+
+@contextlib.asynccontextmanager
+async def open_backend(cfg: UpgradeSettings) -> AsyncIterator[tuple[ClusterBackend, str]]:
+    if cfg.kubeconfig:
+        from pyztunnel.k8s.backend import connect
+
+        async with connect(Path(cfg.kubeconfig), cfg.context or None, cfg.daemonset or None) as kube:
+            yield kube, kube.where
+        return
+    from pyztunnel.rollout.local import LocalBackend
+
+    async with LocalBackend(cfg.name) as local:
+        yield local, f"the local cluster {cfg.name!r}"
+
+
+async def rollback_target(backend: ClusterBackend, store: RolloutStore) -> Template:
+    """The template before the last rollout: our saved state's, else the cluster's history (ControllerRevisions)."""
+    record = await store.load()
+    if record is not None and record.previous is not None:
+        return Template.from_dict(record.previous)
+    history = await backend.history()
+    if history:
+        return history[0]
+    raise UserError("nothing to roll back to: no saved rollout state and no earlier revision in the cluster")
+
+
+async def aftermath(backend: ClusterBackend, store: RolloutStore, console: Console) -> None:
+    """After a stop or an interruption: what is cordoned and what the resume state says."""
+    try:
+        cordoned = [n.name for n in await backend.nodes() if not n.schedulable]
+        record = await store.load()
+    except (BackendError, UserError, ValueError) as exc:
+        console.print(f"could not read the cluster after the stop: {exc}", soft_wrap=True)
+        return
+    console.print(f"cordoned nodes: {', '.join(cordoned) if cordoned else 'none'}", highlight=False, soft_wrap=True)
+    summary = record.summary() if record else "none"
+    console.print(f"resume state ({store.where}): {summary}", highlight=False, soft_wrap=True)
+
+
+async def _upgrade(cfg: UpgradeSettings, console: Console) -> RolloutRecord | None:
+    async with open_backend(cfg) as (backend, where):
+        store = RolloutStore(backend.state)
+        if cfg.restart:
+            await backend.state.save(None)
+        target = await rollback_target(backend, store) if cfg.rollback else None
+        plan = plan_of(cfg, target)
+        if cfg.dry_run:
+            for line in await plan_lines(backend, plan, where):
+                console.print(line, highlight=False)
+            return None
+        nodes = sorted(plan.nodes) if plan.nodes else sorted(n.name for n in await backend.nodes())
+        saved = await _load(store)
+        if saved is not None and saved.resumes(plan.version, plan.strategy) and saved.mismatch(plan.params()) is None:
+            done = [n for n in saved.nodes if saved.node(n).status == "done"]
+            console.print(f"resuming the rollout to {plan.version} ({len(done)}/{len(saved.nodes)} nodes done)")
+            nodes = saved.nodes
         view = ProgressView(nodes)
-        if previous is not None and previous.resumes(plan.version, plan.strategy):
-            view.seed(previous)
-        title = f"upgrade to {plan.version} ({plan.strategy})"
+        if saved is not None and saved.resumes(plan.version, plan.strategy):
+            view.seed(saved)
+        verb = "roll back to" if target else "upgrade to"
+        title = f"{verb} {plan.version} ({plan.strategy}) on {where}"
+        rollout = Rollout(backend, plan, store, view.update, lambda w: console.print(w, highlight=False))
         try:
             # The live view redraws itself (running rows' elapsed keeps ticking); the final table stays on screen,
             # also when a step failed or the run was interrupted.
             with Live(get_renderable=lambda: view.table(title), console=console, refresh_per_second=8, transient=True):
-                return await Rollout(backend, plan, store, view.update).run()
-        finally:
+                return await rollout.run()
+        except (RolloutFailed, BackendError, asyncio.CancelledError):
             console.print(view.table(title))
+            await aftermath(backend, store, console)
+            raise
+        finally:
+            if rollout.record is not None and rollout.record.status == "done":
+                console.print(view.table(title))
+
+
+async def _load(store: RolloutStore) -> RolloutRecord | None:
+    try:
+        return await store.load()
+    except ValueError:
+        return None  # Rollout refuses it with the reason
 
 
 @click.command("upgrade")
 @settings.cli_options(UpgradeSettings)
 def upgrade(**kw: Any) -> None:
-    """Upgrade the node proxies of the local cluster: rolling surge (default) or node drain. Resumable: re-run the
-    same command after an interruption and it continues where it stopped."""
+    """Upgrade the node proxies: rolling (default) or node drain, on the local cluster or a Kubernetes cluster
+    (--kubeconfig). Resumable: re-run the same command after an interruption and it continues where it stopped."""
     cfg = settings.load(UpgradeSettings, cli=kw)
-    if not cfg.version:
-        raise UserError("--version is required (the proxy version to roll out)")
+    if not (cfg.version or cfg.image or cfg.rollback):
+        raise UserError("--version (or --image, or --rollback) is required: what to roll out")
+    if cfg.version and cfg.image:
+        raise UserError("give --version or --image, not both")
     try:
-        Plan(cfg.version, max_surge=cfg.max_surge, max_unavailable=cfg.max_unavailable).check()
+        plan_of(cfg, None if not cfg.rollback else Template("-", "RollingUpdate", 0, {})).check()
     except ValueError as exc:
         raise UserError(str(exc)) from None
     console = Console()
     try:
         record = asyncio.run(_upgrade(cfg, console))
-    except RolloutFailed as exc:
-        raise RolloutStopped(f"{exc} (state in rollout.json; fix the cause and re-run to continue)") from None
+    except RolloutRefused as exc:
+        raise UserError(str(exc)) from None
+    except (RolloutFailed, BackendError) as exc:
+        raise RolloutStopped(f"{exc} (fix the cause and re-run to continue)") from None
     except KeyboardInterrupt:
         console.print("interrupted; re-run the same command to continue where it stopped")
         raise
+    if record is None:
+        return
     took = sum(r.elapsed for r in record.progress.values())
-    console.print(f"upgrade to {record.version} done on {len(record.nodes)} node(s) ({took:.1f}s of node work)")
+    verb = "rollback to" if record.rollback else "upgrade to"
+    console.print(f"{verb} {record.version} done on {len(record.nodes)} node(s) ({took:.1f}s of node work)")

@@ -1,15 +1,18 @@
 """Rollout strategies, written once against `ClusterBackend`.
 
-- RollingUpdate (ztunnel's Helm default maxSurge 1, maxUnavailable 0): per node, start the new proxy beside the old,
-  wait until it is ready, delete the old and wait until it has exited. `maxSurge` nodes may surge at once;
-  `maxUnavailable` more nodes may be done the other way round (delete first, then create), which leaves them without a
-  proxy for a while. With maxUnavailable 0 no node is ever without a ready proxy.
-- NodeDrain (the seeds' procedure, DaemonSet OnDelete): one node at a time: cordon, evict its pods (each with its own
-  grace period; their deployments put them elsewhere), replace the proxy, uncordon, wait until the proxy is ready.
+- RollingUpdate (ztunnel's Helm default maxSurge 1, maxUnavailable 0). Where the DaemonSet controller rolls by itself
+  (Kubernetes) the template is patched and the rollout followed as `kubectl rollout status` does (status.py), node by
+  node with a deadline. Elsewhere (the local cluster) the client surges: per node the new proxy beside the old, Ready,
+  then the old deleted (surge.py); `maxSurge` nodes at once, `maxUnavailable` more the other way round.
+- NodeDrain (the seeds' procedure): strategy OnDelete, the new template, then one node at a time: cordon, evict,
+  replace the proxy, uncordon (drain.py). The previous strategy is put back at the end.
+- Canary (`Plan.canary`): the first N nodes first, then a bake watching their proxies' metrics (canary.py), then the
+  rest — or a halt, with the whole previous template restored (and the canary nodes rolled back with auto_rollback).
 
-Every step is idempotent and reconciled against what the backend shows, so a rollout interrupted anywhere continues
-correctly when re-run with the same store. A failed step stops the rollout with a message and leaves the node served:
-a new proxy that never becomes ready is deleted and the old one kept (or, if it was already gone, put back).
+A failed step stops the rollout with a message giving the cause and leaves the node served: a new proxy that is not
+Ready in time makes the whole previous template come back (so nothing brings the broken one back) and the node runs
+the previous proxy again. Every step is idempotent and reconciled against the cluster, so an interrupted rollout
+continues correctly when re-run with the same request; a different request for the same target is refused.
 """
 
 from __future__ import annotations
@@ -21,7 +24,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from pyztunnel.aio import cancel_and_wait, spawn
-from pyztunnel.rollout.backend import BackendError, ClusterBackend, Pod, ProxyPod
+from pyztunnel.rollout import bake
+from pyztunnel.rollout.backend import BackendError, ClusterBackend, ProxyNotReady, Template, TemplateChange
+from pyztunnel.rollout.drain import DrainFailed, DrainOptions, drain_node
+from pyztunnel.rollout.follow import follow_rollout
 from pyztunnel.rollout.store import NodeRecord, RolloutRecord, RolloutStore
 
 Strategy = Literal["rolling", "drain"]
@@ -32,13 +38,20 @@ class RolloutFailed(Exception):
     """A step failed; the message says which node, what happened and what was done to keep it serving."""
 
 
+class RolloutRefused(Exception):
+    """The request conflicts with the saved unfinished rollout (or names an unknown node): nothing was changed."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Progress:
     node: str
     phase: str
-    status: str  # running | done | failed
+    status: str  # pending | running | done | failed
     elapsed: float
     detail: str = ""
+    revision: str = ""  # the node's new proxy: revision (hash), Ready, age
+    ready: bool | None = None
+    created: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,12 +63,46 @@ class Plan:
     max_unavailable: int = 0
     grace_seconds: int | None = None
     ready_timeout: float = DEFAULT_READY_TIMEOUT
+    image: str | None = None
+    drain: DrainOptions = dataclasses.field(default_factory=DrainOptions)
+    canary: bake.CanaryPlan | None = None
+    target: Template | None = None  # a rollback: restore this whole template
 
     def check(self) -> None:
         if self.max_surge < 0 or self.max_unavailable < 0:
             raise ValueError("--max-surge and --max-unavailable cannot be negative")
         if self.strategy == "rolling" and self.max_surge == 0 and self.max_unavailable == 0:
             raise ValueError("--max-surge and --max-unavailable cannot both be 0 (nothing could ever be replaced)")
+        if self.grace_seconds is not None and self.grace_seconds < 0:
+            raise ValueError("--grace cannot be negative")
+        if self.ready_timeout <= 0:
+            raise ValueError("--ready-timeout must be positive")
+        if self.canary is not None:
+            self.canary.check()
+
+    def params(self) -> dict[str, Any]:
+        """The request, as saved for the resume check (store.REQUEST_FLAGS)."""
+        canary = self.canary
+        return {
+            "nodes": sorted(self.nodes) if self.nodes else [],
+            "max_surge": self.max_surge,
+            "max_unavailable": self.max_unavailable,
+            "grace_seconds": self.grace_seconds,
+            "canary": canary.count if canary else None,
+            "bake_seconds": canary.bake_seconds if canary else None,
+            "auto_rollback": canary.auto_rollback if canary else None,
+            "image": self.image,
+        }
+
+    def change(self, strategy: str) -> TemplateChange:
+        return TemplateChange(
+            version=None if self.image else self.version,
+            image=self.image,
+            strategy=strategy,
+            grace_seconds=self.grace_seconds,
+            max_surge=self.max_surge if strategy == "RollingUpdate" else None,
+            max_unavailable=self.max_unavailable if strategy == "RollingUpdate" else None,
+        )
 
 
 class Rollout:
@@ -65,56 +112,108 @@ class Rollout:
         plan: Plan,
         store: RolloutStore | None = None,
         on_progress: Callable[[Progress], None] | None = None,
+        on_warning: Callable[[str], None] | None = None,
     ) -> None:
         plan.check()
         self.backend = backend
         self.plan = plan
         self.store = store or RolloutStore(None)
         self._emit = on_progress or (lambda _p: None)
+        self.warn = on_warning or (lambda _w: None)
         self.record: RolloutRecord | None = None
         self.resumed = False
+        self.in_effect = "RollingUpdate"  # the strategy this rollout last set (a restored template keeps it)
 
     # Entry point ------------------------------------------------------------------------------------------------
 
     async def run(self) -> RolloutRecord:
-        record = await self._open()
-        self.record = record
-        await self._template(self.plan.version)
+        record = self.record = await self._open()
         try:
-            if self.plan.strategy == "drain":
-                for node in self._todo(record):
-                    await self._node(node, self._drain_node)
-            else:
-                await self._rolling(record)
-        except RolloutFailed as exc:
-            record.status, record.error = "failed", str(exc)
-            self.store.save(record)
-            raise
-        record.status = "done"
-        self.store.save(record)
+            await self._run(record)
+        except (RolloutFailed, bake.CanaryHalted) as exc:
+            record.status = "halted" if isinstance(exc, bake.CanaryHalted) else "failed"
+            record.error = str(exc)
+            await self.store.save(record)
+            raise RolloutFailed(str(exc)) from None
+        record.status, record.error = "done", None
+        await self.store.save(record)
         return record
 
+    async def _run(self, record: RolloutRecord) -> None:
+        canary = self.plan.canary
+        if canary is not None and record.canary.get("status") != "baked":
+            await bake.run_canary(self, record, canary)
+        if self.plan.strategy == "drain":
+            await self.set_strategy("OnDelete")
+            for node in self._todo(record):
+                await self._node(node, self._drain_node)
+            await self._restore_strategy()
+        elif self.backend.rolls_itself:
+            if self.plan.nodes:
+                raise RolloutFailed(
+                    "--nodes needs --strategy drain here: the DaemonSet's RollingUpdate covers every node"
+                )
+            await self.set_strategy("RollingUpdate")
+            await follow_rollout(self, record)
+        else:
+            await self.set_strategy("RollingUpdate")
+            await self._rolling(record)
+
     async def _open(self) -> RolloutRecord:
-        previous = self.store.load()
-        if previous is not None and previous.resumes(self.plan.version, self.plan.strategy):
+        try:
+            saved = await self.store.load()
+        except ValueError as exc:
+            raise RolloutRefused(str(exc)) from None
+        params = self.plan.params()
+        if saved is not None and saved.resumes(self.plan.version, self.plan.strategy):
+            differs = saved.mismatch(params)
+            if differs is not None:
+                raise RolloutRefused(
+                    f"an unfinished rollout to {saved.version} ({saved.strategy}) is saved in {self.store.where}; "
+                    f"this request differs in {differs}: re-run it as saved to continue, or add --restart"
+                )
             self.resumed = True
-            previous.status, previous.error = "running", None
-            return previous
+            saved.status, saved.error = "running", None
+            return saved
         known = [n.name for n in await self.backend.nodes()]
-        nodes = list(self.plan.nodes) if self.plan.nodes else known
+        nodes = sorted(self.plan.nodes) if self.plan.nodes else sorted(known)
         unknown = sorted(set(nodes) - set(known))
         if unknown:
-            raise RolloutFailed(f"no node named {unknown[0]!r} (nodes: {', '.join(known)})")
-        params: dict[str, Any] = {"max_surge": self.plan.max_surge, "max_unavailable": self.plan.max_unavailable}
-        params["grace_seconds"] = self.plan.grace_seconds
-        record = RolloutRecord(self.plan.version, self.plan.strategy, nodes, params)
+            raise RolloutRefused(f"no node named {unknown[0]!r} (nodes: {', '.join(sorted(known))})")
+        current = await self.backend.template()
+        record = RolloutRecord(self.plan.version, self.plan.strategy, nodes, params, previous=current.as_dict())
+        record.rollback = self.plan.target is not None
         for node in nodes:
             record.node(node)
-        self.store.save(record)
+        await self.store.save(record)
         return record
 
     def _todo(self, record: RolloutRecord) -> list[str]:
         return [n for n in record.nodes if record.node(n).status != "done"]
+
+    @property
+    def previous(self) -> Template:
+        assert self.record is not None and self.record.previous is not None
+        return Template.from_dict(self.record.previous)
+
+    async def set_strategy(self, strategy: str) -> Template:
+        """The rollout's template with this strategy: the target's whole template (rollback) or the change."""
+        self.in_effect = strategy
+        if self.plan.target is not None:
+            return await self.backend.restore_template(dataclasses.replace(self.plan.target, strategy=strategy))
+        return await self.backend.set_template(self.plan.change(strategy))
+
+    async def run_node(self, node: str, *, drain: bool, surge: bool) -> None:
+        """One node the way the strategy does it (the canary's nodes go first, one by one)."""
+        if drain:
+            await self._node(node, self._drain_node)
+        else:
+            await self._node(node, self._surge_node if surge else self._unavailable_node)
+
+    async def _restore_strategy(self) -> None:
+        before = self.previous.strategy
+        if before != "OnDelete":
+            await self.backend.set_template(TemplateChange(strategy=before))
 
     # Bookkeeping ------------------------------------------------------------------------------------------------
 
@@ -126,112 +225,57 @@ class Rollout:
         try:
             await body(node, rec, started)
         except BackendError as exc:
-            self._phase(node, rec, started, rec.phase, "failed", str(exc))
+            await self.phase(node, rec, started, rec.phase, "failed", str(exc))
             raise RolloutFailed(f"node {node}: {rec.phase} failed: {exc}") from None
-        except RolloutFailed as exc:
-            self._phase(node, rec, started, rec.phase, "failed", str(exc))
-            raise
-        self._phase(node, rec, started, "done", "done")
+        except (RolloutFailed, DrainFailed) as exc:
+            message = str(exc) if isinstance(exc, RolloutFailed) else f"node {node}: {exc}, rollout stopped"
+            await self.phase(node, rec, started, rec.phase, "failed", message)
+            raise RolloutFailed(message) from None
+        await self.phase(node, rec, started, "done", "done")
 
-    def _phase(
+    async def phase(
         self, node: str, rec: NodeRecord, started: float, phase: str, status: str = "running", detail: str = ""
     ) -> None:
         assert self.record is not None
         rec.phase, rec.status, rec.elapsed = phase, status, round(time.monotonic() - started, 3)
         if status == "failed":
             rec.error = detail
-        self.store.save(self.record)
-        self._emit(Progress(node, phase, status, rec.elapsed, detail))
+        await self.store.save(self.record)
+        self.emit(Progress(node, phase, status, rec.elapsed, detail))
 
-    # Proxy replacement, shared by both strategies ---------------------------------------------------------------
+    def emit(self, progress: Progress) -> None:
+        self._emit(progress)
 
-    async def _split(self, node: str, rec: NodeRecord) -> tuple[list[ProxyPod], list[ProxyPod]]:
-        proxies = await self.backend.proxies(node)
-        new = [p for p in proxies if p.version == self.plan.version]
-        old = [p for p in proxies if p.version != self.plan.version]
-        if old and rec.previous_version is None:
-            rec.previous_version = old[0].version
-        return new, old
+    # Proxy replacement, shared by every strategy ----------------------------------------------------------------
 
-    async def _ensure_new(self, node: str, rec: NodeRecord, new: list[ProxyPod]) -> ProxyPod:
-        if new:
-            ready = [p for p in new if p.ready]
-            keep = (ready or new)[0]
-            for extra in new:  # an interrupted earlier run may have left a second one behind
-                if extra is not keep:
-                    await self.backend.delete_proxy(extra.name)
-            rec.new_proxy = keep.name
-            return keep
-        created = await self.backend.create_proxy(node, self.plan.version)
-        rec.new_proxy = created.name
-        return created
+    async def replace(self, node: str, rec: NodeRecord, started: float, *, surge: bool) -> None:
+        """Replace the node's proxy; if the new one is not Ready in time, restore the whole previous template, put
+        the node back on it and stop with the cause."""
+        await self.phase(node, rec, started, "surge" if surge else "replace")
+        before = {p.name: p for p in await self.backend.proxies(node)}
+        if rec.previous_version is None and before:
+            rec.previous_version = next(iter(before.values())).version
+        try:
+            proxy = await self.backend.replace_proxy(node, surge=surge, within=self.plan.ready_timeout)
+        except ProxyNotReady as exc:
+            await self.phase(node, rec, started, "rollback")
+            what = await self.restore_node(node, surge=surge, kept=set(before))
+            raise RolloutFailed(f"node {node}: {exc}; {what}; rollout stopped") from None
+        rec.new_proxy = proxy.name
 
-    async def _await_ready(self, node: str, rec: NodeRecord, started: float, proxy: ProxyPod, restore: bool) -> None:
-        """Wait for the new proxy; if it never becomes ready, delete it and (if the old one is gone) put it back."""
-        self._phase(node, rec, started, "wait-ready")
-        if await self.backend.wait_proxy_ready(proxy.name, self.plan.ready_timeout):
-            return
-        self._phase(node, rec, started, "rollback")
-        previous = rec.previous_version
-        if previous is not None:
-            # The template goes back first, so that nothing (a DaemonSet controller replacing a deleted or crashed
-            # proxy) brings the broken version back.
-            await self._template(previous)
-        await self.backend.delete_proxy(proxy.name)
-        what = "the old proxy keeps serving"
-        if restore:
-            if previous is None:
-                what = "no previous version known to restore"
-            else:
-                same = [p for p in await self.backend.proxies(node) if p.version == previous]
-                back = same[0] if same else await self.backend.create_proxy(node, previous)
-                ok = await self.backend.wait_proxy_ready(back.name, self.plan.ready_timeout)
-                what = f"restored {previous}" + ("" if ok else ", which is not ready either")
-        raise RolloutFailed(
-            f"node {node}: proxy {proxy.name} ({self.plan.version}) not ready within {self.plan.ready_timeout:g}s; "
-            f"deleted it, {what}; rollout stopped"
-        )
+    async def restore_node(self, node: str, *, surge: bool, kept: set[str]) -> str:
+        """The previous template back (all of it: nothing brings the broken one back), the node back on it."""
+        previous = self.previous
+        await self.backend.restore_template(dataclasses.replace(previous, strategy=self.in_effect))
+        try:
+            back = await self.backend.replace_proxy(node, surge=surge, within=self.plan.ready_timeout)
+        except ProxyNotReady as exc:
+            return f"previous template restored, but its proxy is not ready either ({exc})"
+        if back.name in kept:
+            return "deleted it, the old proxy keeps serving (previous template restored)"
+        return f"restored {previous.version} (the whole previous template)"
 
-    async def _template(self, version: str) -> None:
-        await self.backend.update_daemonset(
-            version=version,
-            strategy="RollingUpdate" if self.plan.strategy == "rolling" else "OnDelete",
-            grace_seconds=self.plan.grace_seconds,
-        )
-
-    async def _surge_node(self, node: str, rec: NodeRecord, started: float) -> None:
-        self._phase(node, rec, started, "surge")
-        new, old = await self._split(node, rec)
-        proxy = await self._ensure_new(node, rec, new)
-        self.store.save(self._rec())
-        await self._await_ready(node, rec, started, proxy, restore=False)
-        self._phase(node, rec, started, "delete-old")
-        for p in old:
-            await self.backend.delete_proxy(p.name)
-
-    async def _replace_node(self, node: str, rec: NodeRecord, started: float) -> None:
-        """Delete first, then create, then wait until ready (a maxUnavailable slot of RollingUpdate)."""
-        proxy = await self._delete_then_create(node, rec, started)
-        await self._await_ready(node, rec, started, proxy, restore=True)
-
-    async def _delete_then_create(self, node: str, rec: NodeRecord, started: float) -> ProxyPod:
-        self._phase(node, rec, started, "delete-old")
-        new, old = await self._split(node, rec)
-        self.store.save(self._rec())
-        for p in old:
-            await self.backend.delete_proxy(p.name)
-        self._phase(node, rec, started, "create")
-        if old:  # a DaemonSet controller may have replaced the deleted proxy from the template already
-            new, _ = await self._split(node, rec)
-        proxy = await self._ensure_new(node, rec, new)
-        self.store.save(self._rec())
-        return proxy
-
-    def _rec(self) -> RolloutRecord:
-        assert self.record is not None
-        return self.record
-
-    # RollingUpdate ----------------------------------------------------------------------------------------------
+    # RollingUpdate driven by the client -------------------------------------------------------------------------
 
     async def _rolling(self, record: RolloutRecord) -> None:
         todo = self._todo(record)
@@ -242,12 +286,13 @@ class Rollout:
             while todo or running:
                 while todo and failure is None and (surge_free or unavailable_free):
                     node = todo.pop(0)
+                    kind = "surge" if surge_free else "unavailable"
                     if surge_free:
                         surge_free -= 1
-                        running[spawn(self._outcome(node, self._surge_node), f"rollout-{node}")] = "surge"
                     else:
                         unavailable_free -= 1
-                        running[spawn(self._outcome(node, self._replace_node), f"rollout-{node}")] = "unavailable"
+                    body = self._surge_node if kind == "surge" else self._unavailable_node
+                    running[spawn(self._outcome(node, body), f"rollout-{node}")] = kind
                 if not running:
                     break
                 done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
@@ -264,6 +309,12 @@ class Rollout:
         if failure is not None:
             raise failure
 
+    async def _surge_node(self, node: str, rec: NodeRecord, started: float) -> None:
+        await self.replace(node, rec, started, surge=True)
+
+    async def _unavailable_node(self, node: str, rec: NodeRecord, started: float) -> None:
+        await self.replace(node, rec, started, surge=False)
+
     async def _outcome(
         self, node: str, body: Callable[[str, NodeRecord, float], Awaitable[None]]
     ) -> RolloutFailed | None:
@@ -277,24 +328,15 @@ class Rollout:
     # NodeDrain --------------------------------------------------------------------------------------------------
 
     async def _drain_node(self, node: str, rec: NodeRecord, started: float) -> None:
-        self._phase(node, rec, started, "cordon")
-        await self.backend.cordon(node)
-        self._phase(node, rec, started, "evict")
-        pods = await self.backend.pods_on(node)
-        results = await asyncio.gather(*(self._evict(p) for p in pods), return_exceptions=True)
-        for r in results:
-            if isinstance(r, BaseException) and not isinstance(r, Exception):
-                raise r  # cancellation or the process going away is not a failed eviction
-        failed = [(p, r) for p, r in zip(pods, results, strict=True) if isinstance(r, Exception)]
-        if failed:
-            await self.backend.uncordon(node)
-            pod, why = failed[0]
-            raise RolloutFailed(f"node {node}: evicting {pod.name} failed: {why}; node uncordoned, rollout stopped")
-        # The seeds' order: replace the proxy (OnDelete: delete, then the new one), uncordon, wait until it is ready.
-        proxy = await self._delete_then_create(node, rec, started)
-        self._phase(node, rec, started, "uncordon")
-        await self.backend.uncordon(node)
-        await self._await_ready(node, rec, started, proxy, restore=True)
+        async def phase(name: str) -> None:
+            await self.phase(node, rec, started, name)
 
-    async def _evict(self, pod: Pod) -> None:
-        await self.backend.evict(pod)
+        async def replace() -> None:
+            # A drained node has nothing left to hand over: the old proxy goes first (OnDelete), as in the seeds.
+            try:
+                await self.replace(node, rec, started, surge=False)
+            except RolloutFailed:
+                await self.backend.uncordon(node)
+                raise
+
+        await drain_node(self.backend, node, self.plan.drain, phase, self.warn, replace)
