@@ -1,0 +1,1 @@
+"""Kubernetes: the rollout backend (backend*.py) and the deployment manifests."""

@@ -15,7 +15,18 @@ def node(name: str, index: int) -> dict[str, Any]:
         "status": {
             "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}],
             "addresses": [{"type": "InternalIP", "address": f"10.240.0.{index}"}],
-            "nodeInfo": {"kubeletVersion": "v1.32.0-stand-in"},
+            "nodeInfo": {
+                "architecture": "amd64",
+                "bootID": f"boot-{index}",
+                "containerRuntimeVersion": "stand-in://1",
+                "kernelVersion": "6.1.0",
+                "kubeProxyVersion": "v1.32.0",
+                "kubeletVersion": "v1.32.0-stand-in",
+                "machineID": f"machine-{index}",
+                "operatingSystem": "linux",
+                "osImage": "stand-in",
+                "systemUUID": f"uuid-{index}",
+            },
         },
     }
 

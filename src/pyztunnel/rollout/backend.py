@@ -135,7 +135,8 @@ class ProxyNotReady(BackendError):
 class StateStore(Protocol):
     """Where a rollout's resumable state lives (a file beside the local cluster, an annotation on the DaemonSet)."""
 
-    where: str
+    @property
+    def where(self) -> str: ...
 
     async def load(self) -> str | None: ...
 

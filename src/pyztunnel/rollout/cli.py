@@ -100,8 +100,15 @@ async def open_backend(cfg: UpgradeSettings) -> AsyncIterator[tuple[ClusterBacke
     if cfg.kubeconfig:
         from pyztunnel.k8s.backend import connect
 
-        async with connect(Path(cfg.kubeconfig), cfg.context or None, cfg.daemonset or None) as kube:
+        try:
+            kube_cm = connect(Path(cfg.kubeconfig), cfg.context or None, cfg.daemonset or None)
+            kube = await kube_cm.__aenter__()
+        except BackendError as exc:
+            raise UserError(str(exc)) from None
+        try:
             yield kube, kube.where
+        finally:
+            await kube_cm.__aexit__(None, None, None)
         return
     from pyztunnel.rollout.local import LocalBackend
 

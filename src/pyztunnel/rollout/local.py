@@ -22,6 +22,7 @@ import aiohttp
 
 from pyztunnel.errors import UserError
 from pyztunnel.netns import socket_in_netns
+from pyztunnel.rollout import cause
 from pyztunnel.rollout.backend import (
     BackendError,
     Node,
@@ -105,15 +106,6 @@ def template_of(daemonset: dict[str, Any]) -> Template:
         dict(daemonset),
         str(daemonset.get("version", "")),
     )
-
-
-def last_error_line(log: str) -> str:
-    """The proxy's own last error from its log: the last line saying error (ztunnel's level word), else the last."""
-    lines = [line.strip() for line in log.splitlines() if line.strip()]
-    for line in reversed(lines):
-        if " error " in f" {line.lower()} " or line.lower().startswith(("error", "traceback")):
-            return line[:300]
-    return lines[-1][:300] if lines else ""
 
 
 class LocalBackend:
@@ -237,14 +229,11 @@ class LocalBackend:
         return await replace_on_node(self, node, surge=surge, within=within, describe=self.describe)
 
     async def describe(self, proxy: ProxyPod) -> str:
-        parts = [proxy.last_exit] if proxy.last_exit else []
-        parts.append(f"{proxy.restarts} restart{'s' if proxy.restarts != 1 else ''}")
         try:
-            line = last_error_line(self._log_tail(proxy.name))
+            log = self._log_tail(proxy.name)
         except OSError:
-            line = ""
-        text = ", ".join(parts)
-        return f"{text}, its log says: {line}" if line else f"{text}, nothing in its log"
+            log = ""
+        return cause.describe(proxy.last_exit, proxy.restarts, "", log)
 
     def _log_tail(self, pod: str, limit: int = 64 << 10) -> str:
         path = self.root / "logs" / f"{pod}.log"
