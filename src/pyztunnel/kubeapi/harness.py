@@ -41,7 +41,9 @@ class StandIn:
             self.store = Store()
             self.sim = Simulation(self.store, self.options, sail=self.sail)
             server = ApiServer(self.store, self.sim, self.access)
-            runner = web.AppRunner(server.app(), access_log=None)
+            # A watch whose client went away is cancelled at once (handler_cancellation) rather than left waiting
+            # for its next event; shutdown does not wait for long-lived watches.
+            runner = web.AppRunner(server.app(), access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
             await runner.setup()
             site = web.TCPSite(runner, "127.0.0.1", 0)
             await site.start()
@@ -89,6 +91,40 @@ class StandIn:
 
         self.loop.call_soon_threadsafe(run)
         return done.result(30)
+
+    def wait(self, done: Callable[[Store], bool], within: float = 30.0, what: str = "the condition") -> None:
+        """Block until `done(store)` holds (checked on the server's loop after every change), at most `within` s."""
+        reached = threading.Event()
+
+        def check(_event: object = None) -> None:
+            if not reached.is_set() and done(self.store):
+                reached.set()
+
+        def install() -> None:
+            self.store.listen(check)
+            check()
+
+        self.call(install)
+        try:
+            if not reached.wait(within):
+                raise TimeoutError(f"stand-in: {what} not reached within {within:g}s")
+        finally:
+            self.call(lambda: self.store.unlisten(check))
+
+    def settled(self, namespace: str = "istio-system", name: str = "ztunnel", within: float = 30.0) -> None:
+        """Until the DaemonSet is fully rolled out by kubectl's rule."""
+
+        def done(store: Store) -> bool:
+            ds = store.find("daemonsets", namespace, name)
+            s = (ds or {}).get("status") or {}
+            return bool(
+                ds
+                and s.get("observedGeneration") == ds["metadata"]["generation"]
+                and s.get("desiredNumberScheduled", 0) > 0
+                and s.get("updatedNumberScheduled") == s.get("desiredNumberScheduled") == s.get("numberAvailable")
+            )
+
+        self.wait(done, within, f"daemonset {namespace}/{name} rolled out")
 
     def create(self, plural: str, obj: dict[str, Any], namespace: str | None = None) -> dict[str, Any]:
         return self.call(lambda: self.store.create(plural, namespace, obj))

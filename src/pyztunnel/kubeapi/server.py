@@ -97,7 +97,7 @@ class ApiServer:
     # Discovery ------------------------------------------------------------------------------------------------
 
     async def version(self, request: web.Request) -> web.Response:
-        return web.json_response(
+        return _json_response(
             {"major": "1", "minor": "32", "gitVersion": "v1.32.0-pyztunnel-stand-in", "platform": "linux/amd64"}
         )
 
@@ -105,17 +105,17 @@ class ApiServer:
         return web.Response(text="ok")
 
     async def api(self, request: web.Request) -> web.Response:
-        return web.json_response(tables.api_versions(request.host))
+        return _json_response(tables.api_versions(request.host))
 
     async def apis(self, request: web.Request) -> web.Response:
-        return web.json_response(tables.group_list())
+        return _json_response(tables.group_list())
 
     async def discovery(self, request: web.Request) -> web.Response:
         group = request.match_info.get("group", "")
         doc = tables.resource_list(group, request.match_info.get("gv", "v1"))
         if doc is None:
             return _status(ApiError(404, "NotFound", "the server could not find the requested resource"))
-        return web.json_response(doc)
+        return _json_response(doc)
 
     # Resources ------------------------------------------------------------------------------------------------
 
@@ -171,31 +171,31 @@ class ApiServer:
             return self._json(request, kind, [self.store.get(plural, ns, name)], single=True)
         if method == "POST" and not name:
             body = await _body(request)
-            return web.json_response(self.store.create(plural, ns, body), status=201)
+            return _json_response(self.store.create(plural, ns, body), status=201)
         if method == "PUT" and name:
             body = await _body(request)
-            return web.json_response(self.store.replace(plural, ns, name, body, status=sub == "status"))
+            return _json_response(self.store.replace(plural, ns, name, body, status=sub == "status"))
         if method == "PATCH" and name:
+            body = await _body(request)  # before reading the object: nothing may change it in between
             current = self.store.get(plural, ns, name)
-            body = await _body(request)
             patched = patching.apply(request.headers.get("Content-Type", ""), current, body)
             patched.setdefault("metadata", {})["resourceVersion"] = current["metadata"]["resourceVersion"]
-            return web.json_response(self.store.replace(plural, ns, name, patched, status=sub == "status"))
+            return _json_response(self.store.replace(plural, ns, name, patched, status=sub == "status"))
         if method == "DELETE" and name:
             options = await _body(request, optional=True)
             grace = options.get("gracePeriodSeconds", request.query.get("gracePeriodSeconds"))
             uid = (options.get("preconditions") or {}).get("uid")
-            return web.json_response(self.store.delete(plural, ns, name, None if grace is None else int(grace), uid))
+            return _json_response(self.store.delete(plural, ns, name, None if grace is None else int(grace), uid))
         raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
 
     def _json(
         self, request: web.Request, kind: Kind, objects: list[dict[str, Any]], single: bool = False
     ) -> web.Response:
         if "as=Table" in request.headers.get("Accept", ""):
-            return web.json_response(tables.table(kind, objects, str(self.store.rv)))
+            return _json_response(tables.table(kind, objects, str(self.store.rv)))
         if single:
-            return web.json_response(objects[0])
-        return web.json_response(
+            return _json_response(objects[0])
+        return _json_response(
             {
                 "kind": f"{kind.kind}List",
                 "apiVersion": kind.api_version,
@@ -297,7 +297,7 @@ class ApiServer:
                 pdb["status"] = status
                 self.store.replace("poddisruptionbudgets", ns, pdb["metadata"]["name"], pdb, status=True)
         self.store.delete("pods", ns, name, None if grace is None else int(grace))
-        return web.json_response(
+        return _json_response(
             {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}, status=201
         )
 
@@ -332,12 +332,17 @@ class ApiServer:
         )
 
 
+def _json_response(doc: Any, status: int = 200) -> web.Response:
+    # Exactly "application/json", as the API server sends it (clients, lightkube among them, compare it as is).
+    return web.Response(body=json.dumps(doc).encode(), status=status, content_type="application/json")
+
+
 def _line(kind: str, obj: dict[str, Any]) -> bytes:
     return (json.dumps({"type": kind, "object": obj}) + "\n").encode()
 
 
 def _status(exc: ApiError) -> web.Response:
-    return web.json_response(exc.status(), status=exc.code)
+    return _json_response(exc.status(), status=exc.code)
 
 
 async def _body(request: web.Request, optional: bool = False) -> dict[str, Any]:

@@ -91,6 +91,10 @@ class Store:
         """Called (synchronously) after every change: the controllers' wake-up."""
         self._listeners.append(callback)
 
+    def unlisten(self, callback: Callable[[Event], None]) -> None:
+        if callback in self._listeners:
+            self._listeners.remove(callback)
+
     def _emit(self, kind: str, plural: str, obj: dict[str, Any]) -> None:
         event = Event(self._rv, kind, plural, copy.deepcopy(obj))
         self._history.append(event)
@@ -100,7 +104,7 @@ class Store:
                 self._watchers.discard(queue)
             else:
                 queue.put_nowait(event)
-        for listener in self._listeners:
+        for listener in list(self._listeners):
             listener(event)
 
     def _next_rv(self) -> str:
