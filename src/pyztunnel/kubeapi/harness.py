@@ -32,6 +32,7 @@ class StandIn:
         self._stop: asyncio.Event | None = None
         self.store: Store
         self.sim: Simulation
+        self.server: ApiServer
 
     def __enter__(self) -> StandIn:
         started = threading.Event()
@@ -40,7 +41,7 @@ class StandIn:
         async def main() -> None:
             self.store = Store()
             self.sim = Simulation(self.store, self.options, sail=self.sail)
-            server = ApiServer(self.store, self.sim, self.access)
+            server = self.server = ApiServer(self.store, self.sim, self.access)
             # A watch whose client went away is cancelled at once (handler_cancellation) rather than left waiting
             # for its next event; shutdown does not wait for long-lived watches.
             runner = web.AppRunner(server.app(), access_log=None, handler_cancellation=True, shutdown_timeout=1.0)

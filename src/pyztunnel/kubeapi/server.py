@@ -76,6 +76,7 @@ class ApiServer:
         self.store, self.sim = store, sim
         self.access = access or Access()
         self.url = ""
+        self.evictions = {"allowed": 0, "refused": 0}  # for tests: what the PDBs did
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY)
@@ -278,6 +279,7 @@ class ApiServer:
                 pdb = pdbs[0]
                 status = pdb.get("status") or {}
                 if int(status.get("disruptionsAllowed", 0)) <= 0:
+                    self.evictions["refused"] += 1
                     raise ApiError(
                         429,
                         "TooManyRequests",
@@ -297,6 +299,7 @@ class ApiServer:
                 pdb["status"] = status
                 self.store.replace("poddisruptionbudgets", ns, pdb["metadata"]["name"], pdb, status=True)
         self.store.delete("pods", ns, name, None if grace is None else int(grace))
+        self.evictions["allowed"] += 1
         return _json_response(
             {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}, status=201
         )
