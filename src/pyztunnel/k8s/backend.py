@@ -382,6 +382,7 @@ class KubeBackend:
                 found = await self._pod(p.name)
                 grace = max(grace, float((found.get("spec") or {}).get("terminationGracePeriodSeconds", 30)))
                 await self.api(f"delete pod {p.name}", self.client.delete(KPod, p.name, namespace=self.namespace))
+        # `within` counts from when the old pod object is gone (its grace period is the old proxy's own drain).
         deadline = time.monotonic() + within + grace
         latest: ProxyPod | None = None
         async with self.changes(node=node) as changed:
@@ -391,6 +392,8 @@ class KubeBackend:
                 latest = next((p for p in new if p.ready), new[0] if new else latest)
                 if latest is not None and latest.ready and all(p.updated for p in mine):
                     return latest
+                if all(p.updated for p in mine):
+                    deadline = min(deadline, time.monotonic() + within)
                 if not await changed(deadline):
                     break
         if latest is None:
