@@ -11,6 +11,7 @@ the API server words it). Not served: aggregated discovery (clients fall back), 
 from __future__ import annotations
 
 import asyncio
+import builtins
 import dataclasses
 import json
 from typing import Any
@@ -228,8 +229,24 @@ class ApiServer:
         initial = [o for o in self.store.list(kind.plural, ns) if match(o)] if initial_events else []
         subscription = self.store.subscribe(kind.plural, since)  # registered before anything is awaited
         try:
-            response = web.StreamResponse(headers={"Content-Type": "application/json"})
-            response.enable_chunked_encoding()
+            return await self._stream(request, kind, ns, match, initial, initial_events, subscription)
+        finally:
+            subscription.close()
+
+    async def _stream(
+        self,
+        request: web.Request,
+        kind: Kind,
+        ns: str | None,
+        match: Any,
+        initial: builtins.list[dict[str, Any]],
+        initial_events: bool,
+        subscription: Any,
+    ) -> web.StreamResponse:
+        q = request.query
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.enable_chunked_encoding()
+        try:
             await response.prepare(request)
             for obj in initial:
                 await response.write(_line("ADDED", obj))
@@ -240,21 +257,18 @@ class ApiServer:
                     "metadata": {"resourceVersion": str(self.store.rv), "annotations": {BOOKMARK_ANNOTATION: "true"}},
                 }
                 await response.write(_line("BOOKMARK", mark))
-            timeout = float(q.get("timeoutSeconds", 1800))
             try:
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(float(q.get("timeoutSeconds", 1800))):
                     async for event in subscription.events():
                         obj_ns = event.obj["metadata"].get("namespace")
                         if (ns is None or obj_ns == ns) and match(event.obj):
                             await response.write(_line(event.type, event.obj))
             except TimeoutError:
                 pass
-            except (ConnectionResetError, asyncio.CancelledError):
-                return response
             await response.write_eof()
-            return response
-        finally:
-            subscription.close()
+        except ConnectionError:
+            pass  # the client went away: the watch ends
+        return response
 
     # Subresources ---------------------------------------------------------------------------------------------
 
@@ -300,9 +314,7 @@ class ApiServer:
                 self.store.replace("poddisruptionbudgets", ns, pdb["metadata"]["name"], pdb, status=True)
         self.store.delete("pods", ns, name, None if grace is None else int(grace))
         self.evictions["allowed"] += 1
-        return _json_response(
-            {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}, status=201
-        )
+        return _json_response({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}, status=201)
 
     def _pod_or_404(self, ns: str, name: str) -> dict[str, Any]:
         pod = self.store.find("pods", ns, name)

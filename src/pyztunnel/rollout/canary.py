@@ -14,8 +14,7 @@ Halt when, summed over the canary proxies during the bake:
 from __future__ import annotations
 
 import dataclasses
-
-from prometheus_client.parser import text_string_to_metric_families
+import re
 
 FAILED = "istio_tcp_connections_failed"
 CLOSED = "istio_tcp_connections_closed"
@@ -51,19 +50,33 @@ class Verdict:
         return ", ".join(f"{k} {v}" for k, v in self.counts.items())
 
 
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})?\s+(\S+)(\s+\S+)?$")
+_LABEL = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*,?')
+
+
+def samples(text: str) -> list[tuple[str, dict[str, str], float]]:
+    """The samples of a Prometheus text exposition (comments skipped); ValueError if a line is not one."""
+    out = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        m = _SAMPLE.match(line)
+        if m is None:
+            raise ValueError(f"not a metric sample: {line[:80]!r}")
+        labels = {k: v.replace('\\"', '"').replace("\\\\", "\\") for k, v in _LABEL.findall(m.group(3) or "")}
+        out.append((m.group(1), labels, float(m.group(4))))
+    return out
+
+
 def error_counts(text: str) -> tuple[int, int]:
     """(connection failures, connections closed with an error flag) in one exposition."""
     failed = closed_with_error = 0.0
-    for family in text_string_to_metric_families(text):
-        if family.name not in (FAILED, CLOSED):
-            continue
-        for sample in family.samples:
-            if not sample.name.endswith("_total"):
-                continue
-            if family.name == FAILED:
-                failed += sample.value
-            elif sample.labels.get("response_flags", NO_FLAGS) != NO_FLAGS:
-                closed_with_error += sample.value
+    for name, labels, value in samples(text):
+        if name == f"{FAILED}_total":
+            failed += value
+        elif name == f"{CLOSED}_total" and labels.get("response_flags", NO_FLAGS) != NO_FLAGS:
+            closed_with_error += value
     return int(failed), int(closed_with_error)
 
 

@@ -57,7 +57,9 @@ class UpgradeSettings:
     force: bool = setting(False, "drain: evict pods that declare no controller (they are not recreated)")
     eviction_retry: Duration = setting(Duration(DEFAULT_EVICTION_RETRY), "drain: retry a 429 (PDB) eviction after")
     drain_timeout: Duration = setting(Duration(DEFAULT_DRAIN_TIMEOUT), "drain: give up on a node's evictions after")
-    poll_interval: Duration = setting(Duration(1.0), "drain: how often an evicted pod is checked for being gone (kubectl's 1s)")
+    poll_interval: Duration = setting(
+        Duration(1.0), "drain: how often an evicted pod is checked for being gone (kubectl's 1s)"
+    )
     canary: int = setting(0, "Upgrade this many nodes first and bake them before the rest (0: no canary)")
     bake: Duration = setting(Duration(60.0), "Canary: how long to watch the canary proxies")
     auto_rollback: bool = setting(False, "Canary: on a bad verdict also put the canary nodes back on the old version")

@@ -53,8 +53,11 @@ class Kube:
 
     def proxies(self) -> dict[str, tuple[str, str]]:
         """node → (pod name, image) of the live ztunnel pods."""
+        return self.proxies_in(NS)
+
+    def proxies_in(self, ns: str) -> dict[str, tuple[str, str]]:
         out = {}
-        for p in self.list("pods", NS):
+        for p in self.list("pods", ns):
             if "deletionTimestamp" not in p["metadata"] and p["metadata"]["name"].startswith("ztunnel-"):
                 out[p["spec"]["nodeName"]] = (p["metadata"]["name"], p["spec"]["containers"][0]["image"])
         return out

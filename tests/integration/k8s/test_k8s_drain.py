@@ -10,7 +10,7 @@ from typing import Any
 
 from pyztunnel.kubeapi import seed
 from pyztunnel.kubeapi.store import Event, Store
-from tests.integration.k8s.conftest import NS, Kube
+from tests.integration.k8s.conftest import Kube
 
 
 def cordon_only(kube: Kube, keep: str) -> None:
@@ -36,8 +36,13 @@ def uncordon_all(kube: Kube) -> None:
 def ready_on(node: str, app: str, count: int) -> Any:
     def done(store: Store) -> bool:
         pods = [p for p in store.list("pods", "default") if p["metadata"].get("labels", {}).get("app") == app]
-        ready = [p for p in pods if p["spec"].get("nodeName") == node and "deletionTimestamp" not in p["metadata"]
-                 and any(c["type"] == "Ready" and c["status"] == "True" for c in p.get("status", {}).get("conditions", []))]
+        ready = [
+            p
+            for p in pods
+            if p["spec"].get("nodeName") == node
+            and "deletionTimestamp" not in p["metadata"]
+            and any(c["type"] == "Ready" and c["status"] == "True" for c in p.get("status", {}).get("conditions", []))
+        ]
         return len(ready) == count
 
     return done
@@ -87,9 +92,14 @@ def test_a_pdb_that_never_allows_times_out_with_the_node_uncordoned(kube: Kube) 
     failed = kube.upgrade("--version", "1.31.0", "--strategy", "drain", "--drain-timeout", "1s")
     assert failed.code == 2
     assert failed.err.strip().count("\n") == 0
-    assert "still refused after 1s" in failed.err and "disruption budget" in failed.err and "node uncordoned" in failed.err
+    assert (
+        "still refused after 1s" in failed.err and "disruption budget" in failed.err and "node uncordoned" in failed.err
+    )
     assert "cordoned nodes: none" in failed.out
-    assert "resume state (annotation pyztunnel.io/rollout of daemonset istio-system/ztunnel): rollout to 1.31.0 (drain): failed" in failed.out
+    assert (
+        "resume state (annotation pyztunnel.io/rollout of daemonset istio-system/ztunnel): rollout to 1.31.0 (drain): failed"
+        in failed.out
+    )
     assert not any(n["spec"].get("unschedulable") for n in kube.list("nodes"))
 
 
@@ -103,7 +113,9 @@ def test_emptydir_and_unmanaged_pods_are_refused_in_kubectls_words_unless_allowe
     assert "cannot delete Pods that declare no controller (use --force to override): default/debug" in refused.err
     assert not any(n["spec"].get("unschedulable") for n in kube.list("nodes"))
     assert kube.proxies()["node-1"][1].endswith(":1.30.3")  # nothing replaced on the refused node
-    allowed = kube.upgrade("--version", "1.31.0", "--strategy", "drain", "--delete-emptydir-data", "--force", "--restart")
+    allowed = kube.upgrade(
+        "--version", "1.31.0", "--strategy", "drain", "--delete-emptydir-data", "--force", "--restart"
+    )
     assert allowed.code == 0, allowed.err
     assert "Warning: deleting Pods with local storage: default/web-" in allowed.out
     assert "Warning: deleting Pods that declare no controller: default/debug" in allowed.out
@@ -156,4 +168,3 @@ def test_an_interrupted_drain_resumes_from_the_annotation(kube: Kube) -> None:
     assert "resuming the rollout to 1.31.0" in again.out
     assert kube.proxies()["node-1"] == node_1  # node-1's proxy is the one the first run made
     assert all(img.endswith(":1.31.0") for _, img in kube.proxies().values())
-

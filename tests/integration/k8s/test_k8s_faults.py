@@ -52,7 +52,9 @@ def test_daemonset_not_found(kube: Kube) -> None:
 
 def test_rbac_forbidden(tmp_path: Path, capsys: object) -> None:
     reader = [Rule(frozenset({"get", "list", "watch"}), frozenset({"*"}))]
-    access = Access(tokens={"t0ken": "system:serviceaccount:ops:upgrader"}, rules={"system:serviceaccount:ops:upgrader": reader})
+    access = Access(
+        tokens={"t0ken": "system:serviceaccount:ops:upgrader"}, rules={"system:serviceaccount:ops:upgrader": reader}
+    )
     with StandIn(FAST, access=access) as api:
         api.seed(3, daemonset=seed.ztunnel_daemonset("1.30.3"))
         api.settled()
@@ -61,7 +63,9 @@ def test_rbac_forbidden(tmp_path: Path, capsys: object) -> None:
         assert result.code == 2
         line = one_line(result.err)
         assert "forbidden (RBAC)" in line
-        assert 'User "system:serviceaccount:ops:upgrader" cannot patch resource "daemonsets" in API group "apps"' in line
+        assert (
+            'User "system:serviceaccount:ops:upgrader" cannot patch resource "daemonsets" in API group "apps"' in line
+        )
         assert kube.image().endswith(":1.30.3")
 
 
@@ -72,6 +76,9 @@ def test_a_new_pod_that_never_becomes_ready_on_drain(kube: Kube) -> None:
     assert "node node-1: proxy ztunnel-" in line and "not ready within 1s" in line
     assert "restored 1.30.3 (the whole previous template)" in line
     assert "cordoned nodes: none" in result.out
-    assert "resume state (annotation pyztunnel.io/rollout of daemonset istio-system/ztunnel): rollout to notready-1.31 (drain): failed, 0/3 nodes done, stopped at node-1" in result.out
+    assert (
+        "resume state (annotation pyztunnel.io/rollout of daemonset istio-system/ztunnel): rollout to notready-1.31 (drain): failed, 0/3 nodes done, stopped at node-1"
+        in result.out
+    )
     assert all(img.endswith(":1.30.3") for _, img in kube.proxies().values())
     assert kube.image().endswith(":1.30.3")

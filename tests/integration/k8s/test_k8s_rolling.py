@@ -17,8 +17,19 @@ def record_pods(kube: Kube) -> list[tuple[str, str, str, bool, bool]]:
     def on(event: Event) -> None:
         if event.plural == "pods":
             o = event.obj
-            ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in (o.get("status") or {}).get("conditions") or [])
-            seen.append((event.type, o["metadata"]["name"], o["spec"].get("nodeName", ""), ready, "deletionTimestamp" in o["metadata"]))
+            ready = any(
+                c.get("type") == "Ready" and c.get("status") == "True"
+                for c in (o.get("status") or {}).get("conditions") or []
+            )
+            seen.append(
+                (
+                    event.type,
+                    o["metadata"]["name"],
+                    o["spec"].get("nodeName", ""),
+                    ready,
+                    "deletionTimestamp" in o["metadata"],
+                )
+            )
 
     kube.api.call(lambda: kube.api.store.listen(on))
     return seen
