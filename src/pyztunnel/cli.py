@@ -26,7 +26,11 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "agent": ("pyztunnel.agent.cli", "agent", "Node agent (istio-cni's role): pod plumbing, redirection, ZDS server."),
     "proxy": ("pyztunnel.proxy.cli", "proxy", "The node proxy (ztunnel): in-pod listeners, HBONE over mTLS."),
     "ca": ("pyztunnel.identity.cli", "ca", "Istio CA API (CreateCertificate) for node proxies; issue certificates."),
-    "upgrade": ("pyztunnel.rollout.cli", "upgrade", "Upgrade the node proxies: rolling surge or node drain."),
+    "upgrade": (
+        "pyztunnel.upgrade.cli",
+        "upgrade",
+        "Upgrade the node proxies (local cluster or Kubernetes): rolling, drain, canary, rollback.",
+    ),
     "k8s": (
         "pyztunnel.k8s.cli",
         "k8s",

@@ -114,13 +114,13 @@ class CanaryJudge:
             t.scrape_failures_in_row += 1
             t.worst_scrape_run = max(t.worst_scrape_run, t.scrape_failures_in_row)
             return
-        t.scrape_failures_in_row = 0
         try:
             failed, errors = error_counts(sample.metrics)
         except ValueError:  # not an exposition: as good as unreachable
             t.scrape_failures_in_row += 1
             t.worst_scrape_run = max(t.worst_scrape_run, t.scrape_failures_in_row)
             return
+        t.scrape_failures_in_row = 0
         t.failed += _delta(t.failed_last, failed)
         t.errors += _delta(t.errors_last, errors)
         t.failed_last, t.errors_last = failed, errors
