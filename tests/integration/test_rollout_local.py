@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ from pyztunnel.rollout.backend import TemplateChange
 from pyztunnel.rollout.local import ClusterUnavailable, LocalBackend
 from pyztunnel.rollout.strategies import Plan, Rollout
 from pyztunnel.rollout.testing import FakeCluster
-from tests.integration.fake_controller import fake_controller
+from tests.integration.fake_controller import daemonset, fake_controller
 
 NODES = ["n1", "n2"]
 
@@ -123,3 +124,27 @@ def test_bad_options_are_user_errors(base: Path) -> None:
     assert result.exit_code != 0 and "cannot both be 0" in str(result.exception)
     result = CliRunner().invoke(cli, ["upgrade"])
     assert "--version (or --image, or --rollback) is required" in str(result.exception)
+
+
+def test_a_failed_rollout_restores_the_whole_template_not_only_the_version(fake: FakeCluster) -> None:
+    """#11 item 7: the old revert put back the version and kept the rest of the rollout's template (here its grace;
+    on the cluster an env), so the next proxy came up with it."""
+    fake.current = dataclasses.replace(fake.current, body={**fake.current.body, "env": {"A": "1"}})
+    before = daemonset(fake)
+    fake.broken_versions.add("v2")
+    result = CliRunner().invoke(
+        cli, ["upgrade", "--version", "v2", "--name", "t", "--ready-timeout", "1s", "--grace", "5"]
+    )
+    assert isinstance(result.exception, UserError)
+    assert daemonset(fake) == before  # version, grace and env: all of it
+
+
+def test_rollback_restores_the_template_before_the_last_rollout(fake: FakeCluster) -> None:
+    fake.current = dataclasses.replace(fake.current, body={**fake.current.body, "env": {"A": "1"}})
+    before = daemonset(fake)
+    assert CliRunner().invoke(cli, ["upgrade", "--version", "v2", "--name", "t"], catch_exceptions=False).exit_code == 0
+    fake.current = dataclasses.replace(fake.current, body={**fake.current.body, "env": {"A": "1", "BROKEN": "1"}})
+    back = CliRunner().invoke(cli, ["upgrade", "--rollback", "--name", "t"], catch_exceptions=False)
+    assert back.exit_code == 0 and "rollback to v1 done on 2 node(s)" in back.output
+    assert daemonset(fake) == before
+    assert fake.versions() == {n: ["v1"] for n in NODES}
