@@ -71,14 +71,48 @@ def test_rolling_drain_and_a_never_ready_version(cluster: tuple[dict[str, str], 
     pyz("upgrade", "--name", NAME, "--version", "v3", "--strategy", "drain", "--grace", "3", env=env)
     after = state(root)
     assert proxies(root) == [("node-1", "v3", True), ("node-2", "v3", True)]
-    assert after["daemonset"]["updateStrategy"]["type"] == "OnDelete"
+    # OnDelete during the drain; the strategy before it is put back at the end.
+    assert after["daemonset"]["updateStrategy"]["type"] == "RollingUpdate"
     assert after["daemonset"]["terminationGracePeriodSeconds"] == 3
     assert not any(n["cordoned"] for n in after["nodes"])
     # node-2 was drained last: its pods moved to node-1.
     assert {p["node"] for p in after["pods"]} == {"node-1"}
 
     failed = pyz("upgrade", "--name", NAME, "--version", "broken", "--ready-timeout", "2s", env=env, check=False)
-    assert failed.returncode == 1
-    assert "not ready within 2s; deleted it, the old proxy keeps serving" in failed.stderr
+    assert failed.returncode == 2
+    assert "not ready within 2s: 0 restarts" in failed.stderr
+    assert "deleted it, the old proxy keeps serving (previous template restored)" in failed.stderr
+    assert "cordoned nodes: none" in failed.stdout
     assert proxies(root) == [("node-1", "v3", True), ("node-2", "v3", True)]
     assert state(root)["daemonset"]["version"] == "v3"
+    assert state(root)["daemonset"]["terminationGracePeriodSeconds"] == 3
+
+
+def test_a_canary_whose_connections_fail_halts_and_rolls_back(cluster: tuple[dict[str, str], Path]) -> None:
+    """The canary proxy is Ready but its own metrics count failed connections (the stand-in proxy of a version
+    named failing-…): the bake halts it, the whole previous template comes back and the canary node runs the good
+    version again; the other node was never touched."""
+    env, root = cluster
+    before = {p["node"]: p["name"] for p in state(root)["proxies"]}
+    failed = pyz(
+        "upgrade",
+        "--name",
+        NAME,
+        "--version",
+        "failing-v2",
+        "--canary",
+        "1",
+        "--bake",
+        "20s",
+        "--canary-interval",
+        "0.5s",
+        "--auto-rollback",
+        env=env,
+        check=False,
+    )
+    assert failed.returncode == 2, failed.stdout + failed.stderr
+    assert "canary halted after" in failed.stderr and "on node-1" in failed.stderr
+    assert "connection failures" in failed.stderr and "rolled back: node-1 run v1 again" in failed.stderr
+    assert proxies(root) == [("node-1", "v1", True), ("node-2", "v1", True)]
+    assert state(root)["daemonset"]["version"] == "v1"
+    assert {p["node"]: p["name"] for p in state(root)["proxies"]}["node-2"] == before["node-2"]
