@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from pathlib import Path
@@ -11,10 +12,25 @@ import click
 from pyztunnel.advise.parse import AccessLogParser
 from pyztunnel.advise.report import AdviseOptions, analyse, as_json, skipped_summary, text
 from pyztunnel.advise.sources import feed_paths
+from pyztunnel.errors import UserError
 
 
 @click.command("advise")
-@click.argument("logs", nargs=-1, required=True)
+@click.argument("logs", nargs=-1, required=False)
+@click.option(
+    "--kubeconfig",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Read the proxy pods' logs from this Kubernetes cluster (as kubectl logs) instead of files.",
+)
+@click.option("--context", default=None, help="The kubeconfig context (default: its current-context).")
+@click.option("--daemonset", default=None, help="NAMESPACE/NAME of the proxy DaemonSet (default: app=ztunnel).")
+@click.option(
+    "--apply",
+    "apply_flag",
+    is_flag=True,
+    help="With --kubeconfig: patch the recommended terminationGracePeriodSeconds into the DaemonSet.",
+)
 @click.option(
     "--quantile",
     type=click.FloatRange(0, 100, min_open=True),
@@ -33,16 +49,14 @@ from pyztunnel.advise.sources import feed_paths
 @click.option(
     "--current-grace",
     type=click.IntRange(0),
-    default=30,
-    show_default=True,
-    help="The terminationGracePeriodSeconds in use now (Helm and Sail default: 30).",
+    default=None,
+    help="The terminationGracePeriodSeconds in use now (default: the DaemonSet's with --kubeconfig, else 30).",
 )
 @click.option(
     "--nodes",
     type=click.IntRange(1),
-    default=1,
-    show_default=True,
-    help="Nodes the DaemonSet rolls over, one at a time.",
+    default=None,
+    help="Nodes the DaemonSet rolls over, one at a time (default: the cluster's with --kubeconfig, else 1).",
 )
 @click.option(
     "--node-startup",
@@ -69,19 +83,42 @@ from pyztunnel.advise.sources import feed_paths
 )
 def advise(
     logs: tuple[str, ...],
+    kubeconfig: Path | None,
+    context: str | None,
+    daemonset: str | None,
+    apply_flag: bool,
     quantile: float,
     margin_percent: float,
-    current_grace: int,
-    nodes: int,
+    current_grace: int | None,
+    nodes: int | None,
     node_startup: float,
     direction: str,
     top: int,
     as_json_flag: bool,
     plot_path: Path | None,
 ) -> None:
-    """Recommend terminationGracePeriodSeconds from access logs (files, .gz, or - for stdin)."""
+    """Recommend terminationGracePeriodSeconds from access logs (files, .gz, or - for stdin, or the proxy pods of a
+    Kubernetes cluster with --kubeconfig)."""
     parser = AccessLogParser()
-    feed_paths(parser, list(logs))
+    source = None
+    if kubeconfig is not None:
+        if logs:
+            raise UserError("give log files or --kubeconfig, not both")
+        from pyztunnel.advise.kube import KubeSource, read_logs
+
+        source = KubeSource(kubeconfig, context, daemonset)
+        facts = asyncio.run(read_logs(source, parser))
+        logs = tuple(f"{facts.where}: pod/{p}" for p in facts.pods) or (facts.where,)
+        current_grace = facts.grace if current_grace is None else current_grace
+        nodes = facts.nodes if nodes is None else nodes
+    elif not logs:
+        raise UserError("give access log files (or - for stdin), or --kubeconfig to read the proxy pods' logs")
+    elif apply_flag:
+        raise UserError("--apply needs --kubeconfig (the DaemonSet to patch)")
+    else:
+        feed_paths(parser, list(logs))
+    current_grace = 30 if current_grace is None else current_grace
+    nodes = 1 if nodes is None else nodes
     parsed = parser.result
     if direction != "all":
         kept = [c for c in parsed.connections if c.direction == direction]
@@ -115,3 +152,7 @@ def advise(
         click.echo(text(result), nl=False)
         if plot_path is not None:
             click.echo(f"\nHistogram written to {plot_path}")
+    if apply_flag and source is not None:
+        from pyztunnel.advise.kube import apply_grace
+
+        click.echo(asyncio.run(apply_grace(source, result.recommendation.grace)))
