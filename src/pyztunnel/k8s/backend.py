@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,9 +31,10 @@ from lightkube.resources.core_v1 import Pod as KPod
 from lightkube.resources.core_v1 import PodEviction
 from lightkube.types import PatchType
 
-from pyztunnel.aio import cancel_and_wait, spawn
 from pyztunnel.k8s import backend_objects as objects
 from pyztunnel.k8s.backend_sail import SailOwner
+from pyztunnel.k8s.backend_state import AnnotationState
+from pyztunnel.k8s.backend_watch import watch_changes
 from pyztunnel.k8s.config import load_config
 from pyztunnel.rollout import cause
 from pyztunnel.rollout.backend import (
@@ -230,55 +231,10 @@ class KubeBackend:
 
     # Watching --------------------------------------------------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def changes(
-        self, *, pods: bool = True, node: str | None = None
-    ) -> AsyncIterator[Callable[[float], Awaitable[bool]]]:
-        """`await changed(deadline)`: True once the DaemonSet (or its pods) changed, False at the deadline."""
-        flag = asyncio.Event()
-        failure: list[BaseException] = []
-
-        async def pump(stream: AsyncIterable[Any]) -> None:
-            try:
-                async for _ in stream:
-                    flag.set()
-            except Exception as exc:  # handed to the waiter
-                failure.append(exc)
-                flag.set()
-
-        # Both watches start at the DaemonSet's resourceVersion (resourceVersions are cluster-wide), read before the
-        # caller's first look: no change between that look and the watch is missed.
-        ds = await self.get_ds()
-        since = str(ds["metadata"]["resourceVersion"])
-        streams = [
-            self.client.watch(
-                DaemonSet, namespace=self.namespace, fields={"metadata.name": self.name}, resource_version=since
-            )
-        ]
-        if pods:
-            fields: dict[str, Any] | None = {"spec.nodeName": node} if node else None
-            labels = dict(((ds.get("spec") or {}).get("selector") or {}).get("matchLabels") or {})
-            pod_events: AsyncIterable[Any] = self.client.watch(
-                KPod, namespace=self.namespace, labels=labels, fields=fields, resource_version=since
-            )
-            streams.append(pod_events)
-        tasks = [spawn(pump(s), "k8s-watch") for s in streams]
-
-        async def changed(deadline: float) -> bool:
-            try:
-                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                    await flag.wait()
-            except TimeoutError:
-                return False
-            flag.clear()
-            if failure:
-                await self.api("watch", _raise(failure[0]))
-            return True
-
-        try:
-            yield changed
-        finally:
-            await cancel_and_wait(*tasks)
+    def changes(self, *, pods: bool = True, node: str | None = None) -> Any:
+        """`async with backend.changes() as changed`: `await changed(deadline)` is True once the DaemonSet (or its
+        pods) changed, False at the deadline (backend_watch.py)."""
+        return watch_changes(self, pods=pods, node=node)
 
     async def watch_rollout(self) -> AsyncIterator[RolloutView]:
         async with self.changes() as changed:
@@ -450,30 +406,6 @@ class KubeBackend:
 
 async def _raise(exc: BaseException) -> Any:
     raise exc
-
-
-class AnnotationState:
-    """The rollout's state in an annotation on the DaemonSet (its metadata: no new generation, no rollout)."""
-
-    def __init__(self, backend: KubeBackend) -> None:
-        self.backend = backend
-
-    @property
-    def where(self) -> str:
-        return f"annotation {objects.STATE_ANNOTATION} of daemonset {self.backend.namespace}/{self.backend.name}"
-
-    async def load(self) -> str | None:
-        ds = await self.backend.get_ds()
-        text = ((ds["metadata"].get("annotations")) or {}).get(objects.STATE_ANNOTATION)
-        return str(text) if text is not None else None
-
-    async def save(self, text: str | None) -> None:
-        b = self.backend
-        patch = {"metadata": {"annotations": {objects.STATE_ANNOTATION: text}}}
-        await b.api(
-            "save the rollout state",
-            b.client.patch(DaemonSet, b.name, patch, namespace=b.namespace, patch_type=PatchType.MERGE),
-        )
 
 
 @contextlib.asynccontextmanager

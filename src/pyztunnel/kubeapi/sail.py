@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pyztunnel.kubeapi import seed
 from pyztunnel.kubeapi.daemonset import owner_ref, terminating
 from pyztunnel.kubeapi.store import Store
 
@@ -16,45 +17,20 @@ MANAGED_BY = "sail-operator"
 
 
 def render(zt: dict[str, Any]) -> dict[str, Any]:
+    """The DaemonSet spec the operator renders: Istio's chart (seed.py) with the resource's values."""
     spec = zt.get("spec") or {}
     values = (spec.get("values") or {}).get("ztunnel") or {}
     hub = values.get("hub") or ((spec.get("values") or {}).get("global") or {}).get("hub") or DEFAULT_HUB
     version = str(spec.get("version") or "v1.30.3")
-    image = values.get("image") or f"{hub}/ztunnel:{version.removeprefix('v')}"
     grace = int(values.get("terminationGracePeriodSeconds", 30))
-    env = [{"name": "TERMINATION_GRACE_PERIOD_SECONDS", "value": str(grace)}]
-    env += [{"name": k, "value": str(v)} for k, v in sorted((values.get("env") or {}).items())]
-    strategy = values.get("updateStrategy") or {
-        "type": "RollingUpdate",
-        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
-    }
-    return {
-        "selector": {"matchLabels": {"app": "ztunnel"}},
-        "updateStrategy": strategy,
-        "template": {
-            "metadata": {"labels": {"app": "ztunnel", "sidecar.istio.io/inject": "false"}},
-            "spec": {
-                "terminationGracePeriodSeconds": grace,
-                "priorityClassName": "system-node-critical",
-                "serviceAccountName": "ztunnel",
-                "tolerations": [
-                    {"effect": "NoSchedule", "operator": "Exists"},
-                    {"key": "CriticalAddonsOnly", "operator": "Exists"},
-                    {"effect": "NoExecute", "operator": "Exists"},
-                ],
-                "containers": [
-                    {
-                        "name": "istio-proxy",
-                        "image": image,
-                        "args": ["proxy", "ztunnel"],
-                        "env": env,
-                        "ports": [{"containerPort": 15020, "name": "ztunnel-stats", "protocol": "TCP"}],
-                        "readinessProbe": {"httpGet": {"path": "/healthz/ready", "port": 15021}},
-                    }
-                ],
-            },
-        },
-    }
+    rendered: dict[str, Any] = seed.ztunnel_daemonset(
+        version.removeprefix("v"), grace=grace, strategy=values.get("updateStrategy"), hub=hub
+    )["spec"]
+    container = rendered["template"]["spec"]["containers"][0]
+    if values.get("image"):
+        container["image"] = values["image"]
+    container["env"] += [{"name": k, "value": str(v)} for k, v in sorted((values.get("env") or {}).items())]
+    return rendered
 
 
 class SailOperator:

@@ -32,7 +32,12 @@ def node(name: str, index: int) -> dict[str, Any]:
 
 
 def ztunnel_daemonset(
-    tag: str = "1.30.3", *, name: str = "ztunnel", grace: int = 30, strategy: dict[str, Any] | None = None
+    tag: str = "1.30.3",
+    *,
+    name: str = "ztunnel",
+    grace: int = 30,
+    strategy: dict[str, Any] | None = None,
+    hub: str = ISTIO_HUB,
 ) -> dict[str, Any]:
     """Istio's ztunnel DaemonSet as its Helm chart renders it (the parts a rollout touches)."""
     return {
@@ -58,7 +63,7 @@ def ztunnel_daemonset(
                     "containers": [
                         {
                             "name": "istio-proxy",
-                            "image": f"{ISTIO_HUB}/ztunnel:{tag}",
+                            "image": f"{hub}/ztunnel:{tag}",
                             "args": ["proxy", "ztunnel"],
                             "ports": [{"containerPort": 15020, "name": "ztunnel-stats", "protocol": "TCP"}],
                             "readinessProbe": {"httpGet": {"path": "/healthz/ready", "port": 15021}},
