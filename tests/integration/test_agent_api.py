@@ -168,3 +168,21 @@ async def test_restarted_agent_keeps_its_pods(tmp_path: Path) -> None:
     finally:
         probe.close()
         await second.close()
+
+
+async def test_both_sockets_are_0600_whatever_the_umask(tmp_path: Path) -> None:
+    settings = AgentSettings(run_dir=tmp_path / "run")
+    agent = Agent(settings, plumb=Recorder().plumb, unplumb=Recorder().unplumb)
+    api = ApiServer(agent, settings.api_socket)
+    previous = os.umask(0)
+    try:
+        await agent.start()
+        await api.start()
+    finally:
+        os.umask(previous)
+    try:
+        for path in (settings.api_socket, settings.zds_socket):
+            assert path.stat().st_mode & 0o777 == 0o600, path
+    finally:
+        await api.close()
+        await agent.close()

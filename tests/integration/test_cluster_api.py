@@ -5,6 +5,7 @@ LocalBackend read."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -273,3 +274,18 @@ async def test_ready_waits_until_every_proxy_has_loaded_the_last_workloads(
     assert (await call(client, "GET", "/v1/state"))[1]["ready"] is False
     ctl._workloads_written_at -= ctl.settle
     assert (await call(client, "GET", "/v1/state"))[1]["ready"] is True
+
+
+async def test_the_socket_is_0600_whatever_the_umask(tmp_path: Path) -> None:
+    layout = Layout(tmp_path / "c2")
+    layout.root.mkdir()
+    ctl = Controller("c2", layout, spec.load(None).spec)
+    previous = os.umask(0)
+    try:
+        runner = await api.serve(ctl, layout.socket)
+    finally:
+        os.umask(previous)
+    try:
+        assert layout.socket.stat().st_mode & 0o777 == 0o600
+    finally:
+        await runner.cleanup()

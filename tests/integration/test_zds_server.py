@@ -16,6 +16,8 @@ from pyztunnel.agent.zds_server import NoConnection, SnapshotEntry, ZdsServer
 from pyztunnel.netns import netns_inode
 from pyztunnel.protocols import zds
 from pyztunnel.unixfd import recv_with_fds, send_with_fds
+from tests.conftest import require
+from tests.integration.other_uid import send_as_nobody, traversable_dir
 
 INFO = zds.WorkloadInfo("p", "default", "sa")
 TIMEOUT = 5.0
@@ -272,3 +274,73 @@ async def test_stale_socket_file_is_replaced(tmp_path: Path) -> None:
         probe.close()
     finally:
         await srv.close()
+
+
+async def test_socket_mode_is_0600_whatever_the_umask(tmp_path: Path) -> None:
+    previous = os.umask(0)
+    try:
+        srv = ZdsServer(tmp_path / "ztunnel.sock", list)
+        await srv.start()
+    finally:
+        os.umask(previous)
+    try:
+        assert (tmp_path / "ztunnel.sock").stat().st_mode & 0o777 == 0o600
+    finally:
+        await srv.close()
+
+
+async def test_a_client_of_another_uid_is_refused(netns_fds: list[int], caplog: pytest.LogCaptureFixture) -> None:
+    require(os.geteuid() == 0, "root (to run a client as another uid)")
+    with traversable_dir() as where:
+        srv = ZdsServer(where / "ztunnel.sock", lambda: [(zds.AddWorkload("a", INFO), netns_fds[0])])
+        await srv.start()
+        try:
+            assert await send_as_nobody(srv.path, socket.SOCK_SEQPACKET, zds.encode_hello()) == "denied"  # mode 0600
+            os.chmod(srv.path, 0o666)  # past the file mode, to reach the peer check behind it
+            assert await send_as_nobody(srv.path, socket.SOCK_SEQPACKET, zds.encode_hello()) == "eof"
+            assert not srv.connections
+            assert any("refusing ztunnel connection" in r.getMessage() for r in caplog.records)
+        finally:
+            await srv.close()
+
+
+async def test_workloads_only_a_departed_client_had_go_to_the_remaining_one(
+    server: tuple[ZdsServer, Pods], netns_fds: list[int]
+) -> None:
+    srv, pods = server
+    pods.entries = [(zds.AddWorkload("a", INFO), netns_fds[0])]
+    old, new = ZdsProbe(), ZdsProbe()
+    await old.connect(srv.path)
+    await asyncio.wait_for(old.sync(), TIMEOUT)
+    await new.connect(srv.path)
+    await asyncio.wait_for(new.sync(), TIMEOUT)
+    serving = asyncio.ensure_future(new.serve())
+    try:
+        pods.entries.append((zds.AddWorkload("x", INFO), netns_fds[1]))  # the agent registers a pod, then sends it
+        assert (await asyncio.wait_for(srv.add(zds.AddWorkload("x", INFO), netns_fds[1]), TIMEOUT)).ok
+        assert new.received[-1].event == zds.StartWorkload("x", INFO)  # Adds go to the newest only
+        new.close()  # ... which leaves: "x" must not be left without a proxy
+        got = await asyncio.wait_for(old.step(), TIMEOUT)  # the next request the old one gets ("a" is not sent again)
+        assert got is not None and got.event == zds.StartWorkload("x", INFO)
+        assert got.netns == netns_inode(netns_fds[1])
+    finally:
+        old.close()
+        serving.cancel()
+        await asyncio.gather(serving, return_exceptions=True)
+
+
+async def test_an_add_to_a_connection_that_just_closed_leaks_no_fd(
+    server: tuple[ZdsServer, Pods], netns_fds: list[int]
+) -> None:
+    srv, _ = server
+    sock = await raw_client(srv.path)
+    await send_with_fds(sock, zds.encode_hello())
+    await asyncio.wait_for(recv_with_fds(sock, 1024, 1), TIMEOUT)  # SnapshotSent
+    await send_with_fds(sock, zds.encode_ack())
+    await asyncio.wait_for(srv.wait_for(lambda: srv.connections[0]["phase"] == "ready"), TIMEOUT)
+    before = fd_count()
+    sock.close()  # the server has not read the EOF yet: the Add goes to a connection already gone
+    ack = await asyncio.wait_for(srv.add(zds.AddWorkload("q", INFO), netns_fds[0]), TIMEOUT)
+    assert not ack.ok
+    await asyncio.wait_for(srv.wait_for(lambda: not srv.connections), TIMEOUT)
+    assert fd_count() == before - 2  # the server's end of the connection and our own; no dup left behind

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from pyztunnel.agent.plumbing import PlumbingError
 from pyztunnel.agent.pods import PodSpec
 from pyztunnel.agent.rules import RulesError
 from pyztunnel.agent.service import Agent, BadPod, NoConnection, ProxyRefused
+from pyztunnel.localsock import listen_unix
 
 log = logging.getLogger("pyztunnel.agent.api")
 
@@ -84,11 +86,8 @@ class ApiServer:
         self._runner = web.AppRunner(make_app(agent), access_log=None, handle_signals=False)
 
     async def start(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
         await self._runner.setup()
-        await web.UnixSite(self._runner, str(self.path)).start()
+        await web.SockSite(self._runner, listen_unix(self.path, socket.SOCK_STREAM, backlog=128)).start()
 
     async def close(self) -> None:
         await self._runner.cleanup()

@@ -1,10 +1,14 @@
 """The agent's ZDS server: the asyncio shell around `protocols.zds.ServerConnection` (reference/ztunnel.md §2.3).
 
-A unix SOCK_SEQPACKET listener (a stale socket file is removed first). Per connection: ZdsHello within the deadline,
-the snapshot (one Ack at a time, each within the deadline), SnapshotSent, then Adds (only to the newest connection)
-and Dels (to every connection). A connection that breaks the protocol is dropped with a logged reason; the others go
-on. Liveness: a receive is always pending on every connection, so a proxy's exit (EOF) is seen at once and any
-message that is not an awaited Ack is a protocol error, which is what istio-cni's 5 s liveness poll checks.
+A unix SOCK_SEQPACKET listener, mode 0600 (a stale socket file is removed first). A connecting process that does not
+run as our uid (SO_PEERCRED) is refused at once. Per connection: ZdsHello within the deadline, the snapshot (one Ack
+at a time, each within the deadline), SnapshotSent, then Adds (only to the newest connection) and Dels (to every
+connection). A connection that breaks the protocol is dropped with a logged reason; the others go on. Liveness: a
+receive is always pending on every connection, so a proxy's exit (EOF) is seen at once and any message that is not an
+awaited Ack is a protocol error, which is what istio-cni's 5 s liveness poll checks.
+
+A workload only the departed connection was given (an Add that went to the newest proxy, which then left) is sent
+again to the newest remaining connection: otherwise the pod would show ready while no live proxy serves it.
 
 fd ownership: every netns fd handed to the server is dup()ed when it is queued; the dup is closed once sent or when
 the connection is dropped. The caller keeps its own fd. Every fd received from a proxy is closed at once.
@@ -25,6 +29,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pyztunnel.aio import cancel_and_wait, spawn
+from pyztunnel.localsock import check_same_uid, listen_unix, peer_cred
 from pyztunnel.protocols import zds
 from pyztunnel.unixfd import close_fds, recv_with_fds, sendmsg_fds
 
@@ -46,6 +51,7 @@ class _Conn:
     sock: socket.socket
     machine: zds.ServerConnection
     fds: deque[int]  # dup()ed netns fds of queued Adds, in send order (the machine sends FIFO)
+    workloads: set[str]  # uids this connection was given (snapshot Add/Keep, later Adds) and not deleted
     since: float = dataclasses.field(default_factory=time.time)
     timer: asyncio.TimerHandle | None = None
     reader: asyncio.Task[None] | None = None
@@ -65,26 +71,18 @@ class ZdsServer:
         self._conns: dict[int, _Conn] = {}  # insertion order = connection order; the last is the newest
         self._ids = itertools.count(1)
         self._waiters: set[asyncio.Future[None]] = set()  # woken when a connection opens, syncs or closes
+        self._closing = False
 
     # ---------------------------------------------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()  # a stale socket of a previous agent (istio-cni does the same)
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-        try:
-            listener.bind(str(self.path))
-            listener.listen(16)
-            listener.setblocking(False)
-        except OSError:
-            listener.close()
-            raise
-        self._listener = listener
+        # A stale socket of a previous agent is replaced (istio-cni does the same).
+        self._listener = listen_unix(self.path, socket.SOCK_SEQPACKET)
         self._accept_task = spawn(self._accept_loop(), name="zds-accept")
         log.info("zds server listening", extra={"fields": {"path": str(self.path)}})
 
     async def close(self) -> None:
+        self._closing = True
         if self._accept_task is not None:
             await cancel_and_wait(self._accept_task)
             self._accept_task = None
@@ -103,6 +101,16 @@ class ZdsServer:
         loop = asyncio.get_running_loop()
         while True:
             sock, _ = await loop.sock_accept(self._listener)
+            try:
+                cred = peer_cred(sock)
+            except OSError as exc:
+                log.warning("refusing ztunnel connection", extra={"fields": {"reason": f"no peer credentials: {exc}"}})
+                sock.close()
+                continue
+            if (refused := check_same_uid(cred)) is not None:
+                log.warning("refusing ztunnel connection", extra={"fields": {"reason": refused, **cred.fields()}})
+                sock.close()
+                continue
             sock.setblocking(False)
             self._open(sock)
 
@@ -116,7 +124,7 @@ class ZdsServer:
                 requests.append(request)
             else:
                 requests.append(zds.KeepWorkload(request.uid))  # no netns fd: istio-cni sends Keep
-        conn = _Conn(next(self._ids), sock, zds.ServerConnection(requests), fds)
+        conn = _Conn(next(self._ids), sock, zds.ServerConnection(requests), fds, {r.uid for r in requests})
         self._conns[conn.id] = conn
         log.info("ztunnel connected", extra={"fields": {"conn": conn.id, "snapshot": len(requests)}})
         self._arm(conn)  # the hello deadline
@@ -142,9 +150,15 @@ class ZdsServer:
         if conn is None:
             raise NoConnection()
         done: asyncio.Future[zds.Ack] = asyncio.get_running_loop().create_future()
-        conn.fds.append(os.dup(netns_fd))
-        self._apply(conn, conn.machine.enqueue(request, token=done))
+        self._enqueue_add(conn, request, netns_fd, done)
         return await done
+
+    def _enqueue_add(self, conn: _Conn, request: zds.AddWorkload, netns_fd: int, token: object) -> None:
+        # `conn` is live: a connection leaves `_conns` in the same step as its machine closes and its queued dups are
+        # closed, so the dup queued here is either sent (and closed) or closed with the connection.
+        conn.fds.append(os.dup(netns_fd))
+        conn.workloads.add(request.uid)
+        self._apply(conn, conn.machine.enqueue(request, token=token))
 
     async def delete(self, uid: str) -> list[zds.Ack]:
         """Broadcast a Del to every connection; return their Acks."""
@@ -152,6 +166,7 @@ class ZdsServer:
         for conn in list(self._conns.values()):
             done: asyncio.Future[zds.Ack] = asyncio.get_running_loop().create_future()
             futures.append(done)
+            conn.workloads.discard(uid)
             self._apply(conn, conn.machine.enqueue(zds.DelWorkload(uid), token=done))
         return list(await asyncio.gather(*futures))
 
@@ -252,12 +267,38 @@ class ZdsServer:
             log.warning("dropping ztunnel connection", extra={"fields": {"conn": conn.id, "reason": reason}})
         if conn.reader is not None and conn.reader is not asyncio.current_task():
             conn.reader.cancel()
+        if not self._closing:
+            self._hand_on(conn)
         self._notify()
+
+    def _hand_on(self, gone: _Conn) -> None:
+        """Send the workloads only `gone` had to the newest remaining connection (with a fresh dup of the agent's
+        netns fd: the pod set is asked again, so a pod deleted meanwhile is not sent)."""
+        newest = self._newest()
+        if newest is None:
+            return  # the next proxy to connect gets every pod in its snapshot
+        orphans = gone.workloads.difference(*(c.workloads for c in self._conns.values()))
+        if not orphans:
+            return
+        for request, fd in self._snapshot():
+            if request.uid not in orphans or not isinstance(request, zds.AddWorkload) or fd is None:
+                continue
+            log.info(
+                "sending workload to the remaining ztunnel",
+                extra={"fields": {"uid": request.uid, "conn": newest.id, "left": gone.id}},
+            )
+            try:
+                self._enqueue_add(newest, request, fd, _RESENT)
+            except OSError as exc:  # the agent's fd went meanwhile (the pod is being deleted) or no fd is left
+                log.warning("cannot send workload again", extra={"fields": {"uid": request.uid, "error": str(exc)}})
 
     def _notify(self) -> None:
         for waiter in self._waiters:
             if not waiter.done():
                 waiter.set_result(None)
+
+
+_RESENT = object()  # the token of a re-sent Add: nobody awaits it; its NACK is logged like any other
 
 
 def _describe(request: zds.Request) -> str:

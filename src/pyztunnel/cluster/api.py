@@ -8,8 +8,7 @@ overruns its grace period plus the controller's bounds).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +17,7 @@ from pydantic import ValidationError
 
 from pyztunnel.cluster.controller import TerminationStuck
 from pyztunnel.cluster.spec import ProxySpec
+from pyztunnel.localsock import listen_unix
 
 if TYPE_CHECKING:
     from pyztunnel.cluster.controller import Controller, Node, Pod
@@ -181,9 +181,7 @@ def make_app(ctl: Controller) -> web.Application:
 
 
 async def serve(ctl: Controller, path: Path) -> web.AppRunner:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
     runner = web.AppRunner(make_app(ctl), access_log=None)
     await runner.setup()
-    await web.UnixSite(runner, str(path)).start()
+    await web.SockSite(runner, listen_unix(path, socket.SOCK_STREAM, backlog=128)).start()
     return runner
