@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import socket
 import time
@@ -15,10 +16,12 @@ import pytest
 from pyztunnel.aio import cancel_and_wait
 from pyztunnel.lifecycle import handoff, handoff_io
 from pyztunnel.lifecycle.handoff import ListenerKey, PodRequest
+from pyztunnel.lifecycle.peerauth import Handshake
 from pyztunnel.lifecycle.testing import Hammer, TaggedListeners, accept_queue_length, reuseport_listener
 from pyztunnel.netns import netns_inode
 from tests.conftest import require
-from tests.integration.handoff_support import old_instance
+from tests.integration.handoff_support import hello_and_request, old_instance
+from tests.integration.other_uid import send_as_nobody, traversable_dir
 
 SELF = netns_inode("/proc/self/ns/net")
 
@@ -121,12 +124,6 @@ async def fake_peer(path: Path, script: Script) -> AsyncIterator[None]:
         srv.close()
 
 
-async def hello_and_request(conn: socket.socket) -> None:
-    await handoff_io.recv_msg(conn)
-    await handoff_io.send_msg(conn, handoff.hello())
-    await handoff_io.recv_msg(conn)
-
-
 def listeners_header(*keys: tuple[str, int]) -> bytes:
     return handoff.encode({"type": "listeners", "listeners": [{"uid": u, "port": p} for u, p in keys]})
 
@@ -176,6 +173,8 @@ async def test_lying_peer_every_bad_fd_is_rejected_and_closed(tmp_path: Path, ca
         async with fake_peer(tmp_path / "handoff.sock", script):
             adoption = await handoff_io.adopt(tmp_path / "handoff.sock", pods)
             assert await adoption.confirm()
+            assert adoption.leased  # the connection stays open as the lease ...
+            adoption.close()  # ... until we give the listeners back
         assert list(adoption.sockets) == [ListenerKey("pod-a", gp)]
         assert adoption.sockets[ListenerKey("pod-a", gp)].getsockname() == good.getsockname()
         reasons = {k.port if k.uid == "pod-a" else "b": v for k, v in adoption.to_bind.items()}
@@ -283,7 +282,7 @@ async def test_real_server_refuses_another_version(tmp_path: Path) -> None:
     conn.setblocking(False)
     try:
         await asyncio.get_running_loop().sock_connect(conn, str(tmp_path / "handoff.sock"))
-        await handoff_io.send_msg(conn, handoff.encode({"type": "hello", "version": 2}))
+        await handoff_io.send_msg(conn, handoff.encode({"type": "hello", "version": 1}))  # v1: no proof
         data, fds = await asyncio.wait_for(handoff_io.recv_msg(conn), 5)
         assert handoff.decode(data)["type"] == "error" and fds == []
     finally:
@@ -334,3 +333,62 @@ async def test_a_paused_listener_strands_its_share_of_new_connections() -> None:
             c.close()
         paused.close()
         await new.close()
+
+
+# Who may take listeners, and what happens when the taker dies -----------------------------------------------------------
+
+
+async def test_a_peer_without_the_nodes_key_gets_no_listener(tmp_path: Path) -> None:
+    path = tmp_path / "handoff.sock"
+    async with old_instance(path) as old:
+        adoption = await handoff_io.adopt(path, old.requests(), key=bytes(32))
+        assert adoption.sockets == {}
+        assert all("did not prove" in reason for reason in adoption.to_bind.values())
+        # A forger that skips checking the old one and answers with a proof of its own gets an error, no fd.
+        conn = await handoff_io.connect(path)
+        try:
+            forger = Handshake(bytes(32), "new")
+            await handoff_io.send_msg(conn, handoff.hello(forger))
+            data, _ = await handoff_io.recv_msg(conn)
+            forger.peer_nonce = handoff.decode(data)["nonce"]
+            pods = [{"uid": uid, "netns": list(SELF), "ports": ports} for uid, ports in old.pods.items()]
+            await handoff_io.send_msg(conn, handoff.encode({"type": "request", "pods": pods, **forger.proof_field()}))
+            data, fds = await asyncio.wait_for(handoff_io.recv_msg(conn), 5)
+            assert handoff.decode(data)["type"] == "error" and fds == []
+        finally:
+            conn.close()
+
+
+async def test_a_peer_of_another_uid_is_refused(tmp_path: Path) -> None:
+    with traversable_dir() as where:
+        path = where / "handoff.sock"
+        service = await handoff_io.serve(path, TaggedListeners(b"old\n", SELF))
+        try:
+            hello = handoff.hello(Handshake(bytes(32), "new"))
+            assert await send_as_nobody(path, socket.SOCK_SEQPACKET, hello) == "denied"  # mode 0600
+            path.chmod(0o666)  # past the file mode, to reach the peer check behind it
+            assert await send_as_nobody(path, socket.SOCK_SEQPACKET, hello) == "eof"
+        finally:
+            await service.close()
+
+
+async def test_listeners_released_to_a_taker_that_dies_are_accepted_on_again(tmp_path: Path) -> None:
+    """The lease: kill -9 of the new instance after it confirmed (the old one had stopped accepting) must not leave the
+    pod's listeners unanswered while the old one still runs and reports ready."""
+    path = tmp_path / "handoff.sock"
+    async with old_instance(path, pods=1) as old:
+        wanted = tmp_path / "pods.json"
+        wanted.write_text(json.dumps(old.described))
+        async with old_instance(tmp_path / "handoff.sock", adopt=wanted, tag="new") as new:
+            assert (await old.event("released"))["listeners"] == 3
+            port = old.pods["pod-0"][0]
+            assert await asyncio.to_thread(answer, port) == "new"  # only the new one accepts now
+            new.proc.kill()
+            await new.proc.wait()
+            assert (await old.event("reclaimed"))["listeners"] == 3
+            assert await asyncio.to_thread(answer, port) == "old"
+
+
+def answer(port: int) -> str:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        return conn.recv(16).decode().strip()

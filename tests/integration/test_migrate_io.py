@@ -17,16 +17,19 @@ from pyztunnel.lifecycle.migrate_io import Exportable, Exported, GiveService
 
 NS: Netns = (1, 2)
 ENDS = Ends(("127.0.0.1", 1), ("127.0.0.1", 2))
+KEY = bytes(range(32))
 
 
 class FakeRelay:
     def __init__(self, movable: bool = True) -> None:
         self.movable = movable
         self.state = "running"
+        self.prepared = 0  # how often it was paused (an HBONE stream: stopped with its peer) for a move
 
     async def prepare(self, within: float) -> Exported | None:
         if not self.movable:
             return None
+        self.prepared += 1
         self.state = "paused"
         r, w = os.pipe()  # any fds do for the giver; the taker here does not validate
         return Exported("pod-a", "outbound-passthrough", ENDS, ENDS, 1.0, {}, r, w)
@@ -54,11 +57,11 @@ class Source:
 
 async def register(service: GiveService) -> tuple[socket.socket, asyncio.Task[None]]:
     """A taker registered with `service`; the old side's socket is closed when its exchange ends (as the handoff
-    service does)."""
+    service does). At the drain it is pinged first: `answer_ping`."""
     old, new = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     old.setblocking(False)
     new.setblocking(False)
-    taker = migrate.Taker({"pod-a": NS})
+    taker = migrate.Taker({"pod-a": NS}, KEY)
     await send_msg(new, taker.start())
     first, _ = await recv_msg(old, max_fds=1)
     task = spawn(service.handle(old, first), "handle")
@@ -71,12 +74,19 @@ async def register(service: GiveService) -> tuple[socket.socket, asyncio.Task[No
     return new, task
 
 
+async def answer_ping(new: socket.socket) -> None:
+    data, _ = await asyncio.wait_for(recv_msg(new), 5)
+    assert handoff.decode(data) == {"type": "ping"}
+    await send_msg(new, handoff.encode({"type": "pong"}))
+
+
 async def test_taken_relays_are_released_and_the_rest_resume() -> None:
     relays = [FakeRelay(), FakeRelay(movable=False), FakeRelay()]
-    service = GiveService(Source(relays))
+    service = GiveService(Source(relays), KEY)
     new, task = await register(service)
     try:
         migrating = spawn(service.migrate(), "migrate")
+        await answer_ping(new)
         data, fds = await asyncio.wait_for(recv_msg(new), 5)
         msg = handoff.decode(data)
         assert len(fds) == 4 and [c["id"] for c in msg["connections"]] == [1, 2]
@@ -96,9 +106,10 @@ async def test_taken_relays_are_released_and_the_rest_resume() -> None:
 
 async def test_a_taker_that_vanishes_leaves_everything_running() -> None:
     relays = [FakeRelay() for _ in range(150)]  # two batches: the second is never offered
-    service = GiveService(Source(relays))
+    service = GiveService(Source(relays), KEY)
     new, task = await register(service)
     migrating = spawn(service.migrate(), "migrate")
+    await answer_ping(new)
     _, fds = await asyncio.wait_for(recv_msg(new), 5)
     assert len(fds) == 2 * migrate.MAX_CONNECTIONS_PER_MESSAGE
     for fd in fds:
@@ -113,10 +124,11 @@ async def test_a_taker_that_vanishes_leaves_everything_running() -> None:
 
 async def test_a_stalled_taker_gets_no_second_batch() -> None:
     relays = [FakeRelay() for _ in range(150)]
-    service = GiveService(Source(relays), answer_timeout=0.2)
+    service = GiveService(Source(relays), KEY, answer_timeout=0.2)
     new, task = await register(service)
     try:
         migrating = spawn(service.migrate(), "migrate")
+        await answer_ping(new)
         _, fds = await asyncio.wait_for(recv_msg(new), 5)
         for fd in fds:
             os.close(fd)
@@ -133,5 +145,51 @@ async def test_a_stalled_taker_gets_no_second_batch() -> None:
 
 async def test_no_taker_no_migration() -> None:
     relays = [FakeRelay()]
-    assert await GiveService(Source(relays)).migrate() == 0
+    assert await GiveService(Source(relays), KEY).migrate() == 0
     assert relays[0].state == "running"
+
+
+async def test_a_taker_that_dies_before_the_drain_is_noticed_and_nothing_is_paused() -> None:
+    relays = [FakeRelay() for _ in range(3)]
+    service = GiveService(Source(relays), KEY)
+    new, task = await register(service)
+    new.close()  # kill -9 of the new instance between its registration and our drain
+    await asyncio.wait_for(task, 5)  # noticed at once: its registration ended
+    assert await service.migrate() == 0
+    assert [r.prepared for r in relays] == [0, 0, 0] and {r.state for r in relays} == {"running"}
+    await service.close()
+
+
+async def test_a_taker_that_does_not_answer_the_ping_gets_nothing_and_nothing_is_paused() -> None:
+    relays = [FakeRelay() for _ in range(3)]
+    service = GiveService(Source(relays), KEY, answer_timeout=0.2)
+    new, task = await register(service)
+    try:
+        assert await asyncio.wait_for(service.migrate(), 5) == 0  # the ping goes unanswered (a stopped process)
+        assert [r.prepared for r in relays] == [0, 0, 0]
+        await asyncio.wait_for(task, 5)
+    finally:
+        new.close()
+        await service.close()
+
+
+async def test_the_newest_live_taker_gets_the_connections() -> None:
+    relays = [FakeRelay()]
+    service = GiveService(Source(relays), KEY)
+    older, older_task = await register(service)
+    newer, newer_task = await register(service)
+    try:
+        newer.close()  # the newest died (and was restarted as... nothing here): the older one is still there
+        await asyncio.wait_for(newer_task, 5)
+        migrating = spawn(service.migrate(), "migrate")
+        await answer_ping(older)
+        data, fds = await asyncio.wait_for(recv_msg(older), 5)
+        for fd in fds:
+            os.close(fd)
+        batch = handoff.decode(data)["batch"]
+        await send_msg(older, handoff.encode({"type": "taken", "batch": batch, "taken": [1], "refused": []}))
+        assert await asyncio.wait_for(migrating, 5) == 1 and relays[0].state == "released"
+        await asyncio.wait_for(older_task, 5)
+    finally:
+        older.close()
+        await service.close()

@@ -16,7 +16,7 @@ from pyztunnel.lifecycle import handoff, handoff_io
 from pyztunnel.lifecycle.handoff import ListenerKey, PodRequest
 from pyztunnel.lifecycle.testing import Hammer, TaggedListeners, poll
 from pyztunnel.netns import netns_inode, netns_path, run_in_netns, socket_in_netns
-from tests.integration.handoff_support import old_instance
+from tests.integration.handoff_support import hello_and_request, old_instance
 
 
 def ip(*args: str) -> None:
@@ -92,9 +92,7 @@ async def foreign_listener_peer(path: Path, sock: socket.socket, port: int) -> A
         conn, _ = await asyncio.get_running_loop().sock_accept(srv)
         with conn:
             conn.setblocking(False)
-            await handoff_io.recv_msg(conn)
-            await handoff_io.send_msg(conn, handoff.hello())
-            await handoff_io.recv_msg(conn)
+            await hello_and_request(conn)
             header = handoff.encode({"type": "listeners", "listeners": [{"uid": "pod-a", "port": port}]})
             await handoff_io.send_msg(conn, header, [sock.fileno()])
             await handoff_io.send_msg(conn, handoff.encode({"type": "done", "missing": []}))

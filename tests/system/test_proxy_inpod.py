@@ -165,6 +165,8 @@ async def test_inpod_capture_hbone_and_delete(tmp_path: Path) -> None:
 async def test_new_instance_adopts_the_old_listeners(tmp_path: Path) -> None:
     """Old and new proxy instances for one pod netns: the new one takes the old one's listening sockets over the
     handoff socket (same socket, same accept queue) and the old one stops accepting once the new one confirms."""
+    from pyztunnel.aio import poll_until
+    from pyztunnel.lifecycle import handoff_key
     from pyztunnel.lifecycle.handoff_io import HandoffService
     from pyztunnel.proxy.handoff import Adopter, PodSetListeners
 
@@ -180,7 +182,8 @@ async def test_new_instance_adopts_the_old_listeners(tmp_path: Path) -> None:
             info = zds.WorkloadInfo("client-1", "a", "client")
             assert await old.start("uid-a", info, os.dup(fd)) is None
             await service.start()
-            adopter = Adopter(tmp_path / "handoff.sock")
+            key = handoff_key.load_or_create(handoff_key.beside(tmp_path / "handoff.sock"))
+            adopter = Adopter(tmp_path / "handoff.sock", key)
             new_shared.listeners.adopter = adopter
             assert await new.start("uid-a", info, os.dup(fd)) is None
             assert adopter.adopted == 3
@@ -192,6 +195,9 @@ async def test_new_instance_adopts_the_old_listeners(tmp_path: Path) -> None:
             old_acceptors = old.pods["uid-a"].acceptors
             assert not any(acc.accepting for acc in old_acceptors), "old instance stopped accepting"
             assert all(acc.accepting for acc in new.pods["uid-a"].acceptors)
+            # The new instance goes away (its leases end, as they do when it dies): the old one accepts again.
+            adopter.end_leases()
+            assert await poll_until(lambda: all(acc.accepting for acc in old_acceptors), 10)
         finally:
             await service.close()
             await new.close()

@@ -8,8 +8,11 @@ from typing import Any
 import pytest
 
 from pyztunnel.lifecycle import migrate
-from pyztunnel.lifecycle.handoff import decode, encode
+from pyztunnel.lifecycle.handoff import ProtocolError, decode, encode
 from pyztunnel.lifecycle.migrate import ConnFacts, ConnHeader, Ends, Giver, Taker
+from pyztunnel.lifecycle.peerauth import Handshake
+
+NODE_KEY = bytes(range(32))
 
 NS: tuple[int, int] = (3, 4026531840)
 OTHER_NS: tuple[int, int] = (3, 4026532000)
@@ -46,14 +49,13 @@ def header(ident: int = 1, uid: str = "pod-a", **over: Any) -> ConnHeader:
 
 
 def registered_pair(taker_pods: dict[str, tuple[int, int]] | None = None) -> tuple[Giver, Taker]:
-    giver, taker = Giver(), Taker(taker_pods or {"pod-a": NS})
+    giver, taker = Giver(NODE_KEY), Taker(taker_pods or {"pod-a": NS}, NODE_KEY)
     serves = {"pod-a": NS, "pod-b": NS}
     reply = giver.receive(taker.start(), serves)
     step = taker.receive(reply.send[0], [])
-    assert decode(step.send[0]) == {
-        "type": "take",
-        "pods": [{"uid": u, "netns": list(n)} for u, n in taker.pods.items()],
-    }
+    take = decode(step.send[0])
+    assert take.pop("proof")
+    assert take == {"type": "take", "pods": [{"uid": u, "netns": list(n)} for u, n in taker.pods.items()]}
     reply = giver.receive(step.send[0], serves)
     assert reply.registered is not None
     assert taker.receive(reply.send[0], []).registered == sorted(reply.registered)
@@ -189,16 +191,38 @@ def test_commit_of_ids_not_held_resumes_nothing_extra() -> None:
 
 
 def test_versions_and_phases_must_match() -> None:
-    giver = Giver()
-    step = giver.receive(encode({"type": "hello", "version": 2, "phase": "connections"}), {})
+    giver = Giver(NODE_KEY)
+    step = giver.receive(encode({"type": "hello", "version": 1, "phase": "connections"}), {})
     assert step.close and decode(step.send[0])["type"] == "error"
-    taker = Taker({"pod-a": NS})
+    taker = Taker({"pod-a": NS}, NODE_KEY)
     taker.start()
     # An old instance that only knows the listener handoff answers with its own hello, without the phase.
-    step_t = taker.receive(encode({"type": "hello", "version": 1}), [])
-    assert step_t.finished and "peer speaks None version 1" in taker.reasons[-1]
-    assert migrate.is_connections_hello(decode(migrate.hello()))
-    assert not migrate.is_connections_hello({"type": "hello", "version": 1})
+    step_t = taker.receive(encode({"type": "hello", "version": 2}), [])
+    assert step_t.finished and "peer speaks None version 2" in taker.reasons[-1]
+    assert migrate.is_connections_hello(decode(migrate.hello(Handshake(NODE_KEY, "new"))))
+    assert not migrate.is_connections_hello({"type": "hello", "version": 2})
+
+
+def test_a_taker_without_the_nodes_key_is_not_registered() -> None:
+    giver, impostor = Giver(NODE_KEY), Taker({"pod-a": NS}, bytes(32))
+    reply = giver.receive(impostor.start(), {"pod-a": NS})
+    assert impostor.receive(reply.send[0], []).finished  # the genuine old one is not believed either (other key)
+    forged = Handshake(bytes(32), "new")
+    forged.peer_nonce = decode(reply.send[0])["nonce"]
+    step = giver.receive(
+        encode({"type": "take", "pods": [{"uid": "pod-a", "netns": list(NS)}], **forged.proof_field()}), {"pod-a": NS}
+    )
+    assert step.close and step.registered is None and giver.pods == {}
+    assert "did not prove" in decode(step.send[0])["reason"]
+
+
+def test_a_registered_taker_answers_a_ping_and_nothing_else_is_a_pong() -> None:
+    giver, taker = registered_pair()
+    step = taker.receive(giver.ping(), [])
+    giver.pong(step.send[0])
+    assert taker.state == "waiting" and giver.state == "registered"  # a batch may follow
+    with pytest.raises(ProtocolError):
+        giver.pong(encode({"type": "taken", "batch": 1, "taken": []}))
 
 
 def test_at_most_100_connections_per_message() -> None:

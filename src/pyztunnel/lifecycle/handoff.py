@@ -3,13 +3,22 @@
 Transport (handoff_io.py): a unix SOCK_SEQPACKET socket (`handoff.sock` in the node's run dir); one message is one
 record holding a JSON header and, for `listeners`, up to 200 fds as SCM_RIGHTS (the kernel's limit is 253).
 
-    new → old  {"type": "hello", "version": 1}
-    old → new  {"type": "hello", "version": 1}              (or {"type": "error", "reason"} and close)
-    new → old  {"type": "request", "pods": [{"uid", "netns": [st_dev, st_ino], "ports": [15001, …]}]}
+    new → old  {"type": "hello", "version": 2, "nonce"}
+    old → new  {"type": "hello", "version": 2, "nonce", "proof"}    (or {"type": "error", "reason"} and close)
+    new → old  {"type": "request", "pods": [{"uid", "netns": [st_dev, st_ino], "ports": [15001, …]}], "proof"}
     old → new  {"type": "listeners", "listeners": [{"uid", "port"}, …]}  + one fd per entry, in order; repeated
     old → new  {"type": "done", "missing": [{"uid", "reason"}]}
     new → old  {"type": "adopted", "listeners": [{"uid", "port"}, …]}   once it accepts on them
     old → new  {"type": "released"}                          the old one no longer accepts on them
+           … the connection stays open: it is the lease of the released listeners …
+
+Both ends prove they hold the node's handoff key before anything is offered (`nonce`, `proof`: peerauth.py); the
+shell has already checked the peer's uid (SO_PEERCRED). Version 1 had no proof: its peers are refused.
+
+**The lease.** A release holds only while the new instance lives: the connection stays open after `released`, and
+when it ends (the new instance exited, was killed, or broke the protocol) the old one accepts on those listeners
+again, unless it is draining itself (`HandoffServer.gone()` says which). Otherwise a new instance that died after
+`adopted` would leave the listeners un-accepted while the old one still reports ready.
 
 Why this is lossless: SCM_RIGHTS gives the new process a second descriptor of the *same* open file description, so
 both share one socket and one accept queue. Whoever calls accept() next gets the queued connection; nothing is
@@ -30,7 +39,9 @@ import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-VERSION = 1
+from pyztunnel.lifecycle.peerauth import AuthError, Handshake
+
+VERSION = 2
 MAX_FDS_PER_MESSAGE = 200
 MAX_MESSAGE_BYTES = 256 * 1024
 PROXY_PORTS = (15001, 15006, 15008)
@@ -72,8 +83,24 @@ def decode(data: bytes) -> dict[str, Any]:
     return msg
 
 
-def hello() -> bytes:
-    return encode({"type": "hello", "version": VERSION})
+def hello(auth: Handshake) -> bytes:
+    return encode({"type": "hello", "version": VERSION, **auth.hello_fields()})
+
+
+def authenticate_hello(auth: Handshake, msg: Mapping[str, Any]) -> None:
+    """The peer's hello: its nonce (and, from the old end, its proof). Raises ProtocolError."""
+    try:
+        auth.peer_hello(msg)
+    except AuthError as exc:
+        raise ProtocolError(str(exc)) from None
+
+
+def authenticate_proof(auth: Handshake, msg: Mapping[str, Any]) -> None:
+    """The new end's first message after the hellos carries its proof. Raises ProtocolError."""
+    try:
+        auth.peer_proof(msg)
+    except AuthError as exc:
+        raise ProtocolError(str(exc)) from None
 
 
 def _keys(items: Any) -> list[ListenerKey]:
@@ -158,8 +185,9 @@ class ClientStep:
 class HandoffClient:
     """The new instance's side: asks for the listeners of `pods`, decides on every fd, and knows what to bind itself."""
 
-    def __init__(self, pods: Sequence[PodRequest]) -> None:
+    def __init__(self, pods: Sequence[PodRequest], key: bytes) -> None:
         self.pods = {p.uid: p for p in pods}
+        self.auth = Handshake(key, "new")
         self.state = ClientState.HELLO
         self.adopted: set[ListenerKey] = set()
         self.reasons: dict[ListenerKey, str] = {}
@@ -169,7 +197,7 @@ class HandoffClient:
         return sorted(ListenerKey(p.uid, port) for p in self.pods.values() for port in p.ports)
 
     def start(self) -> bytes:
-        return hello()
+        return hello(self.auth)
 
     def receive(self, data: bytes, facts: Sequence[SocketFacts]) -> ClientStep:
         """One message from the old instance with the facts of the fds that came with it."""
@@ -196,9 +224,10 @@ class HandoffClient:
                 raise ProtocolError(f"peer speaks version {msg.get('version')}, we speak {VERSION}")
             if facts:
                 raise ProtocolError("fds with hello")
+            authenticate_hello(self.auth, msg)
             self.state = ClientState.LISTENERS
             pods = [{"uid": p.uid, "netns": list(p.netns), "ports": list(p.ports)} for p in self.pods.values()]
-            step.send.append(encode({"type": "request", "pods": pods}))
+            step.send.append(encode({"type": "request", "pods": pods, **self.auth.proof_field()}))
             return
         if self.state is ClientState.LISTENERS:
             if kind == "listeners":
@@ -275,18 +304,23 @@ class Owned:
 class ServerStep:
     send: list[tuple[bytes, list[ListenerKey]]] = dataclasses.field(default_factory=list)  # header + fds to attach
     released: list[ListenerKey] = dataclasses.field(default_factory=list)  # the new one accepts on these now
+    reclaim: list[ListenerKey] = dataclasses.field(default_factory=list)  # the lease broke: accept on these again
     close: bool = False
 
 
 class HandoffServer:
     """The old instance's side of one handoff connection. `inventory()` says what it serves right now."""
 
-    def __init__(self, inventory: Callable[[], Mapping[str, Owned]], batch: int = MAX_FDS_PER_MESSAGE) -> None:
+    def __init__(
+        self, inventory: Callable[[], Mapping[str, Owned]], key: bytes, batch: int = MAX_FDS_PER_MESSAGE
+    ) -> None:
         if not 1 <= batch <= MAX_FDS_PER_MESSAGE:
             raise ValueError(f"batch must be 1..{MAX_FDS_PER_MESSAGE}")
         self._inventory = inventory
+        self._auth = Handshake(key, "old")
         self._batch = batch
         self._offered: set[ListenerKey] = set()
+        self._released: list[ListenerKey] = []
         self._state = "hello"
 
     @property
@@ -305,23 +339,39 @@ class HandoffServer:
                     step.send.append((encode({"type": "error", "reason": reason}), []))
                     step.close = True
                     return step
+                authenticate_hello(self._auth, msg)
                 self._state = "request"
-                step.send.append((hello(), []))
+                step.send.append((hello(self._auth), []))
             elif self._state == "request" and kind == "request":
+                authenticate_proof(self._auth, msg)  # before anything is offered
                 self._offer(msg, step)
                 self._state = "adopted"
             elif self._state == "adopted" and kind == "adopted":
                 # Only what we actually handed over can be released: a confused peer cannot stop other listeners.
                 step.released = sorted(set(_keys(msg.get("listeners"))) & self._offered)
+                self._released = list(step.released)
                 step.send.append((encode({"type": "released"}), []))
-                step.close = True
+                self._state = "leased"
             else:
                 raise ProtocolError(f"unexpected {kind} in state {self._state}")
         except ProtocolError as exc:
             step.send = [(encode({"type": "error", "reason": str(exc)}), [])]
             step.released = []
+            step.reclaim = self.gone()
             step.close = True
         return step
+
+    @property
+    def leased(self) -> list[ListenerKey]:
+        """What the new instance accepts on while this connection lives."""
+        return list(self._released) if self._state == "leased" else []
+
+    def gone(self) -> list[ListenerKey]:
+        """The connection ended (or broke the protocol): the released listeners to accept on again, once."""
+        reclaim = self.leased
+        self._released = []
+        self._state = "closed"
+        return reclaim
 
     def _offer(self, msg: dict[str, Any], step: ServerStep) -> None:
         pods = msg.get("pods")

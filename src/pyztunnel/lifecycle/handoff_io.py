@@ -3,7 +3,11 @@
 Old instance: `serve(path, source)` listens on the node's `handoff.sock` and hands over the listeners `source`
 names. New instance: `adopt(path, pods, within=…)` takes them, validates every fd (`probe` + `handoff.validate`),
 closes and logs what it rejects, and returns the adopted sockets plus the listeners it must bind itself, with why.
-Once it accepts on the adopted sockets it calls `Adoption.confirm()`; the old one then stops accepting on them.
+Once it accepts on the adopted sockets it calls `Adoption.confirm()`; the old one then stops accepting on them, for as
+long as the connection (the lease) lives: `Adoption.close()` (or the new instance's death) gives them back.
+
+Who may connect: the socket is 0600, a peer of another uid is refused (SO_PEERCRED, both ways), and both ends prove
+they hold the node's handoff key (`key`, default the file beside the socket: handoff_key.py) before anything moves.
 
 SCM_RIGHTS through `pyztunnel.unixfd` (shared with ZDS).
 """
@@ -24,8 +28,9 @@ from typing import Protocol
 
 from pyztunnel import unixfd
 from pyztunnel.aio import cancel_and_wait, spawn
-from pyztunnel.lifecycle import handoff
+from pyztunnel.lifecycle import handoff, handoff_key
 from pyztunnel.lifecycle.handoff import ListenerKey, Netns, Owned, PodRequest, SocketFacts
+from pyztunnel.localsock import check_same_uid, listen_unix, peer_cred
 
 _log = logging.getLogger("pyztunnel.lifecycle.handoff")
 
@@ -62,6 +67,37 @@ async def recv_msg(sock: socket.socket, max_fds: int = handoff.MAX_FDS_PER_MESSA
     if not data and not fds:
         raise PeerGone("handoff peer closed the connection")
     return data, fds
+
+
+def node_key(path: Path, key: bytes | None) -> bytes:
+    """`key`, or the node's key file beside the handoff socket `path` (created by the first instance)."""
+    return key if key is not None else handoff_key.load_or_create(handoff_key.beside(path))
+
+
+def refuse_peer(conn: socket.socket) -> str | None:
+    """Why the process at the other end of `conn` gets nothing (another uid), or None."""
+    try:
+        return check_same_uid(peer_cred(conn))
+    except OSError as exc:
+        return f"no peer credentials: {exc.strerror}"
+
+
+async def connect(path: Path) -> socket.socket:
+    """A connection to the instance serving `path`, whose uid has been checked (raises PeerRefused, OSError)."""
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    conn.setblocking(False)
+    try:
+        await asyncio.get_running_loop().sock_connect(conn, str(path))
+        if (refused := refuse_peer(conn)) is not None:
+            raise PeerRefused(f"handoff peer refused: {refused}")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+class PeerRefused(ConnectionError):
+    pass
 
 
 # Probing a received fd ------------------------------------------------------------------------------------------------
@@ -121,10 +157,16 @@ class Adoption:
     to_bind: dict[ListenerKey, str]
     _conn: socket.socket | None = None
     _client: handoff.HandoffClient | None = None
+    _confirmed: bool = False
 
     def take(self, uid: str, port: int) -> socket.socket | None:
         """The adopted listener for (pod, port), once; None means bind your own (the proxy's `adopt` hook)."""
         return self.sockets.pop(ListenerKey(uid, port), None)
+
+    @property
+    def leased(self) -> bool:
+        """The old instance has released our listeners to us, for as long as this connection lives."""
+        return self._conn is not None and self._confirmed
 
     def close_unused(self) -> int:
         """Close adopted listeners nobody took (a pod deleted meanwhile). Only our duplicate goes: harmless."""
@@ -141,9 +183,9 @@ class Adoption:
         return out
 
     async def confirm(self, keys: Sequence[ListenerKey] | None = None, within: float = DEFAULT_TIMEOUT) -> bool:
-        """Tell the old instance we accept on these (default: all adopted); it stops accepting on them. Never fails
-        the caller: with the peer gone, both accepting on the shared socket is harmless, and the old one's drain
-        stops it anyway."""
+        """Tell the old instance we accept on these (default: all adopted); it stops accepting on them until the
+        connection, kept open as the lease, closes (`close()`, or our exit). Never fails the caller: with the peer
+        gone, both accepting on the shared socket is harmless, and the old one's drain stops it anyway."""
         if self._conn is None or self._client is None:
             return False
         chosen = sorted(self._client.adopted) if keys is None else list(keys)
@@ -157,7 +199,10 @@ class Adoption:
         except (TimeoutError, OSError, handoff.ProtocolError) as exc:
             _log.warning("handoff peer did not confirm release", extra={"fields": {"error": str(exc) or "timeout"}})
             ok = False
-        self.close()
+        if ok:
+            self._confirmed = True
+        else:
+            self.close()
         return ok
 
     def close(self) -> None:
@@ -166,18 +211,18 @@ class Adoption:
             self._conn = None
 
 
-async def adopt(path: Path, pods: Sequence[PodRequest], within: float = DEFAULT_TIMEOUT) -> Adoption:
+async def adopt(
+    path: Path, pods: Sequence[PodRequest], within: float = DEFAULT_TIMEOUT, key: bytes | None = None
+) -> Adoption:
     """Take over the listeners of `pods` from the instance serving `path`. Never raises for a bad or missing peer:
     whatever could not be adopted is in `to_bind`, with the reason, and is logged."""
-    client = handoff.HandoffClient(pods)
+    client = handoff.HandoffClient(pods, node_key(path, key))
     sockets: dict[ListenerKey, socket.socket] = {}
-    conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-    conn.setblocking(False)
-    loop = asyncio.get_running_loop()
+    conn: socket.socket | None = None
     try:
         async with asyncio.timeout(within):
             try:
-                await loop.sock_connect(conn, str(path))
+                conn = await connect(path)
             except (FileNotFoundError, ConnectionRefusedError) as exc:
                 client.fail(f"no handoff peer at {path} ({exc.strerror})")
                 raise _NoPeer from None
@@ -186,10 +231,10 @@ async def adopt(path: Path, pods: Sequence[PodRequest], within: float = DEFAULT_
                 data, fds = await recv_msg(conn)
                 probed = [probe(fd) for fd in fds]
                 step = client.receive(data, [facts for _, facts in probed])
-                for index, key in step.keep:
+                for index, listener in step.keep:
                     sock = probed[index][0]
                     assert sock is not None  # validate() rejects anything probe could not wrap
-                    sockets[key] = sock
+                    sockets[listener] = sock
                 for index, reason in step.reject:
                     sock, _ = probed[index]
                     _log.warning("rejected a handed-off fd", extra={"fields": {"reason": reason}})
@@ -201,16 +246,18 @@ async def adopt(path: Path, pods: Sequence[PodRequest], within: float = DEFAULT_
                 for out in step.send:
                     await send_msg(conn, out)
     except _NoPeer:
-        conn.close()
         _log.info("no handoff peer, binding every listener", extra={"fields": {"path": str(path)}})
         return Adoption(sockets, client.to_bind())
     except TimeoutError:
         client.fail(f"handoff peer too slow (nothing complete within {within:g}s)")
+    except PeerRefused as exc:
+        client.fail(str(exc))
     except (OSError, handoff.ProtocolError) as exc:
         client.fail(f"handoff peer went away: {exc}")
-    result = Adoption(sockets, client.to_bind(), conn if client.adopted else None, client)
-    if result._conn is None:
+    keep = conn if client.adopted else None
+    if conn is not None and keep is None:
         conn.close()
+    result = Adoption(sockets, client.to_bind(), keep, client)
     _report(result)
     return result
 
@@ -252,6 +299,10 @@ class ListenerSource(Protocol):
         """The new instance accepts on these: stop accepting on them (remove from the loop, then close if you like;
         never shutdown())."""
 
+    def handoff_reclaimed(self, keys: Sequence[ListenerKey]) -> None:
+        """The new instance that accepted on these is gone (its lease ended): accept on them again, unless draining
+        (or closed) by now."""
+
 
 class HandoffService:
     """The old instance's handoff server on a unix socket path."""
@@ -262,9 +313,11 @@ class HandoffService:
         source: ListenerSource,
         batch: int = handoff.MAX_FDS_PER_MESSAGE,
         connections: Callable[[socket.socket, bytes], Awaitable[None]] | None = None,
+        key: bytes | None = None,
     ) -> None:
         self.path = path
         self._source = source
+        self._key = node_key(path, key)
         self._batch = batch
         # The connections phase (lifecycle.migrate): a connection whose hello asks for it is served by this instead.
         self._connections = connections
@@ -272,25 +325,21 @@ class HandoffService:
         self._name_ino = 0
         self._accept_task: asyncio.Task[None] | None = None
         self._conns: set[asyncio.Task[None]] = set()
+        self._closing = False
 
     async def start(self) -> None:
         """Bind beside the path and rename over it, so a newer instance takes the name atomically (the previous
         instance's server keeps its own, now unnamed, socket)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-        sock.bind(str(tmp))
-        os.chmod(tmp, 0o600)
-        sock.listen(8)
-        sock.setblocking(False)
+        # A name of its own first (pid and random: two instances in two pid namespaces may share a pid).
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{os.urandom(4).hex()}")
+        sock = listen_unix(tmp, socket.SOCK_SEQPACKET, backlog=8)
         os.replace(tmp, self.path)
         self._listener = sock
         self._name_ino = os.stat(self.path).st_ino
         self._accept_task = spawn(self._accept_loop(sock), "handoff-accept")
 
     async def close(self) -> None:
+        self._closing = True  # our own shutdown ends the leases: nothing to accept on again
         tasks = [t for t in (self._accept_task, *self._conns) if t is not None]
         await cancel_and_wait(*tasks)
         if self._listener is not None:
@@ -305,6 +354,10 @@ class HandoffService:
         loop = asyncio.get_running_loop()
         while True:
             conn, _ = await loop.sock_accept(sock)
+            if (refused := refuse_peer(conn)) is not None:
+                _log.warning("refusing handoff connection", extra={"fields": {"reason": refused}})
+                conn.close()
+                continue
             task = spawn(self._serve(conn), "handoff-conn")
             self._conns.add(task)
             task.add_done_callback(self._conns.discard)
@@ -320,11 +373,12 @@ class HandoffService:
                     snapshot[ListenerKey(uid, port)] = lsock
             return out
 
-        machine = handoff.HandoffServer(inventory, self._batch)
+        machine = handoff.HandoffServer(inventory, self._key, self._batch)
         conn.setblocking(False)
         try:
             while True:
-                async with asyncio.timeout(SERVER_IDLE_TIMEOUT):
+                # A lease has no idle bound: it lasts as long as the new instance.
+                async with asyncio.timeout(None if machine.leased else SERVER_IDLE_TIMEOUT):
                     data, fds = await recv_msg(conn, max_fds=1)
                 for fd in fds:  # the new instance never sends fds; do not leak any it did
                     os.close(fd)
@@ -341,15 +395,30 @@ class HandoffService:
                     _log.info(
                         "released listeners to the new instance", extra={"fields": {"listeners": len(step.released)}}
                     )
+                if step.reclaim:
+                    self._reclaim(step.reclaim, "it broke the protocol")
                 if step.close:
                     return
-        except (TimeoutError, PeerGone, OSError) as exc:
+        except (TimeoutError, PeerGone, OSError, handoff.ProtocolError) as exc:
             _log.info("handoff connection ended", extra={"fields": {"reason": str(exc) or "idle timeout"}})
         finally:
             conn.close()
+            if reclaim := machine.gone():
+                self._reclaim(reclaim, "it went away")
+
+    def _reclaim(self, keys: Sequence[ListenerKey], why: str) -> None:
+        if self._closing:
+            return
+        _log.warning(
+            "the new instance that took listeners is gone; accepting on them again",
+            extra={"fields": {"listeners": len(keys), "reason": why}},
+        )
+        self._source.handoff_reclaimed(keys)
 
 
-async def serve(path: Path, source: ListenerSource, batch: int = handoff.MAX_FDS_PER_MESSAGE) -> HandoffService:
-    service = HandoffService(path, source, batch)
+async def serve(
+    path: Path, source: ListenerSource, batch: int = handoff.MAX_FDS_PER_MESSAGE, key: bytes | None = None
+) -> HandoffService:
+    service = HandoffService(path, source, batch, key=key)
     await service.start()
     return service

@@ -5,16 +5,23 @@ It is a second phase of the handoff socket (`handoff.sock`, one SOCK_SEQPACKET r
 new instance opens its own connection there and says which phase it wants. An old instance that does not know the
 phase answers `error` and the new one simply takes nothing (the old keeps today's behaviour).
 
-    new → old  {"type": "hello", "version": 1, "phase": "connections"}
-    old → new  {"type": "hello", "version": 1, "phase": "connections"}
-    new → old  {"type": "take", "pods": [{"uid", "netns": [st_dev, st_ino]}, …]}   I will take these pods' connections
+    new → old  {"type": "hello", "version": 2, "phase": "connections", "nonce"}
+    old → new  {"type": "hello", "version": 2, "phase": "connections", "nonce", "proof"}
+    new → old  {"type": "take", "pods": [{"uid", "netns": [st_dev, st_ino]}, …], "proof"}   I take these pods' connections
     old → new  {"type": "registered", "pods": [uid, …]}                           the ones it serves in that netns
-           … nothing until the old instance drains …
+           … nothing until the old instance drains; EOF here (the new one died) ends the registration …
+    old → new  {"type": "ping"}        at drain, before anything is paused or stopped: is the taker still there?
+    new → old  {"type": "pong"}        (none within the bound: nothing moves, nothing is stopped)
     old → new  {"type": "connections", "batch": n, "connections": [header, …]}   + its fds (down, up; an HBONE leg has none)
     new → old  {"type": "taken", "batch": n, "taken": [id, …], "refused": [{"id", "reason"}, …]}
     old → new  {"type": "commit", "batch": n, "ids": [id, …]}   the old released these (or "abort": it kept all)
            … more batches …
     old → new  {"type": "done"}
+
+Both ends prove they hold the node's handoff key (`nonce`, `proof`: peerauth.py) before anything is registered.
+The registration is also the new instance's link to its predecessor: it takes over the name `handoff.sock` only when
+this exchange ends (`done`, or EOF: the old one exited or died), so the name always leads to the instance that holds
+the listeners (docs/lifecycle.md, "Who holds the name").
 
 Ownership is decided by the old instance alone, which makes the exchange safe against a slow or lying peer. Before
 `commit` the old one still owns every connection of the batch: it holds its copies, the relay is only paused, and the
@@ -35,9 +42,19 @@ import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from pyztunnel.lifecycle.handoff import Netns, ProtocolError, check_inet_stream, check_netns, decode, encode
+from pyztunnel.lifecycle.handoff import (
+    Netns,
+    ProtocolError,
+    authenticate_hello,
+    authenticate_proof,
+    check_inet_stream,
+    check_netns,
+    decode,
+    encode,
+)
+from pyztunnel.lifecycle.peerauth import Handshake
 
-VERSION = 1
+VERSION = 2
 PHASE = "connections"
 MAX_CONNECTIONS_PER_MESSAGE = 100  # at most 2 fds each: 200, within the kernel's 253 per message
 KINDS = ("inbound-plaintext", "outbound-passthrough", "inbound-hbone", "outbound-hbone")
@@ -56,8 +73,8 @@ TCP_ESTABLISHED = 1
 Addr = tuple[str, int]
 
 
-def hello() -> bytes:
-    return encode({"type": "hello", "version": VERSION, "phase": PHASE})
+def hello(auth: Handshake) -> bytes:
+    return encode({"type": "hello", "version": VERSION, "phase": PHASE, **auth.hello_fields()})
 
 
 def is_connections_hello(msg: Mapping[str, Any]) -> bool:
@@ -199,15 +216,16 @@ class Taker:
     """The new instance's side: registers for `pods` (uid → netns), checks every received connection, and resumes
     only what the old one commits."""
 
-    def __init__(self, pods: Mapping[str, Netns]) -> None:
+    def __init__(self, pods: Mapping[str, Netns], key: bytes) -> None:
         self.pods = dict(pods)
+        self.auth = Handshake(key, "new")
         self.state = "hello"
         self._batch: int | None = None
         self._held: set[int] = set()
         self.reasons: dict[int, str] = {}  # refused header id → why (logged by the shell)
 
     def start(self) -> bytes:
-        return hello()
+        return hello(self.auth)
 
     def receive(self, data: bytes, facts: Sequence[ConnFacts]) -> TakerStep:
         step = TakerStep()
@@ -232,15 +250,18 @@ class Taker:
         if self.state == "hello" and kind == "hello":
             if msg.get("version") != VERSION or msg.get("phase") != PHASE:
                 raise ProtocolError(f"peer speaks {msg.get('phase')} version {msg.get('version')}")
+            authenticate_hello(self.auth, msg)
             self.state = "registering"
             pods = [{"uid": uid, "netns": list(netns)} for uid, netns in sorted(self.pods.items())]
-            step.send.append(encode({"type": "take", "pods": pods}))
+            step.send.append(encode({"type": "take", "pods": pods, **self.auth.proof_field()}))
         elif self.state == "registering" and kind == "registered":
             uids = msg.get("pods")
             if not isinstance(uids, list) or not all(isinstance(u, str) for u in uids):
                 raise ProtocolError("registered without a list of pods")
             step.registered = [u for u in uids if u in self.pods]
             self.state = "waiting"
+        elif self.state == "waiting" and kind == "ping":
+            step.send.append(encode({"type": "pong"}))
         elif self.state == "waiting" and kind == "connections":
             self._connections(msg, facts, step)
         elif self.state == "holding" and kind in ("commit", "abort"):
@@ -342,8 +363,9 @@ class Decision:
 class Giver:
     """The old instance's side of one connections-phase exchange. `serves` says which pods (uid → netns) it has."""
 
-    def __init__(self) -> None:
+    def __init__(self, key: bytes) -> None:
         self.state = "hello"
+        self.auth = Handshake(key, "old")
         self.pods: dict[str, Netns] = {}
         self._batch = 0
         self._offered: set[int] = set()
@@ -356,9 +378,11 @@ class Giver:
             if self.state == "hello" and kind == "hello":
                 if msg.get("version") != VERSION or msg.get("phase") != PHASE:
                     raise ProtocolError(f"{msg.get('phase')} version {msg.get('version')} not supported")
+                authenticate_hello(self.auth, msg)
                 self.state = "take"
-                step.send.append(hello())
+                step.send.append(hello(self.auth))
             elif self.state == "take" and kind == "take":
+                authenticate_proof(self.auth, msg)  # before the taker is registered for anything
                 self.pods = self._match(msg.get("pods"), serves)
                 step.registered = dict(self.pods)
                 step.send.append(encode({"type": "registered", "pods": sorted(self.pods)}))
@@ -385,6 +409,17 @@ class Giver:
             if ours is not None and isinstance(netns, list) and tuple(netns) == ours:
                 out[pod["uid"]] = ours
         return out
+
+    def ping(self) -> bytes:
+        if self.state != "registered":
+            raise ProtocolError(f"cannot ping in state {self.state}")
+        return encode({"type": "ping"})
+
+    def pong(self, data: bytes) -> None:
+        """The taker's answer to `ping`; raises ProtocolError for anything else."""
+        msg = decode(data)
+        if msg["type"] != "pong":
+            raise ProtocolError(f"expected pong, got {msg['type']}")
 
     def batch(self, headers: Iterable[ConnHeader]) -> bytes:
         """The `connections` message for these (their fds go with it: down, up, in order)."""

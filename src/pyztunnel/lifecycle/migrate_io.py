@@ -1,11 +1,16 @@
 """The asyncio shell of connection migration (protocol and reasoning in migrate.py, design in docs/migration.md).
 
 Old instance: `GiveService.handle(conn, first)` serves a connections-phase exchange arriving on the handoff socket
-(`handoff_io.HandoffService(connections=…)` routes it here); at drain, `GiveService.migrate()` pauses, exports and
-passes every eligible relay of the registered pods to the taker, in batches of ≤ 100 (two fds each), and releases
-only what the taker committed to. New instance: `take(path, sink)` registers with the old instance and, in the
-background, validates every received connection (`probe_conn` + `migrate.validate_leg`) and resumes the committed ones
-through `sink.adopt`.
+(`handoff_io.HandoffService(connections=…)` routes it here, after the peer's uid check); at drain,
+`GiveService.migrate()` pauses, exports and passes every eligible relay of the registered pods to the taker, in
+batches of ≤ 100 (two fds each), and releases only what the taker committed to. New instance: `take(path, sink)`
+registers with the old instance and, in the background, validates every received connection (`probe_conn` +
+`migrate.validate_leg`) and resumes the committed ones through `sink.adopt`; `Intake.done` is set when the old
+instance is finished with us (it sent `done`, or went away): the new instance then takes over the name.
+
+A registered taker is watched until the drain: its EOF (it died) ends its registration at once, so `migrate()` never
+picks a dead one; and before anything is paused or stopped, a ping must come back. Otherwise an HBONE stream would be
+stopped with its peer for a taker that cannot take it, and reset (docs/migration.md, "When the new instance dies").
 """
 
 from __future__ import annotations
@@ -25,7 +30,17 @@ from pyztunnel import unixfd
 from pyztunnel.aio import cancel_and_wait, spawn
 from pyztunnel.lifecycle import migrate
 from pyztunnel.lifecycle.handoff import Netns, ProtocolError
-from pyztunnel.lifecycle.handoff_io import PeerGone, recv_msg, send_msg, socket_kind, socket_netns, wrap_fd
+from pyztunnel.lifecycle.handoff_io import (
+    PeerGone,
+    PeerRefused,
+    connect,
+    node_key,
+    recv_msg,
+    send_msg,
+    socket_kind,
+    socket_netns,
+    wrap_fd,
+)
 from pyztunnel.lifecycle.migrate import ConnFacts, ConnHeader, Ends
 from pyztunnel.netns import netns_inode
 
@@ -154,6 +169,8 @@ class _Registration:
     conn: socket.socket
     giver: migrate.Giver
     finished: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    watch: asyncio.Task[None] | None = None  # until migrate() claims the connection: its EOF ends the registration
+    gone: bool = False
 
 
 class GiveService:
@@ -162,10 +179,12 @@ class GiveService:
     def __init__(
         self,
         source: ConnectionSource,
+        key: bytes,
         answer_timeout: float = migrate.ANSWER_TIMEOUT,
         quiesce_timeout: float = QUIESCE_TIMEOUT,
     ) -> None:
         self.source = source
+        self._key = key
         self.answer_timeout = answer_timeout
         self.quiesce_timeout = quiesce_timeout
         self._takers: list[_Registration] = []
@@ -177,7 +196,7 @@ class GiveService:
     async def handle(self, conn: socket.socket, first: bytes) -> None:
         """One connections-phase exchange (its first message already read). Returns when migration is over with this
         taker, or the taker failed to register."""
-        giver = migrate.Giver()
+        giver = migrate.Giver(self._key)
         data = first
         try:
             for _ in range(2):  # hello, then take
@@ -199,29 +218,77 @@ class GiveService:
         registration = _Registration(conn, giver)
         self._takers.append(registration)
         self.registered.set()
-        _log.info("a new instance will take established connections", extra={"fields": {"pods": len(giver.pods)}})
+        if giver.pods:
+            _log.info("a new instance will take established connections", extra={"fields": {"pods": len(giver.pods)}})
+        else:
+            _log.info("a new instance registered as our successor (it takes no connections)")
+        registration.watch = spawn(self._watch(registration), "migrate-watch-taker")
         try:
             await registration.finished.wait()
         finally:
             with contextlib.suppress(ValueError):
                 self._takers.remove(registration)
+            await cancel_and_wait(registration.watch)
+
+    async def _watch(self, registration: _Registration) -> None:
+        """Nothing comes from a registered taker until we ping it: EOF (it died) or anything else ends it."""
+        try:
+            _, fds = await recv_msg(registration.conn, max_fds=1)
+            unixfd.close_fds(fds)
+            reason = "it sent a message out of turn"
+        except (OSError, PeerGone, ProtocolError) as exc:
+            reason = str(exc) or type(exc).__name__
+        registration.gone = True
+        with contextlib.suppress(ValueError):
+            self._takers.remove(registration)
+        _log.warning(
+            "the new instance that registered to take connections went away", extra={"fields": {"reason": reason}}
+        )
+        registration.finished.set()
+
+    async def _claim(self) -> _Registration | None:
+        """The newest taker that is still there, its watch stopped: the connection is migrate()'s from here."""
+        while self._takers:
+            registration = self._takers[-1]
+            if registration.watch is not None:
+                await cancel_and_wait(registration.watch)  # a cancelled receive has received nothing
+            if not registration.gone:
+                return registration
+        return None
+
+    async def _alive(self, registration: _Registration) -> bool:
+        """A ping round trip before anything is paused or stopped (a stopped HBONE stream cannot be taken back)."""
+        try:
+            await send_msg(registration.conn, registration.giver.ping())
+            async with asyncio.timeout(self.answer_timeout):
+                data, fds = await recv_msg(registration.conn, max_fds=1)
+            unixfd.close_fds(fds)
+            registration.giver.pong(data)
+        except (TimeoutError, OSError, PeerGone, ProtocolError) as exc:
+            _log.warning(
+                "the new instance does not answer; every connection stays here",
+                extra={"fields": {"error": str(exc) or "no answer"}},
+            )
+            return False
+        return True
 
     async def migrate(self) -> int:
-        """Move every eligible connection to the newest registered taker; returns how many moved. Never raises for a
-        bad peer: what it did not take stays here and is served (and reset at the deadline) as before."""
-        if not self._takers:
+        """Move every eligible connection to the newest live taker; returns how many moved. Never raises for a bad
+        peer: what it did not take stays here and is served (and reset at the deadline) as before."""
+        registration = await self._claim()
+        if registration is None:
             return 0
-        registration = self._takers[-1]
         moved = 0
         try:
-            # Connections set up while a pass ran (an accept or a CONNECT already under way when the drain began)
-            # are listed by the next one; the source lists a connection once.
-            for _ in range(MAX_PASSES):
-                candidates = list(self.source.migration_candidates(set(registration.giver.pods)))
-                if not candidates:
-                    break
-                moved += await self._pass(registration, candidates)
-            await send_msg(registration.conn, registration.giver.done())
+            if await self._alive(registration):
+                # Connections set up while a pass ran (an accept or a CONNECT already under way when the drain
+                # began) are listed by the next one; the source lists a connection once.
+                for _ in range(MAX_PASSES):
+                    candidates = list(self.source.migration_candidates(set(registration.giver.pods)))
+                    if not candidates:
+                        break
+                    moved += await self._pass(registration, candidates)
+                await send_msg(registration.conn, registration.giver.done())
         except (OSError, PeerGone, ProtocolError) as exc:
             _log.warning(
                 "connection migration stopped; the remaining connections stay here",
@@ -451,16 +518,15 @@ async def take(
     sink: ConnectionSink,
     within: float = REGISTER_TIMEOUT,
     commit_timeout: float = migrate.COMMIT_TIMEOUT,
+    key: bytes | None = None,
 ) -> Intake | None:
     """Register with the instance serving `path` for the established connections of our pods. None when there is no
     such instance or it does not migrate connections (it then keeps today's behaviour)."""
-    taker = migrate.Taker(sink.migration_pods())
-    conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-    conn.setblocking(False)
-    loop = asyncio.get_running_loop()
+    taker = migrate.Taker(sink.migration_pods(), node_key(path, key))
+    conn: socket.socket | None = None
     try:
         async with asyncio.timeout(within):
-            await loop.sock_connect(conn, str(path))
+            conn = await connect(path)
             await send_msg(conn, taker.start())
             while taker.state not in ("waiting", "finished"):
                 data, fds = await recv_msg(conn, max_fds=1)
@@ -468,17 +534,21 @@ async def take(
                 step = taker.receive(data, [])
                 for out in step.send:
                     await send_msg(conn, out)
-                if step.registered is not None:
+                if step.registered:
                     _log.info(
                         "registered to take established connections",
                         extra={"fields": {"pods": len(step.registered)}},
                     )
+                elif step.registered is not None:
+                    _log.info("registered with the previous instance as its successor (taking no connections)")
     except (FileNotFoundError, ConnectionRefusedError):
-        conn.close()
+        if conn is not None:
+            conn.close()
         return None
-    except (TimeoutError, OSError, PeerGone, ProtocolError) as exc:
+    except (TimeoutError, OSError, PeerGone, PeerRefused, ProtocolError) as exc:
         _log.info("previous instance does not migrate connections", extra={"fields": {"reason": str(exc) or "timeout"}})
-        conn.close()
+        if conn is not None:
+            conn.close()
         return None
     if taker.state != "waiting":
         _log.info(

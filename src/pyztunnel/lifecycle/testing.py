@@ -7,7 +7,8 @@ Run as a process (`python -m pyztunnel.lifecycle.testing --handoff PATH --pods N
 N pods × 3 SO_REUSEPORT listeners on 127.0.0.1 (or adopts them with `--adopt`), serves the handoff socket, prints one
 JSON line `{"event": "ready", "pods": {uid: [ports]}, "netns": [dev, ino]}`, and obeys commands on stdin:
 `pause` (stop accepting, keep the sockets), `close` (close the listeners: ztunnel's behaviour), `queue` (print the
-summed accept-queue length), `exit`. Events (`released`, `paused`, `closed`, `queue`) are JSON lines on stdout.
+summed accept-queue length), `exit`. Events (`released`, `reclaimed`, `paused`, `closed`, `queue`) are JSON lines on
+stdout. Released listeners are paused, not closed, so that a lease that ends (the taker died) can be reclaimed.
 
 `Hammer` is the client side: threads that connect() as fast as they can (optionally inside a netns) and count
 answers by tag and failures by exception type.
@@ -124,6 +125,7 @@ class TaggedListeners:
         self._loops: dict[ListenerKey, AcceptLoop] = {}
         self.served = 0
         self.released_keys: list[ListenerKey] = []
+        self.reclaimed_keys: list[ListenerKey] = []
         self.on_released: asyncio.Event = asyncio.Event()
 
     def add(self, key: ListenerKey, sock: socket.socket, netns: Netns | None = None) -> None:
@@ -168,12 +170,19 @@ class TaggedListeners:
         return out
 
     def handoff_released(self, keys: Sequence[ListenerKey]) -> None:
-        # Stop accepting, then close our copy: the new instance holds the same socket, so nothing is reset.
+        # Stop accepting; our copy stays (closing it would reset nothing either: the new instance holds the socket).
         self.released_keys.extend(keys)
         spawn(self._release(list(keys)), "release")
 
     async def _release(self, keys: list[ListenerKey]) -> None:
-        await self.close(keys)
+        await self.pause(keys)
+        self.on_released.set()
+
+    def handoff_reclaimed(self, keys: Sequence[ListenerKey]) -> None:
+        self.reclaimed_keys.extend(keys)
+        for key in keys:
+            if key in self._loops:
+                self._loops[key].start()
         self.on_released.set()
 
 
@@ -198,6 +207,7 @@ async def _main(args: argparse.Namespace) -> None:
         print(json.dumps(event), flush=True)
 
     server = TaggedListeners(args.tag.encode() + b"\n", netns_inode(SELF_NETNS))
+    adoption: handoff_io.Adoption | None = None
     if args.adopt:
         wanted = args.adopt_pods
         requests = [PodRequest(uid, tuple(p["netns"]), tuple(p["ports"])) for uid, p in wanted.items()]
@@ -205,7 +215,7 @@ async def _main(args: argparse.Namespace) -> None:
         adoption = await handoff_io.adopt(Path(args.handoff), requests)
         for key, sock in adoption.sockets.items():
             server.add(key, sock, tuple(wanted[key.uid]["netns"]))
-        await adoption.confirm()
+        await adoption.confirm()  # the lease stays open while we run
         took = time.monotonic() - started
         emit(event="adopted", adopted=len(adoption.sockets), to_bind=len(adoption.to_bind), handoff_s=took)
     else:
@@ -213,10 +223,15 @@ async def _main(args: argparse.Namespace) -> None:
     service = await handoff_io.serve(Path(args.handoff), server)
 
     async def watch_released() -> None:
+        reported = (0, 0)
         while True:
             await server.on_released.wait()
             server.on_released.clear()
-            emit(event="released", listeners=len(server.released_keys))
+            if len(server.released_keys) != reported[0]:
+                emit(event="released", listeners=len(server.released_keys))
+            if len(server.reclaimed_keys) != reported[1]:
+                emit(event="reclaimed", listeners=len(server.reclaimed_keys))
+            reported = (len(server.released_keys), len(server.reclaimed_keys))
 
     watcher = spawn(watch_released(), "watch-released")
     emit(event="ready", pods=server.describe(), pid=os.getpid())
@@ -239,6 +254,8 @@ async def _main(args: argparse.Namespace) -> None:
         await cancel_and_wait(watcher)
         await service.close()
         await server.close()
+        if adoption is not None:
+            adoption.close()
 
 
 def main(argv: list[str] | None = None) -> None:

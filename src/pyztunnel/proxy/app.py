@@ -20,7 +20,7 @@ from pyztunnel.errors import UserError
 from pyztunnel.identity.config import CaClientSettings
 from pyztunnel.identity.spiffe import Identity
 from pyztunnel.identity.store import CertificateStore
-from pyztunnel.lifecycle import drain
+from pyztunnel.lifecycle import drain, handoff_key
 from pyztunnel.lifecycle.drainer import Drainer
 from pyztunnel.lifecycle.handoff_io import HandoffService
 from pyztunnel.observe.metrics import Metrics
@@ -132,9 +132,15 @@ class ProxyApp:
         self.drainer: Drainer | None = None
         self.adopter: Adopter | None = None
         self.handoff_service: HandoffService | None = None
+        self.handoff_listeners = PodSetListeners(self.podset)
         self.migration: Migration | None = None
-        if settings.connection_migration and settings.handoff_socket is not None:
-            self.migration = Migration(self.pods, Path(settings.handoff_socket))
+        self.handoff_key: bytes | None = None
+        if settings.handoff_socket is not None and (settings.listener_handoff or settings.connection_migration):
+            path = Path(settings.handoff_socket)
+            self.handoff_key = handoff_key.load_or_create(settings.handoff_key or handoff_key.beside(path))
+            # Also with migration off: the registration is how this instance follows the previous one (the name).
+            self.migration = Migration(self.pods, path, self.handoff_key, enabled=settings.connection_migration)
+        self._succession: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.started = asyncio.Event()
 
@@ -279,8 +285,9 @@ class ProxyApp:
             await self.migration.register()
             self._serve_handoff()
         if self.settings.inpod_uds is not None:
-            if self.settings.listener_handoff and self.settings.handoff_socket is not None:
-                self.adopter = Adopter(Path(self.settings.handoff_socket))
+            if self.settings.listener_handoff and self.handoff_key is not None:
+                assert self.settings.handoff_socket is not None
+                self.adopter = Adopter(Path(self.settings.handoff_socket), self.handoff_key)
                 self.shared.listeners.adopter = self.adopter
             self.readiness.block(READINESS_TASK)
             self.zds = ZdsClient(Path(self.settings.inpod_uds), self.podset, self._zds_ready)
@@ -307,17 +314,28 @@ class ProxyApp:
             self.zds.check_ready()  # ready now, unless ZDS went away meanwhile
 
     def _serve_handoff(self) -> None:
-        """Once synced, stop adopting and offer our own listeners (and connections) to the next instance (the
-        handoff socket's name moves to us atomically; the previous instance keeps its own, now unnamed, socket)."""
-        path = self.settings.handoff_socket
-        if self.handoff_service is not None or path is None or (self.adopter is None and self.migration is None):
-            return
+        """Once synced, stop adopting; serve our own listeners (and connections) to the next instance once the
+        previous one is finished with us (docs/lifecycle.md, "Who holds the name")."""
         if self.adopter is not None:
             self.adopter.enabled = False
             self.shared.listeners.adopter = None
-        connections = self.migration.give.handle if self.migration is not None else None
-        self.handoff_service = HandoffService(Path(path), PodSetListeners(self.podset), connections=connections)
-        self._tasks.append(spawn(self.handoff_service.start(), "handoff-serve"))
+        if self._succession is not None or self.migration is None:
+            return
+        self._succession = spawn(self._take_the_name(self.migration), "handoff-succession")
+        self._tasks.append(self._succession)
+
+    async def _take_the_name(self, migration: Migration) -> None:
+        """The handoff socket's name moves to us only when the previous instance (if any) has sent `done` or is gone:
+        until then it holds the listeners, and a restarted new instance must find it there. The move is atomic (a
+        rename); the previous instance keeps its own, now unnamed, socket."""
+        if migration.intake is not None:
+            await migration.intake.done.wait()
+            _log.info("the previous instance is finished with us; serving the handoff socket")
+        assert self.handoff_key is not None
+        self.handoff_service = HandoffService(
+            migration.path, self.handoff_listeners, connections=migration.give.handle, key=self.handoff_key
+        )
+        await self.handoff_service.start()
 
     def drain_deadline(self) -> float:
         ctd = self.settings.connection_termination_deadline
@@ -334,10 +352,14 @@ class ProxyApp:
         # Stop accepting now, then close our listener fds as ztunnel drops its listeners: new connections are refused
         # instead of queueing on a socket nobody accepts from. A listener handed off to a newer instance lives on
         # through its copy (closing our descriptor does not touch the shared socket).
+        self.handoff_listeners.draining = True  # a lease that ends now gives nothing back: we stop accepting
         for pod in self.pods():
             for acceptor in pod.acceptors:
                 acceptor.pause()
             self._tasks.append(spawn(pod.close_listeners(), f"close-listeners-{pod.key}"))
+        if self.adopter is not None:
+            # The previous instance, if it still runs (we are being removed before it), accepts on them again.
+            self.adopter.end_leases()
 
     def goaway(self) -> None:
         if self.migration is not None:
@@ -382,6 +404,8 @@ class ProxyApp:
             await self.migration.close()
         if self.handoff_service is not None:
             await self.handoff_service.close()
+        if self.adopter is not None:
+            self.adopter.end_leases()
         for pod in self.direct:
             await pod.drain_immediate()
         await self.podset.close()

@@ -45,6 +45,12 @@ class ProxySettings:
         "where /proc/sys is read-only (a non-privileged pod); off: ztunnel's listeners (pyztunnel.reuseport)",
         env="PYZTUNNEL_TCP_MIGRATE_REQ",
     )
+    handoff_key: Path | None = setting(
+        None,
+        "the node's handoff key (32 bytes, root-only; created by the first proxy): both ends of a handoff prove they "
+        "hold it (default: beside the handoff socket, handoff.sock → handoff.key)",
+        env="PYZTUNNEL_HANDOFF_KEY",
+    )
     connection_migration: bool = setting(
         True,
         "move established TCP↔TCP relays to the new instance at drain instead of resetting them (docs/migration.md)",

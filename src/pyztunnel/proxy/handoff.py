@@ -3,7 +3,9 @@ previous instance's in-pod listeners instead of binding its own (one socket, one
 once ready serves its own listeners to the next instance.
 
 `Adopter` plugs into `netsock.ListenerSource`: the first listener asked for a pod runs one handoff exchange for that
-pod; `confirm(uid)` tells the old instance, once we accept on them, that it may stop accepting.
+pod; `confirm(uid)` tells the old instance, once we accept on them, that it may stop accepting. The confirmed
+exchange stays open as the lease of those listeners: `end_leases()` (our own drain) or our death hands them back to
+the old instance, which then accepts on them again (`PodSetListeners.handoff_reclaimed`), unless it drains itself.
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ _log = logging.getLogger("pyztunnel.proxy.handoff")
 
 
 class Adopter:
-    def __init__(self, path: Path, within: float = handoff_io.DEFAULT_TIMEOUT) -> None:
+    def __init__(self, path: Path, key: bytes, within: float = handoff_io.DEFAULT_TIMEOUT) -> None:
         self.path = path
+        self.key = key
         self.within = within
         self.enabled = True
         self._adoptions: dict[str, handoff_io.Adoption] = {}
+        self._leases: dict[str, handoff_io.Adoption] = {}
         self.adopted = 0
 
     async def take(self, uid: str, port: int, env: NetEnv) -> socket.socket | None:
@@ -36,7 +40,7 @@ class Adopter:
         adoption = self._adoptions.get(uid)
         if adoption is None:
             request = PodRequest(uid, netns_inode(env.fd))
-            adoption = await handoff_io.adopt(self.path, [request], within=self.within)
+            adoption = await handoff_io.adopt(self.path, [request], within=self.within, key=self.key)
             self._adoptions[uid] = adoption
         sock = adoption.take(uid, port)
         if sock is not None:
@@ -49,12 +53,20 @@ class Adopter:
             return
         await adoption.confirm()
         adoption.close_unused()
+        if adoption.leased:
+            self._leases[uid] = adoption
 
     def discard(self, uid: str) -> None:
-        adoption = self._adoptions.pop(uid, None)
-        if adoption is not None:
-            adoption.close_unused()
+        for adoption in (self._adoptions.pop(uid, None), self._leases.pop(uid, None)):
+            if adoption is not None:
+                adoption.close_unused()
+                adoption.close()
+
+    def end_leases(self) -> None:
+        """We stop accepting (our drain, our exit): the previous instance, if it still runs, may accept again."""
+        for adoption in self._leases.values():
             adoption.close()
+        self._leases.clear()
 
 
 class PodSetListeners:
@@ -62,6 +74,7 @@ class PodSetListeners:
 
     def __init__(self, pods: PodSet) -> None:
         self.pods = pods
+        self.draining = False  # set by the app's drain: a lease that ends then gives nothing back
 
     def handoff_inventory(self) -> Mapping[str, tuple[Netns, Mapping[int, socket.socket]]]:
         out: dict[str, tuple[Netns, Mapping[int, socket.socket]]] = {}
@@ -79,3 +92,15 @@ class PodSetListeners:
             for acceptor in pod.acceptors:
                 if acceptor.port == key.port:
                     acceptor.pause()
+
+    def handoff_reclaimed(self, keys: Sequence[ListenerKey]) -> None:
+        # The instance that accepted on these is gone: accept again (a closed listener stays closed).
+        if self.draining:
+            return
+        for key in keys:
+            pod = self.pods.pods.get(key.uid)
+            if pod is None or pod.stopped:
+                continue
+            for acceptor in pod.acceptors:
+                if acceptor.port == key.port and not acceptor.accepting:
+                    acceptor.start()

@@ -272,12 +272,20 @@ def _fileno(leg: TcpLeg) -> int:
 
 
 class Migration:
-    """Both sides for one proxy: `GiveService` (old: its relays go at drain) and the intake (new: takes them)."""
+    """Both sides for one proxy: `GiveService` (old: its relays go at drain) and the intake (new: takes them).
 
-    def __init__(self, pods: Callable[[], Sequence[PodProxy]], path: Path, **give: Any) -> None:
+    The registration is also how a new instance follows its predecessor (it takes over the handoff socket's name
+    when the intake is done), so it runs even with connection migration off (`enabled=False`): then no pod is named
+    either way and nothing moves."""
+
+    def __init__(
+        self, pods: Callable[[], Sequence[PodProxy]], path: Path, key: bytes, enabled: bool = True, **give: Any
+    ) -> None:
         self._pods = pods
         self.path = path
-        self.give = GiveService(self, **give)
+        self.key = key
+        self.enabled = enabled
+        self.give = GiveService(self, key, **give)
         self.intake: Intake | None = None
         self.attempted = False  # registration started (the app sets it before spawning it)
         self.settled = False  # registration over, whatever its outcome: the app may report ready
@@ -287,6 +295,8 @@ class Migration:
     # --- both sides
     def migration_pods(self) -> Mapping[str, Netns]:
         out: dict[str, Netns] = {}
+        if not self.enabled:
+            return out
         for pod in self._pods():
             if pod.stopped:
                 continue
@@ -316,7 +326,7 @@ class Migration:
     async def register(self) -> None:
         """Ask the previous instance (if any) for its established connections, once, before we report ready."""
         try:
-            self.intake = await migrate_io.take(self.path, self)
+            self.intake = await migrate_io.take(self.path, self, key=self.key)
         finally:
             self.settled = True
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from pyztunnel.lifecycle import handoff, migrate
+from pyztunnel.lifecycle import handoff, handoff_key, migrate
 from pyztunnel.lifecycle.handoff_io import recv_msg, send_msg
 from pyztunnel.netns import netns_inode
 from tests.integration.proxy.harness import free_port, loopback_ips
@@ -146,19 +146,28 @@ async def test_switch_off_keeps_ztunnels_behaviour(setup: Setup) -> None:
         await client.wait_received(10**12, within=10)  # ends with the reset
     assert all(isinstance(c.dir.error, ConnectionResetError) for c in clients)
     assert not any("registered to take" in line for line in new.lines)
+    assert any("registered with the previous instance as its successor" in line for line in new.lines)
 
 
 async def fake_taker(path: Path, pods: dict[str, handoff.Netns]) -> socket.socket:
+    """A taker that registers as a genuine new instance would (it holds the node's key) and answers the drain's
+    ping; what it does with the batch is up to the test."""
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     conn.setblocking(False)
     await asyncio.get_running_loop().sock_connect(conn, str(path))
-    taker = migrate.Taker(pods)
+    taker = migrate.Taker(pods, handoff_key.load_or_create(handoff_key.beside(path)))
     await send_msg(conn, taker.start())
     for _ in range(2):
         data, _ = await recv_msg(conn, max_fds=1)
         for out in taker.receive(data, []).send:
             await send_msg(conn, out)
     return conn
+
+
+async def answer_ping(conn: socket.socket) -> None:
+    data, _ = await asyncio.wait_for(recv_msg(conn, max_fds=1), 10)
+    assert handoff.decode(data) == {"type": "ping"}
+    await send_msg(conn, handoff.encode({"type": "pong"}))
 
 
 @pytest.mark.parametrize("answer", ["silent", "lying"])
@@ -170,6 +179,7 @@ async def test_a_slow_or_lying_taker_leaves_the_connections_with_the_old_instanc
     try:
         await old.wait_for_line("a new instance will take established connections")
         old.proc.send_signal(signal.SIGTERM)
+        await answer_ping(conn)
         data, fds = await asyncio.wait_for(recv_msg(conn), 10)
         assert len(fds) == 2 * CONNECTIONS
         for fd in fds:
