@@ -277,6 +277,7 @@ class GiveService:
         peer: what it did not take stays here and is served (and reset at the deadline) as before."""
         registration = await self._claim()
         if registration is None:
+            _log.info("no new instance to take established connections; they stay here")
             return 0
         moved = 0
         try:

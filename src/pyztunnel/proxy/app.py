@@ -330,12 +330,13 @@ class ProxyApp:
         rename); the previous instance keeps its own, now unnamed, socket."""
         if migration.intake is not None:
             await migration.intake.done.wait()
-            _log.info("the previous instance is finished with us; serving the handoff socket")
         assert self.handoff_key is not None
         self.handoff_service = HandoffService(
             migration.path, self.handoff_listeners, connections=migration.give.handle, key=self.handoff_key
         )
         await self.handoff_service.start()
+        after = "no previous instance" if migration.intake is None else "the previous instance is finished with us"
+        _log.info("serving the handoff socket", extra={"fields": {"path": str(migration.path), "after": after}})
 
     def drain_deadline(self) -> float:
         ctd = self.settings.connection_termination_deadline

@@ -1,0 +1,113 @@
+"""A new instance killed (SIGKILL) during an upgrade, between `pyztunnel proxy` processes (direct mode, loopback).
+
+What must hold whatever the new instance does (docs/lifecycle.md, "What a crash loses"): the old instance keeps every
+connection it still holds, and a restarted new instance finds it and takes them over.
+- killed after it registered to take connections, before the old one drains: the old one notices at once, stops
+  nothing at its drain (no HBONE stream is stopped for a taker that cannot take it) and relays on;
+- killed after it registered (and reported ready): the name `handoff.sock` still leads to the old instance, so the
+  restarted one registers there and the upgrade goes on with nothing lost.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from pyztunnel.lifecycle import handoff_io
+from pyztunnel.localsock import peer_cred
+from tests.integration.proxy.streams import Endpoint, StreamServer
+from tests.integration.proxy.test_migration import Setup, assert_intact, tear_down, upgrade_and_finish
+from tests.integration.proxy.test_process import Proc
+from tests.integration.proxy.test_resume import Nodes
+
+
+@pytest.fixture
+async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
+    s = Setup(tmp_path)
+    await s.server.start(s.b_ip, s.app_port)
+    try:
+        yield s
+    finally:
+        await tear_down(s.procs, s.server)
+
+
+@pytest.fixture
+async def nodes(tmp_path: Path) -> AsyncIterator[Nodes]:
+    n = Nodes(tmp_path)
+    await n.server.start(n.b_ip, n.app_port)
+    try:
+        yield n
+    finally:
+        await tear_down(n.procs, n.server)
+
+
+async def kill(proc: Proc) -> None:
+    proc.proc.kill()
+    await proc.proc.wait()
+
+
+async def keep_relaying_then_finish(old: Proc, clients: list[Endpoint], server: StreamServer) -> None:
+    """The old instance drains with nothing to give: the streams flow on through it, then end intact, no reset."""
+    old.proc.send_signal(signal.SIGTERM)
+    await old.wait_for_line("no new instance to take established connections; they stay here")
+    before = [c.dir.received for c in clients]
+    for client, seen in zip(clients, before, strict=True):
+        await client.wait_received(seen + 500_000)
+    for client in clients:
+        await client.finish()
+    assert_intact(clients, server)
+    await old.wait_for_line("shutdown complete")
+    assert not any("reset" in line or "cannot be resumed" in line for line in old.lines)
+
+
+async def test_a_taker_killed_before_the_drain_stops_no_hbone_stream(nodes: Nodes) -> None:
+    staying = await nodes.proxy("b", "staying")
+    old = await nodes.proxy("a", "old")
+    clients = await nodes.clients()
+    new = await nodes.proxy("a", "new")
+    await old.wait_for_line("a new instance will take established connections")
+    await kill(new)
+    await old.wait_for_line("the new instance that registered to take connections went away")
+    await keep_relaying_then_finish(old, clients, nodes.server)
+    assert not any("reset" in line for line in staying.lines)
+
+
+async def test_a_taker_killed_before_the_drain_leaves_the_tcp_relays_running(setup: Setup) -> None:
+    old = await setup.proxy("old")
+    clients = await setup.clients()
+    new = await setup.proxy("new")
+    await old.wait_for_line("a new instance will take established connections")
+    await kill(new)
+    await old.wait_for_line("the new instance that registered to take connections went away")
+    await keep_relaying_then_finish(old, clients, setup.server)
+
+
+async def name_holder(path: Path) -> int:
+    """The pid of the process serving `path` (SO_PEERCRED of a connection to it)."""
+    conn = await handoff_io.connect(path)
+    try:
+        return peer_cred(conn).pid
+    finally:
+        conn.close()
+
+
+async def test_a_new_instance_killed_after_it_registered_leaves_the_name_with_the_old_one(setup: Setup) -> None:
+    old = await setup.proxy("old")
+    await old.wait_for_line("serving the handoff socket")
+    clients = await setup.clients()
+    first = await setup.proxy("new")
+    await first.wait_for_line("registered to take established connections")
+    # Ready, registered: the name still leads to the old instance, which holds the connections (and listeners).
+    assert await name_holder(setup.handoff) == old.proc.pid
+    await kill(first)
+    # Its restart (what the kubelet does) must find the old instance behind the name, not a dead socket.
+    restarted = await setup.proxy("restarted")
+    await restarted.wait_for_line("registered to take established connections")
+    await upgrade_and_finish(old, restarted, clients, setup.server)
+    assert not any("reset" in line for line in old.lines + restarted.lines)
+    # Once the old instance was done with it, the name moved to the restarted one (for the next upgrade).
+    await restarted.wait_for_line("serving the handoff socket")
+    assert await name_holder(setup.handoff) == restarted.proc.pid
