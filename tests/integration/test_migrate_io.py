@@ -12,8 +12,9 @@ from pyztunnel.aio import spawn
 from pyztunnel.lifecycle import handoff, migrate
 from pyztunnel.lifecycle.handoff import Netns
 from pyztunnel.lifecycle.handoff_io import recv_msg, send_msg
-from pyztunnel.lifecycle.migrate import Ends
-from pyztunnel.lifecycle.migrate_io import Exportable, Exported, GiveService
+from pyztunnel.lifecycle.migrate import ConnHeader, Ends
+from pyztunnel.lifecycle.migrate_io import Exportable, Exported, GiveService, Intake
+from pyztunnel.netns import netns_inode
 
 NS: Netns = (1, 2)
 ENDS = Ends(("127.0.0.1", 1), ("127.0.0.1", 2))
@@ -193,3 +194,47 @@ async def test_the_newest_live_taker_gets_the_connections() -> None:
     finally:
         older.close()
         await service.close()
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.adopted: list[int] = []
+
+    def migration_pods(self) -> Mapping[str, Netns]:
+        return {"pod-a": netns_inode("/proc/self/ns/net")}
+
+    async def adopt(self, header: ConnHeader, down: socket.socket | None, up: socket.socket | None) -> bool:
+        self.adopted.append(header.id)
+        for sock in (down, up):
+            if sock is not None:
+                sock.close()
+        return True
+
+
+async def test_a_batch_held_when_the_old_instance_dies_is_kept_by_the_new_one() -> None:
+    """kill -9 of the old instance after it sent a batch: its copies of the sockets die with it; the new one's are
+    the last, so it resumes them instead of closing them (which would end the connections)."""
+    sink = Sink()
+    old, new = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    giver, taker = migrate.Giver(KEY), migrate.Taker(sink.migration_pods(), KEY)
+    reply = giver.receive(taker.start(), sink.migration_pods())
+    reply = giver.receive(taker.receive(reply.send[0], []).send[0], sink.migration_pods())
+    taker.receive(reply.send[0], [])
+    assert taker.state == "waiting"
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    accepted, _ = listener.accept()
+    try:
+        intake = Intake(new, taker, sink, commit_timeout=5)
+        ends = Ends(accepted.getsockname(), accepted.getpeername())
+        up = Ends(client.getsockname(), client.getpeername())
+        batch = giver.batch([ConnHeader(1, "pod-a", "inbound-plaintext", ends, up, 1.0, {})])
+        await send_msg(old, batch, [accepted.fileno(), client.fileno()])
+        data, _ = await asyncio.wait_for(recv_msg(old), 5)  # taken ...
+        assert handoff.decode(data)["taken"] == [1]
+        old.close()  # ... and the old instance dies before its commit
+        await asyncio.wait_for(intake.done.wait(), 5)
+        assert sink.adopted == [1]
+    finally:
+        for s in (listener, client, accepted, old):
+            s.close()

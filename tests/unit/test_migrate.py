@@ -260,3 +260,12 @@ def test_a_record_with_wrong_types_keeps_its_defaults() -> None:
 
     rebuilt = record_from(header(1, kind="outbound-passthrough", context={"bytes_sent": "many", "mtls": 1}), now=5.0)
     assert rebuilt.bytes_sent == 0 and rebuilt.mtls is False and rebuilt.direction == "outbound"
+
+
+def test_a_batch_whose_old_instance_vanished_undecided_is_the_takers() -> None:
+    giver, taker = registered_pair()
+    assert taker.orphaned() == []  # nothing held: nothing to take
+    giver, taker = registered_pair()
+    taker.receive(giver.batch([header(1), header(2)]), [facts(DOWN), facts(UP), facts(DOWN), facts(UP, netns=OTHER_NS)])
+    assert taker.orphaned() == [1]  # what it held (2 was refused) ...
+    assert taker.give_up() == [] and taker.state == "finished"  # ... once

@@ -28,7 +28,7 @@ from typing import Protocol
 
 from pyztunnel import unixfd
 from pyztunnel.aio import cancel_and_wait, spawn
-from pyztunnel.lifecycle import handoff, handoff_key
+from pyztunnel.lifecycle import faults, handoff, handoff_key
 from pyztunnel.lifecycle.handoff import ListenerKey, Netns, Owned, PodRequest, SocketFacts
 from pyztunnel.localsock import check_same_uid, listen_unix, peer_cred
 
@@ -201,6 +201,7 @@ class Adoption:
             ok = False
         if ok:
             self._confirmed = True
+            faults.reached("new-confirmed")
         else:
             self.close()
         return ok
@@ -220,6 +221,7 @@ async def adopt(
     sockets: dict[ListenerKey, socket.socket] = {}
     conn: socket.socket | None = None
     try:
+        faults.reached("new-before-handoff")
         async with asyncio.timeout(within):
             try:
                 conn = await connect(path)
@@ -245,6 +247,8 @@ async def adopt(
                         os.close(fds[index])
                 for out in step.send:
                     await send_msg(conn, out)
+        if client.adopted:
+            faults.reached("new-listeners-received")
     except _NoPeer:
         _log.info("no handoff peer, binding every listener", extra={"fields": {"path": str(path)}})
         return Adoption(sockets, client.to_bind())
@@ -358,6 +362,7 @@ class HandoffService:
                 _log.warning("refusing handoff connection", extra={"fields": {"reason": refused}})
                 conn.close()
                 continue
+            faults.reached("old-handoff-connected")
             task = spawn(self._serve(conn), "handoff-conn")
             self._conns.add(task)
             task.add_done_callback(self._conns.discard)
@@ -390,11 +395,13 @@ class HandoffService:
                     await send_msg(conn, header, [snapshot[k].fileno() for k in keys])
                 if keys_count := sum(len(k) for _, k in step.send):
                     _log.info("handed over listeners", extra={"fields": {"listeners": keys_count}})
+                    faults.reached("old-listeners-sent")
                 if step.released:
                     self._source.handoff_released(step.released)
                     _log.info(
                         "released listeners to the new instance", extra={"fields": {"listeners": len(step.released)}}
                     )
+                    faults.reached("old-released")
                 if step.reclaim:
                     self._reclaim(step.reclaim, "it broke the protocol")
                 if step.close:

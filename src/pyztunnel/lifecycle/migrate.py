@@ -332,8 +332,17 @@ class Taker:
                 return f"{name}: {reason}"
         return None
 
+    def orphaned(self) -> list[int]:
+        """The old instance vanished (EOF, or a broken pipe) while we held a batch it had not decided on. It never
+        closes its side with a batch undecided while it lives (it sends commit or abort first), so its copies died with
+        it: ours are the connections' only descriptors, and nobody but us can continue them. They are ours."""
+        held = sorted(self._held) if self.state == "holding" else []
+        self._held.clear()
+        self.state = "finished"
+        return held
+
     def give_up(self) -> list[int]:
-        """No commit in time, or the peer went away: the held ids, whose duplicates the shell closes."""
+        """No commit in time, or the peer broke the protocol: the held ids, whose duplicates the shell closes."""
         held = sorted(self._held)
         self._held.clear()
         self.state = "finished"

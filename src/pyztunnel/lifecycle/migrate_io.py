@@ -22,13 +22,14 @@ import functools
 import logging
 import os
 import socket
+import struct
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
 from pyztunnel import unixfd
 from pyztunnel.aio import cancel_and_wait, spawn
-from pyztunnel.lifecycle import migrate
+from pyztunnel.lifecycle import faults, migrate
 from pyztunnel.lifecycle.handoff import Netns, ProtocolError
 from pyztunnel.lifecycle.handoff_io import (
     PeerGone,
@@ -364,6 +365,7 @@ class GiveService:
         finally:
             # In flight, the kernel holds its own references; our duplicates go now (the relays keep theirs).
             unixfd.close_fds(fds)
+        faults.reached("old-migration-batch")
         failure: BaseException | None = None
         try:
             async with asyncio.timeout(self.answer_timeout):
@@ -386,6 +388,8 @@ class GiveService:
             ready[ident][0].resume()
         with contextlib.suppress(OSError, PeerGone):
             await send_msg(registration.conn, decision.send)
+        if decision.release:
+            faults.reached("old-committed")
         for ident, reason in decision.refused.items():
             if ident < 0:
                 continue
@@ -457,6 +461,8 @@ class Intake:
                 if step.reject:
                     self.refused += len(self.taker.reasons) - refused_before
                     _log.warning("refused migrated connections", extra={"fields": {"reasons": self._reasons()}})
+                if step.hold or step.reject:
+                    faults.reached("new-migration-batch")
                 for out in step.send:
                     await send_msg(self.conn, out)
                 for ident in step.drop:
@@ -466,7 +472,18 @@ class Intake:
                     # sockets to be wrapped, one event-loop turn each, on a node busy relaying.
                     batch = [held.pop(ident) for ident in step.commit]
                     adopting.append(spawn(self._adopt_all(batch), "migrate-adopt"))
-        except (OSError, PeerGone) as exc:
+        except PeerGone as exc:
+            if orphans := self.taker.orphaned():
+                _log.warning(
+                    "the previous instance went away during the migration; taking the batch it held",
+                    extra={"fields": {"connections": len(orphans)}},
+                )
+                batch = [held.pop(ident) for ident in orphans]
+                for _, down, up in batch:
+                    _no_linger(down, up)
+                adopting.append(spawn(self._adopt_all(batch), "migrate-adopt"))
+            _log.info("connection migration ended", extra={"fields": {"reason": str(exc)}})
+        except OSError as exc:
             _log.info("connection migration ended", extra={"fields": {"reason": str(exc)}})
         finally:
             for ident in self.taker.give_up():
@@ -507,6 +524,15 @@ class Intake:
 _Held = tuple[ConnHeader, socket.socket | None, socket.socket | None]
 
 
+def _no_linger(*socks: socket.socket | None) -> None:
+    """A connection the old instance reset while we held it (its drain deadline, a forced exit) still lives on our
+    copy, with its SO_LINGER {1, 0}: clear it, so that it ends with a FIN, not a RST, when it ends here."""
+    for sock in socks:
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 0, 0))
+
+
 def _close_pair(pair: _Held | None) -> None:
     if pair is not None:
         for sock in pair[1:]:
@@ -542,6 +568,8 @@ async def take(
                     )
                 elif step.registered is not None:
                     _log.info("registered with the previous instance as its successor (taking no connections)")
+                if step.registered is not None:
+                    faults.reached("new-registered")
     except (FileNotFoundError, ConnectionRefusedError):
         if conn is not None:
             conn.close()

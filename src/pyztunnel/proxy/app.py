@@ -20,7 +20,7 @@ from pyztunnel.errors import UserError
 from pyztunnel.identity.config import CaClientSettings
 from pyztunnel.identity.spiffe import Identity
 from pyztunnel.identity.store import CertificateStore
-from pyztunnel.lifecycle import drain, handoff_key
+from pyztunnel.lifecycle import drain, faults, handoff_key
 from pyztunnel.lifecycle.drainer import Drainer
 from pyztunnel.lifecycle.handoff_io import HandoffService
 from pyztunnel.observe.metrics import Metrics
@@ -111,6 +111,7 @@ class ProxyApp:
         self.settings = settings
         self.ca_settings = ca_settings
         self.environ = dict(os.environ if environ is None else environ)
+        faults.configure(settings.fault, settings.fault_marker)
         self.readiness = Readiness()
         self.metrics = Metrics(tag=settings.version)
         self.servers: list[HttpServer] = []

@@ -63,6 +63,15 @@ class ProxySettings:
         env="PYZTUNNEL_HBONE_RESUME",
     )
     version: str = setting("dev", "version tag reported as istio_build{tag}", env="PYZTUNNEL_VERSION")
+    fault: str = setting(
+        "",
+        "testing only: SIGKILL this proxy when it reaches this phase of the handover (lifecycle/faults.py; empty: "
+        "never)",
+        env="PYZTUNNEL_FAULT",
+    )
+    fault_marker: Path | None = setting(
+        None, "testing only: the fault fires once, in the process that creates this file", env="PYZTUNNEL_FAULT_MARKER"
+    )
     readiness_addr: str = setting(
         "0.0.0.0:15021", "readiness server address (off: none)", env="PYZTUNNEL_READINESS_ADDR"
     )

@@ -24,7 +24,7 @@ from typing import Any
 
 from pyztunnel import authz
 from pyztunnel.aio import poll_until, spawn
-from pyztunnel.lifecycle import migrate_io
+from pyztunnel.lifecycle import faults, migrate_io
 from pyztunnel.lifecycle.handoff import Netns
 from pyztunnel.lifecycle.migrate import ConnHeader, Ends
 from pyztunnel.lifecycle.migrate_io import Exported, GiveService, Intake
@@ -373,6 +373,7 @@ async def _adopt_stream(
     token = header.context.get(TOKEN_KEY)
     if sock is None or not isinstance(token, str):
         return False
+    faults.reached("new-stream-resume")
     outbound = record.direction == "outbound"
     app = TcpLeg(start_paused=True)
     sock.setblocking(False)
