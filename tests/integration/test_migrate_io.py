@@ -55,6 +55,9 @@ class Source:
         self.listed.update(id(r) for r in fresh)
         return fresh
 
+    def migration_relist(self) -> None:
+        self.listed = {id(r) for r in self.relays if r.state == "released"}
+
 
 async def register(service: GiveService) -> tuple[socket.socket, asyncio.Task[None]]:
     """A taker registered with `service`; the old side's socket is closed when its exchange ends (as the handoff
@@ -238,3 +241,37 @@ async def test_a_batch_held_when_the_old_instance_dies_is_kept_by_the_new_one() 
     finally:
         for s in (listener, client, accepted, old):
             s.close()
+
+
+async def test_a_taker_registering_during_the_drain_gets_what_the_dead_one_did_not_take() -> None:
+    """The new instance dies in the middle of the migration; its restart registers while we still drain: it gets
+    every connection we kept (another round), instead of our deadline resetting them."""
+    relays = [FakeRelay() for _ in range(3)]
+    service = GiveService(Source(relays), KEY)
+    first, first_task = await register(service)
+    migrating = spawn(service.migrate(), "migrate")
+    await answer_ping(first)
+    _, fds = await asyncio.wait_for(recv_msg(first), 5)
+    for fd in fds:
+        os.close(fd)
+    first.close()  # kill -9 with the batch unanswered
+    assert await asyncio.wait_for(migrating, 5) == 0
+    await asyncio.wait_for(first_task, 5)
+    assert {r.state for r in relays} == {"running"}
+    second, second_task = await register(service)  # the restart: another round starts by itself
+    try:
+        await answer_ping(second)
+        data, fds = await asyncio.wait_for(recv_msg(second), 5)
+        for fd in fds:
+            os.close(fd)
+        msg = handoff.decode(data)
+        assert len(msg["connections"]) == 3
+        ids = [c["id"] for c in msg["connections"]]
+        await send_msg(second, handoff.encode({"type": "taken", "batch": msg["batch"], "taken": ids, "refused": []}))
+        assert handoff.decode((await recv_msg(second))[0])["type"] == "commit"
+        assert handoff.decode((await recv_msg(second))[0]) == {"type": "done"}
+        await asyncio.wait_for(second_task, 5)
+        assert {r.state for r in relays} == {"released"}
+    finally:
+        second.close()
+        await service.close()

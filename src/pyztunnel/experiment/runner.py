@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -117,9 +117,19 @@ def client_netns(state: dict[str, Any]) -> str:
 class LoadProcess:
     """`pyztunnel load` inside the client pod, until interrupted; its text output is teed to a file."""
 
-    def __init__(self, netns: str, url: str, connections: int, timeout: str, json_path: Path, text_path: Path):
+    def __init__(
+        self,
+        netns: str,
+        url: str,
+        connections: int,
+        timeout: str,
+        json_path: Path,
+        text_path: Path,
+        extra: Sequence[str] = (),
+    ):
         argv = ["ip", "netns", "exec", netns, sys.executable, "-m", "pyztunnel", "load"]
-        argv += ["-qps", "0", "-c", str(connections), "-t", "0", "-timeout", timeout, "-json", str(json_path), url]
+        argv += ["-qps", "0", "-c", str(connections), "-t", "0", "-timeout", timeout, "-json", str(json_path)]
+        argv += [*extra, url]
         self.json_path = json_path
         self.text = text_path.open("w")
         self.started = threading.Event()

@@ -164,6 +164,9 @@ class ConnectionSource(Protocol):
     def migration_candidates(self, uids: set[str]) -> Sequence[Exportable]:
         """The relays of these pods that could move and were not listed by an earlier call."""
 
+    def migration_relist(self) -> None:
+        """A new taker: list again, from the next call on, what earlier calls listed and still runs here."""
+
 
 @dataclasses.dataclass
 class _Registration:
@@ -193,6 +196,9 @@ class GiveService:
         self.migrated = 0
         self.kept = 0
         self.registered = asyncio.Event()
+        self._draining = False
+        self._rounds: set[asyncio.Task[int]] = set()
+        self._lock = asyncio.Lock()  # one migration round at a time: each claims the exchange of its taker
 
     async def handle(self, conn: socket.socket, first: bytes) -> None:
         """One connections-phase exchange (its first message already read). Returns when migration is over with this
@@ -224,6 +230,12 @@ class GiveService:
         else:
             _log.info("a new instance registered as our successor (it takes no connections)")
         registration.watch = spawn(self._watch(registration), "migrate-watch-taker")
+        if self._draining:
+            # We drain already (the taker that was there died, and this is its restart): give it what we still hold.
+            _log.info("a new instance registered during our drain; it takes what we still hold")
+            round_task = spawn(self.migrate(), "migrate-again")
+            self._rounds.add(round_task)
+            round_task.add_done_callback(self._rounds.discard)
         try:
             await registration.finished.wait()
         finally:
@@ -275,7 +287,13 @@ class GiveService:
 
     async def migrate(self) -> int:
         """Move every eligible connection to the newest live taker; returns how many moved. Never raises for a bad
-        peer: what it did not take stays here and is served (and reset at the deadline) as before."""
+        peer: what it did not take stays here and is served (and reset at the deadline) as before, or goes to a taker
+        that registers later in our drain (another round)."""
+        self._draining = True
+        async with self._lock:
+            return await self._round()
+
+    async def _round(self) -> int:
         registration = await self._claim()
         if registration is None:
             _log.info("no new instance to take established connections; they stay here")
@@ -283,6 +301,7 @@ class GiveService:
         moved = 0
         try:
             if await self._alive(registration):
+                self.source.migration_relist()  # a new taker: what an earlier round kept is offered again
                 # Connections set up while a pass ran (an accept or a CONNECT already under way when the drain
                 # began) are listed by the next one; the source lists a connection once.
                 for _ in range(MAX_PASSES):
@@ -400,6 +419,7 @@ class GiveService:
         return len(decision.release)
 
     async def close(self) -> None:
+        await cancel_and_wait(*self._rounds)
         for registration in self._takers:
             registration.finished.set()
 

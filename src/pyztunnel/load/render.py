@@ -325,4 +325,5 @@ def timeline_entry(index: int, sec: Any) -> dict[str, Any]:
     if sec.broken or sec.echoed:
         entry["Broken"] = sec.broken
         entry["BytesEchoed"] = sec.echoed
+        entry["BytesLost"] = sec.lost
     return entry

@@ -31,6 +31,7 @@ class Second:
     retried: int = 0
     broken: int = 0  # -stream: connections broken in this second
     echoed: int = 0  # -stream: bytes echoed back in this second
+    lost: int = 0  # -stream: bytes sent but never echoed by the connections broken in this second
 
 
 @dataclasses.dataclass
@@ -190,6 +191,7 @@ class RunStats:
             sec.retried += sec_state["retried"]
             sec.broken += sec_state["broken"]
             sec.echoed += sec_state["echoed"]
+            sec.lost += sec_state.get("lost", 0)
             _add(sec.codes, sec_state["codes"])
             sec.latency.merge(Histogram.from_state(sec_state["latency"]))
         for field in dataclasses.fields(StreamStats):

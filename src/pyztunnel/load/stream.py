@@ -192,6 +192,7 @@ class StreamCaller:
             if code == "OK":
                 code = kind = "corrupted"
         stats.stream.bytes_lost += lost
+        stats.second(now).lost += lost
         stats.record(code, round(now - self.session_start, 9), now, kind)
         self.corrupted = 0
         if code in {"OK", "corrupted"}:

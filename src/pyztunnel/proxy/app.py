@@ -354,8 +354,10 @@ class ProxyApp:
         # Stop accepting now, then close our listener fds as ztunnel drops its listeners: new connections are refused
         # instead of queueing on a socket nobody accepts from. A listener handed off to a newer instance lives on
         # through its copy (closing our descriptor does not touch the shared socket).
-        self.handoff_listeners.draining = True  # a lease that ends now gives nothing back: we stop accepting
-        for pod in self.pods():
+        # In-pod listeners shared with a live new instance stay open, paused (PodSetListeners.close_unshared).
+        self.handoff_listeners.stop_accepting()
+        self._tasks.append(spawn(self.handoff_listeners.close_unshared(), "close-listeners"))
+        for pod in self.direct:
             for acceptor in pod.acceptors:
                 acceptor.pause()
             self._tasks.append(spawn(pod.close_listeners(), f"close-listeners-{pod.key}"))

@@ -18,7 +18,7 @@ from pathlib import Path
 from pyztunnel.lifecycle import handoff_io
 from pyztunnel.lifecycle.handoff import ListenerKey, Netns, PodRequest
 from pyztunnel.netns import netns_inode
-from pyztunnel.proxy.netsock import NetEnv, PodNetns
+from pyztunnel.proxy.netsock import Acceptor, NetEnv, PodNetns
 from pyztunnel.proxy.podset import PodSet
 
 _log = logging.getLogger("pyztunnel.proxy.handoff")
@@ -70,11 +70,37 @@ class Adopter:
 
 
 class PodSetListeners:
-    """The old instance's inventory for `handoff_io.HandoffService`: every running pod's listening sockets."""
+    """The old instance's inventory for `handoff_io.HandoffService`: every running pod's listening sockets, and
+    which of them a live new instance accepts on (`leased`)."""
 
     def __init__(self, pods: PodSet) -> None:
         self.pods = pods
-        self.draining = False  # set by the app's drain: a lease that ends then gives nothing back
+        self.leased: set[ListenerKey] = set()
+        self.draining = False
+
+    def _open(self, key: ListenerKey) -> list[Acceptor]:
+        pod = self.pods.pods.get(key.uid)
+        if pod is None or pod.stopped:
+            return []
+        return [a for a in pod.acceptors if a.sock.fileno() >= 0 and a.port == key.port]
+
+    def stop_accepting(self) -> None:
+        """Our drain begins (sync: signal-driven): stop accepting everywhere; a lease that ends now gives nothing
+        back."""
+        self.draining = True
+        for pod in self.pods.pods.values():
+            for acceptor in pod.acceptors:
+                acceptor.pause()
+
+    async def close_unshared(self) -> None:
+        """A listener we alone hold is closed (it must leave its SO_REUSEPORT group, or its share of new connections
+        would wait in its queue until we exit). One we share with a live new instance stays open, paused: it is the
+        same socket, and if the new instance dies before we exit, its queue survives on our copy until the restarted
+        one adopts it from us (we still hold the name)."""
+        for uid, pod in list(self.pods.pods.items()):
+            for acceptor in pod.acceptors:
+                if acceptor.sock.fileno() >= 0 and ListenerKey(uid, acceptor.port) not in self.leased:
+                    await acceptor.close()
 
     def handoff_inventory(self) -> Mapping[str, tuple[Netns, Mapping[int, socket.socket]]]:
         out: dict[str, tuple[Netns, Mapping[int, socket.socket]]] = {}
@@ -86,21 +112,17 @@ class PodSetListeners:
     def handoff_released(self, keys: Sequence[ListenerKey]) -> None:
         # Stop accepting (the accept task leaves the loop); never shutdown() a shared listener.
         for key in keys:
-            pod = self.pods.pods.get(key.uid)
-            if pod is None:
-                continue
-            for acceptor in pod.acceptors:
-                if acceptor.port == key.port:
-                    acceptor.pause()
+            for acceptor in self._open(key):
+                acceptor.pause()
+                self.leased.add(key)
 
     def handoff_reclaimed(self, keys: Sequence[ListenerKey]) -> None:
-        # The instance that accepted on these is gone: accept again (a closed listener stays closed).
+        # The instance that accepted on these is gone: accept again. Draining, we do not: they stay open and paused,
+        # their queue waiting for the next new instance (a closed listener stays closed).
+        self.leased.difference_update(keys)
         if self.draining:
             return
         for key in keys:
-            pod = self.pods.pods.get(key.uid)
-            if pod is None or pod.stopped:
-                continue
-            for acceptor in pod.acceptors:
-                if acceptor.port == key.port and not acceptor.accepting:
+            for acceptor in self._open(key):
+                if not acceptor.accepting:
                     acceptor.start()

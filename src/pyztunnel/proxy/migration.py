@@ -319,6 +319,9 @@ class Migration:
                     out.append(StreamExport(pod, state))
         return out
 
+    def migration_relist(self) -> None:
+        self._listed = weakref.WeakSet()
+
     async def drain(self) -> None:
         await self.give.migrate()
 

@@ -111,3 +111,32 @@ async def test_a_new_instance_killed_after_it_registered_leaves_the_name_with_th
     # Once the old instance was done with it, the name moved to the restarted one (for the next upgrade).
     await restarted.wait_for_line("serving the handoff socket")
     assert await name_holder(setup.handoff) == restarted.proc.pid
+
+
+async def test_a_new_instance_killed_in_the_middle_of_the_migration_is_replaced_by_its_restart(setup: Setup) -> None:
+    """The old instance drains and sends its first batch; the new one dies before it answers (SIGKILL, injected
+    at that point). The batch stays with the old instance, which goes on relaying; the restarted new instance
+    registers during the drain and takes everything in another round."""
+    old = await setup.proxy("old")
+    clients = await setup.clients()
+    fault = ("--fault", "new-migration-batch", "--fault-marker", str(setup.tmp / "fired"))
+    first = await setup.proxy("new", *fault)
+    await old.wait_for_line("a new instance will take established connections")
+    old.proc.send_signal(signal.SIGTERM)
+    await first.wait_for_line("fault injected: killing this process")
+    await first.proc.wait()
+    kept = await old.wait_for_line("migrated established connections")
+    assert f"connections=0 kept={len(clients)}" in kept
+    restarted = await setup.proxy("restarted", *fault)  # the marker is there: it does not die again
+    await old.wait_for_line("a new instance registered during our drain")
+    moved = await old.wait_for_lines("migrated established connections", 2)
+    assert f"connections={len(clients)}" in moved[1]
+    await old.wait_for_line("shutdown complete")
+    await restarted.wait_for_line("took over established connections")
+    before = [c.dir.received for c in clients]
+    for client, seen in zip(clients, before, strict=True):
+        await client.wait_received(seen + 500_000)
+    for client in clients:
+        await client.finish()
+    assert_intact(clients, setup.server)
+    assert not any("reset" in line for line in old.lines + restarted.lines)
