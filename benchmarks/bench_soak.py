@@ -16,8 +16,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -43,14 +41,6 @@ def options(args: list[str]) -> dict[str, str]:
     return chosen
 
 
-def upgrade(cluster: str, version: str, log: Path) -> None:
-    argv = [sys.executable, "-m", "pyztunnel", "upgrade", "--name", cluster, "--version", version]
-    with log.open("w") as out:
-        done = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "COLUMNS": "120"})
-    if done.returncode != 0:
-        raise RuntimeError(f"upgrade to {version} failed (exit {done.returncode}); see {log}")
-
-
 def run(args: list[str]) -> dict[str, Any]:
     if os.geteuid() != 0:
         print("skipped: needs root (a local cluster)")
@@ -67,15 +57,14 @@ def run(args: list[str]) -> dict[str, Any]:
         try:
             for i in range(1, upgrades + 1):
                 begin = time.monotonic()
-                upgrade(cluster, f"soak{i}", out / f"upgrade-{i}.log")
+                soak.upgrade(cluster, f"soak{i}", out / f"upgrade-{i}.log")
                 spans.append((begin, time.monotonic()))
                 print(f"upgrade {i}/{upgrades}: {spans[-1][1] - begin:.1f}s", flush=True)
         finally:
-            started = {kind: proc.started_at for kind, proc in load.procs.items()}
             results = load.stop()
     finally:
         asyncio.run(manage.down(cluster))
-    windows = [soak.window(results, started, begin, end) for begin, end in spans]
+    windows = [soak.window(results, begin, end) for begin, end in spans]
     totals = soak.totals(results)
     print_table(windows, totals, connections)
     return {

@@ -16,7 +16,10 @@ the loads' per-second timelines: failed, retried, streams broken, bytes lost, th
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +75,17 @@ def soak_spec(
         if pins and deployment["name"] in pins:
             deployment["nodeName"] = pins[deployment["name"]]
     return spec.parse(yaml.safe_dump(doc, sort_keys=False), "<soak>")
+
+
+def upgrade(cluster: str, version: str, log: Path, nodes: Sequence[str] = ()) -> None:
+    """`pyztunnel upgrade` (RollingUpdate) of every node, or of `nodes`; raises with the log's path if it fails."""
+    argv = [sys.executable, "-m", "pyztunnel", "upgrade", "--name", cluster, "--version", version]
+    if nodes:
+        argv += ["--nodes", ",".join(nodes)]
+    with log.open("w") as out:
+        done = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "COLUMNS": "120"})
+    if done.returncode != 0:
+        raise RuntimeError(f"upgrade to {version} failed (exit {done.returncode}); see {log}")
 
 
 def split(connections: int) -> dict[str, int]:
@@ -139,12 +153,13 @@ class Window:
         return self.failed == 0 and self.retried == 0 and self.broken == 0 and self.bytes_lost == 0
 
 
-def window(results: Mapping[str, Mapping[str, Any]], started: Mapping[str, float], begin: float, end: float) -> Window:
-    """The seconds of every load's timeline that overlap [begin, end] (monotonic times; `started`: each load's
-    "Starting at" moment)."""
+def window(results: Mapping[str, Mapping[str, Any]], begin: float, end: float) -> Window:
+    """The seconds of every load's timeline that overlap [begin, end] (time.monotonic(); a load's `TimelineStart`
+    is its second 0 on the same clock)."""
     out = Window(seconds=end - begin)
     for kind, result in results.items():
-        first, last = int(begin - started[kind]), int(end - started[kind]) + 1
+        zero = float(result["TimelineStart"])
+        first, last = int(begin - zero), int(end - zero)
         for sec in result.get("Timeline", []):
             if not first <= sec["Second"] <= last:
                 continue

@@ -308,6 +308,9 @@ def result_json(options: LoadOptions, stats: RunStats, started_at: datetime.date
             "CorruptedConnections": s.corrupted_connections,
         }
     result["Timeline"] = [timeline_entry(i, sec) for i, sec in sorted(stats.timeline.items())]
+    # When second 0 began, on the host's monotonic clock (shared by every process): lines the timeline up with
+    # events measured elsewhere (an upgrade's start and end).
+    result["TimelineStart"] = stats.start
     return result
 
 
