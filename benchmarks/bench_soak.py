@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks import flags
 from pyztunnel.cluster import manage, spec
 from pyztunnel.experiment import soak
 
@@ -31,14 +32,7 @@ USAGE = "--upgrades=N --connections=C --grace=SECONDS --out=DIR --quick"
 
 
 def options(args: list[str]) -> dict[str, str]:
-    chosen = {**DEFAULTS, "name": f"{NAME}{os.getpid() % 10000}", **(QUICK if "--quick" in args else {})}
-    for arg in args:
-        key, _, value = arg.lstrip("-").partition("=")
-        key = key.replace("-", "_")
-        if key not in FLAGS:
-            raise SystemExit(f"error: unknown flag {arg!r}; bench_soak takes {USAGE}")
-        chosen[key] = value or "true"
-    return chosen
+    return flags.parse(args, "soak", {**DEFAULTS, "name": f"{NAME}{os.getpid() % 10000}"}, QUICK, FLAGS, USAGE)
 
 
 def run(args: list[str]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks import flags
 from pyztunnel.cluster import spec
 from pyztunnel.experiment import report
 from pyztunnel.experiment.cli import write_report
@@ -33,15 +34,7 @@ USAGE = "--connections=N --duration=SECONDS --scenarios=KEYS --gateway-retry --q
 
 
 def options(args: list[str]) -> dict[str, str]:
-    """`--key=value` flags over the defaults (and over --quick's); a bare `--flag` is "true"."""
-    chosen = {**DEFAULTS, **(QUICK if "--quick" in args else {})}
-    for arg in args:
-        key, _, value = arg.lstrip("-").partition("=")
-        key = key.replace("-", "_")
-        if key not in FLAGS:
-            raise SystemExit(f"error: unknown flag {arg!r}; bench_upgrade takes {USAGE}")
-        chosen[key] = value or "true"
-    return chosen
+    return flags.parse(args, "upgrade", DEFAULTS, QUICK, FLAGS, USAGE)
 
 
 def run(args: list[str]) -> dict[str, Any]:

@@ -20,7 +20,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import pytest
 import yaml
@@ -71,24 +70,16 @@ def scenario_doc(scenario: Scenario) -> dict[str, Any]:
 
 @contextmanager
 def load(cluster: Cluster, connections: int, out: Path, stem: str, extra: Sequence[str] = ()) -> Iterator[LoadProcess]:
-    """`pyztunnel load` from the client pod through the gateway, started and warmed up.
-
-    LoadProcess takes no extra flags, so they are spliced into its argv before the URL (suggested fix: an
-    `extra_args` parameter)."""
-    real_popen = subprocess.Popen
-
-    def popen(argv: list[str], **kw: Any) -> Any:
-        return real_popen([*argv[:-1], *extra, argv[-1]], **kw)
-
-    with mock.patch("subprocess.Popen", popen):
-        proc = LoadProcess(
-            client_netns(cluster.state()),
-            gateway_url(cluster.last),
-            connections,
-            "10s",
-            out / f"{stem}.json",
-            out / f"{stem}.txt",
-        )
+    """`pyztunnel load` from the client pod through the gateway, started and warmed up."""
+    proc = LoadProcess(
+        client_netns(cluster.state()),
+        gateway_url(cluster.last),
+        connections,
+        "10s",
+        out / f"{stem}.json",
+        out / f"{stem}.txt",
+        extra,
+    )
     try:
         proc.wait_started()
         yield proc

@@ -19,29 +19,21 @@ import pytest
 from pyztunnel.lifecycle import handoff_io
 from pyztunnel.localsock import peer_cred
 from tests.integration.proxy.streams import Endpoint, StreamServer
-from tests.integration.proxy.test_migration import Setup, assert_intact, tear_down, upgrade_and_finish
+from tests.integration.proxy.test_migration import Setup, assert_intact, serving, upgrade_and_finish
 from tests.integration.proxy.test_process import Proc
 from tests.integration.proxy.test_resume import Nodes
 
 
 @pytest.fixture
 async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
-    s = Setup(tmp_path)
-    await s.server.start(s.b_ip, s.app_port)
-    try:
+    async with serving(Setup(tmp_path)) as s:
         yield s
-    finally:
-        await tear_down(s.procs, s.server)
 
 
 @pytest.fixture
 async def nodes(tmp_path: Path) -> AsyncIterator[Nodes]:
-    n = Nodes(tmp_path)
-    await n.server.start(n.b_ip, n.app_port)
-    try:
+    async with serving(Nodes(tmp_path)) as n:
         yield n
-    finally:
-        await tear_down(n.procs, n.server)
 
 
 async def kill(proc: Proc) -> None:

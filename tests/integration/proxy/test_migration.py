@@ -8,12 +8,14 @@ the switch off, or a peer that does not answer, the old instance keeps them (and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import pytest
 
@@ -62,14 +64,32 @@ class Setup:
         return clients
 
 
+class World(Protocol):
+    """Proxies around one stream app (Setup here, test_resume's Nodes)."""
+
+    b_ip: str
+    app_port: int
+    server: StreamServer
+    procs: list[Proc]
+
+
+W = TypeVar("W", bound=World)
+
+
+@contextlib.asynccontextmanager
+async def serving(world: W) -> AsyncIterator[W]:
+    """The app listening, and every proxy of `world` killed (logs shown) afterwards."""
+    await world.server.start(world.b_ip, world.app_port)
+    try:
+        yield world
+    finally:
+        await tear_down(world.procs, world.server)
+
+
 @pytest.fixture
 async def setup(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Setup]:
-    s = Setup(tmp_path, getattr(request, "param", "outbound"))
-    await s.server.start(s.b_ip, s.app_port)
-    try:
+    async with serving(Setup(tmp_path, getattr(request, "param", "outbound"))) as s:
         yield s
-    finally:
-        await tear_down(s.procs, s.server)
 
 
 async def tear_down(procs: list[Proc], server: StreamServer) -> None:

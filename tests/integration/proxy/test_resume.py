@@ -18,7 +18,7 @@ import pytest
 
 from tests.integration.proxy.harness import config_text, free_port, loopback_ips
 from tests.integration.proxy.streams import Endpoint, StreamServer, open_clients
-from tests.integration.proxy.test_migration import tear_down, upgrade_and_finish
+from tests.integration.proxy.test_migration import serving, upgrade_and_finish
 from tests.integration.proxy.test_process import Proc, start_ready, write_certs
 
 CONNECTIONS = 5
@@ -66,12 +66,8 @@ class Nodes:
 
 @pytest.fixture
 async def nodes(tmp_path: Path) -> AsyncIterator[Nodes]:
-    n = Nodes(tmp_path)
-    await n.server.start(n.b_ip, n.app_port)
-    try:
+    async with serving(Nodes(tmp_path)) as n:
         yield n
-    finally:
-        await tear_down(n.procs, n.server)
 
 
 @pytest.mark.parametrize("moving", ["a", "b"])
