@@ -13,7 +13,8 @@ from pyztunnel.lifecycle import handoff, migrate
 from pyztunnel.lifecycle.handoff import Netns
 from pyztunnel.lifecycle.handoff_io import recv_msg, send_msg
 from pyztunnel.lifecycle.migrate import ConnHeader, Ends
-from pyztunnel.lifecycle.migrate_io import Exportable, Exported, GiveService, Intake
+from pyztunnel.lifecycle.migrate_io import Exportable, Exported, GiveService
+from pyztunnel.lifecycle.migrate_take import Intake
 from pyztunnel.netns import netns_inode
 
 NS: Netns = (1, 2)

@@ -13,7 +13,7 @@ from typing import Any, cast
 import pytest
 import uvloop
 
-from pyztunnel.lifecycle import migrate, migrate_io
+from pyztunnel.lifecycle import migrate, migrate_take
 from pyztunnel.netns import netns_inode
 from pyztunnel.observe.access import ConnectionRecord
 from pyztunnel.proxy.migration import RelayExport, movable
@@ -133,16 +133,16 @@ def test_without_cap_net_admin_a_socket_of_our_own_namespace_is_recognised(monke
     def denied(sock: socket.socket) -> tuple[int, int]:
         raise PermissionError(1, "Operation not permitted")
 
-    monkeypatch.setattr(migrate_io, "socket_netns", denied)
+    monkeypatch.setattr(migrate_take, "socket_netns", denied)
     outer, inner = tcp_pair()
     try:
-        sock, facts = migrate_io.probe_conn(os.dup(inner.fileno()))
+        sock, facts = migrate_take.probe_conn(os.dup(inner.fileno()))
         assert sock is not None
         sock.close()
         assert facts.netns == netns_inode("/proc/self/ns/net") and facts.error is None
         assert facts.tcp_state == migrate.TCP_ESTABLISHED and facts.peer == outer.getsockname()
         # Not in our namespace's TCP table (as a socket of another namespace would not be): unknown, refused.
-        sock, facts = migrate_io.probe_conn(os.dup(inner.fileno()), own_inodes=set)
+        sock, facts = migrate_take.probe_conn(os.dup(inner.fileno()), own_inodes=set)
         assert sock is not None
         sock.close()
         assert facts.netns is None and facts.error is not None and "SIOCGSKNS" in facts.error

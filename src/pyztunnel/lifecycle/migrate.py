@@ -171,7 +171,7 @@ def fds_of(header: ConnHeader) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class ConnFacts:
-    """What the shell found out about a received fd (migrate_io.probe_conn). `error` when it is not even a socket."""
+    """What the shell found out about a received fd (migrate_take.probe_conn). `error` when it is not even a socket."""
 
     family: int = 0
     type: int = 0

@@ -1,6 +1,7 @@
-"""The proxy's side of connection migration (lifecycle.migrate_io runs the exchange; docs/migration.md): which relays
-can move, how one is paused, exported and released without a FIN, and how a received one resumes here with its
-access-log record, so that the one `connection complete` line at its real end has the whole duration and bytes.
+"""The proxy's side of connection migration (lifecycle.migrate_io and migrate_take run the exchange;
+docs/migration.md): which relays can move, how one is paused, exported and released without a FIN, and how a received
+one resumes here with its access-log record, so that the one `connection complete` line at its real end has the
+whole duration and bytes.
 
 Relays whose two legs are plain kernel TCP sockets move whole: inbound plaintext (15006 → app) and outbound
 passthrough (15001 → a destination outside the mesh). An HBONE leg carries user-space TLS and HTTP/2 state that
@@ -24,10 +25,11 @@ from typing import Any
 
 from pyztunnel import authz
 from pyztunnel.aio import poll_until, spawn
-from pyztunnel.lifecycle import faults, migrate_io
+from pyztunnel.lifecycle import faults, migrate_take
 from pyztunnel.lifecycle.handoff import Netns
 from pyztunnel.lifecycle.migrate import ConnHeader, Ends
-from pyztunnel.lifecycle.migrate_io import Exported, GiveService, Intake
+from pyztunnel.lifecycle.migrate_io import Exported, GiveService
+from pyztunnel.lifecycle.migrate_take import Intake
 from pyztunnel.netns import netns_inode
 from pyztunnel.observe.access import ConnectionRecord
 from pyztunnel.protocols import hbone
@@ -329,7 +331,7 @@ class Migration:
     async def register(self) -> None:
         """Ask the previous instance (if any) for its established connections, once, before we report ready."""
         try:
-            self.intake = await migrate_io.take(self.path, self, key=self.key)
+            self.intake = await migrate_take.take(self.path, self, key=self.key)
         finally:
             self.settled = True
 
