@@ -37,10 +37,12 @@ def _results(**pyz: float) -> dict[str, dict[str, float | None]]:
 
 def test_verdicts() -> None:
     results = _results(bulk_gbps=2.0, newconn_rps=250.0, cpu_max_proxy=0.25, idle_kib=16.0)
-    rows = {r.measure: r for r in build_rows(results, ["direct", "haproxy", "pyztunnel"], {"added_p99_ms": None})}
+    ratios = {"added_p99_ms": None, "added_p50_ms": 1.2, "cpu_max_proxy": 25 / 3}
+    rows = {r.measure: r for r in build_rows(results, ["direct", "haproxy", "pyztunnel"], ratios)}
     assert rows["bulk, 1 connection"].met is True  # 1.0x meets >= 1.0x
     assert rows["new connections/s"].met is False  # 2.5x < 3x
-    assert rows["CPU per 1000 rps, busiest proxy"].met is False  # 0.25 > 0.2 vCPU
+    assert rows["CPU per 1000 rps, busiest proxy"].met is False  # 8.3x haproxy's > 1.0x
+    assert rows["added latency p50 @1000 rps"].met is True  # 1.2x meets <= 1.2x (issue 14)
     assert rows["memory per idle connection, both proxies"].met is True  # 16 KiB meets <= 16
     assert rows["added latency p99 @1000 rps"].met is None  # no ratio: not judged, never "met"
     assert not rows["CPU per 1000 rps, both proxies"].judged
