@@ -53,14 +53,19 @@ class Tunnel:
     pids: tuple[int, ...]
 
 
-def wait_until(condition: Callable[[], bool], what: str, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_until(
+    condition: Callable[[], bool],
+    what: str,
+    proc: subprocess.Popen[bytes] | None = None,
+    within: float = START_TIMEOUT,
+) -> None:
     """Poll CONDITION with a deadline (readiness, not a sleep-as-synchronisation); fail fast if PROC died."""
-    deadline = time.monotonic() + START_TIMEOUT
+    deadline = time.monotonic() + within
     while not condition():
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"{what}: process exited with {proc.returncode}")
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{what}: not ready within {START_TIMEOUT:.0f} s")
+            raise RuntimeError(f"{what}: not ready within {within:.0f} s")
         time.sleep(0.02)
 
 
@@ -129,9 +134,16 @@ workloads:
 
 @contextlib.contextmanager
 def pyztunnel_pair(
-    tmp: Path, addrs: Addresses, apps: dict[str, int], certs: dict[str, Path], extra_env: dict[str, str] | None = None
+    tmp: Path,
+    addrs: Addresses,
+    apps: dict[str, int],
+    certs: dict[str, Path],
+    extra_env: dict[str, str] | None = None,
+    wrap: dict[str, list[str]] | None = None,
+    start_timeout: float = START_TIMEOUT,
 ) -> Iterator[Tunnel]:
-    """Client proxy: a direct outbound listener per app (ADDR.client:P=ADDR.server:APP); server proxy: inbound HBONE."""
+    """Client proxy: a direct outbound listener per app (ADDR.client:P=ADDR.server:APP); server proxy: inbound HBONE.
+    WRAP: an argv prefix per side ("client", "server") to run that proxy under (a profiler)."""
     config = tmp / "workloads.yaml"
     config.write_text(WORKLOADS.format(client=addrs.client, server=addrs.server))
     entry = {name: (addrs.client, free_port(addrs.client)) for name in apps}
@@ -153,12 +165,15 @@ def pyztunnel_pair(
         return values
 
     cmd = [sys.executable, "-m", "pyztunnel", "proxy"]
+    wrap = wrap or {}
+    server_cmd = [*wrap.get("server", []), *cmd, "--direct-inbound", addrs.server]
+    client_cmd = [*wrap.get("client", []), *cmd, "--direct-outbound", outbound]
     with (
-        process([*cmd, "--direct-inbound", addrs.server], tmp / "pyz-server.log", env("b", addrs.server)) as server,
-        process([*cmd, "--direct-outbound", outbound], tmp / "pyz-client.log", env("a", addrs.client)) as client,
+        process(server_cmd, tmp / "pyz-server.log", env("b", addrs.server)) as server,
+        process(client_cmd, tmp / "pyz-client.log", env("a", addrs.client)) as client,
     ):
         for proc, log in ((server, "pyz-server.log"), (client, "pyz-client.log")):
-            wait_until(functools.partial(logged, tmp / log, "proxy started"), log, proc)
+            wait_until(functools.partial(logged, tmp / log, "proxy started"), log, proc, start_timeout)
         yield Tunnel("pyztunnel", entry, (client.pid, server.pid))
 
 

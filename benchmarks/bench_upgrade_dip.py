@@ -1,0 +1,84 @@
+"""Throughput and p99 second by second while every node's proxy is rolled (issue 14's upgrade dip). Root.
+
+The experiment's `pyztunnel` scenario (every mechanism on, grace 10 s) on the built-in local cluster:
+`pyztunnel load -qps 0 -c N` (keep-alive) from the client pod through the gateway to httpbin, steady load for the
+`--steady` seconds before the rollout and after it, and per second of the rollout its calls/s and p99 against the
+steady state's (experiment/dip.py). Targets: every second >= 90 % of the steady throughput, p99 <= 1.5x, 0 failed.
+
+    python -m benchmarks upgrade_dip [--connections=1000] [--steady=10] [--grace=10] [--name=tdip] [--quick]
+
+`--quick`: -c 100, 3 s steady (a smoke run). The experiment's report (report.md, plot.png, runs/) and the per-second
+table (dip.md) go to bench-results/upgrade_dip/.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+import time
+from pathlib import Path
+from typing import Any
+
+from pyztunnel.cluster import spec
+from pyztunnel.experiment import dip
+from pyztunnel.experiment.cli import write_report
+from pyztunnel.experiment.runner import Plan, run_scenario
+from pyztunnel.experiment.scenarios import seed_scenarios, select
+
+DEFAULTS = {"connections": "1000", "steady": "10", "grace": "10", "name": "tdip"}
+QUICK = {"connections": "100", "steady": "3"}
+RAMP_S = 2  # the load's first seconds (connections warming up) are not part of the steady state
+USAGE = "--connections=N --steady=SECONDS --grace=SECONDS --name=CLUSTER --quick"
+
+
+def options(args: list[str]) -> dict[str, str]:
+    chosen = {**DEFAULTS, **(QUICK if "--quick" in args else {})}
+    for arg in args:
+        key, _, value = arg.lstrip("-").partition("=")
+        if key == "quick":
+            continue
+        if key not in DEFAULTS or not value:
+            raise SystemExit(f"error: unknown flag {arg!r}; bench_upgrade_dip takes {USAGE}")
+        chosen[key] = value
+    return chosen
+
+
+def run(args: list[str]) -> dict[str, Any]:
+    if os.geteuid() != 0:
+        print("skipped: needs root (a local cluster)")
+        return {"skipped": "needs root"}
+    opts = options(args)
+    connections, steady = int(opts["connections"]), int(opts["steady"])
+    # The runner keeps a quarter of the nominal duration of steady load before the upgrade, and as much after it.
+    duration = 4.0 * (steady + RAMP_S)
+    scenario = dataclasses.replace(select(seed_scenarios(duration), "pyztunnel")[0], grace_s=float(opts["grace"]))
+    out = Path("bench-results/upgrade_dip")
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    plan = Plan(opts["name"], duration, (connections,), 1, "10s", False, out)
+    started = time.monotonic()
+    runs = run_scenario(plan, scenario, spec.load(None), print, [0])
+    command = shlex.join(["python", "-m", "benchmarks", "upgrade_dip", *args])
+    write_report(runs, plan, time.monotonic() - started, command)
+    (result,) = runs
+    found = dip.analyse(
+        result.result.get("Timeline", []), result.upgrade_start_s, result.upgrade_end_s, steady, result.failed
+    )
+    text = f"`{command}`, -c {connections}, grace {opts['grace']} s\n\n{dip.table(found)}\n\n{dip.summary(found)}\n"
+    (out / "dip.md").write_text(text)
+    print(text)
+    return {
+        "connections": connections,
+        "steady_s": steady,
+        "upgrade_s": round(result.upgrade_s, 1),
+        "upgrade_error": result.upgrade_error,
+        "calls": result.calls,
+        "failed": result.failed,
+        "retried": result.retried,
+        "steady_calls_per_s": found.steady_calls,
+        "steady_p99_ms": found.steady_p99_ms,
+        "rollout": [dataclasses.asdict(s) for s in found.rollout],
+        "worst_throughput": found.worst_throughput,
+        "worst_p99": found.worst_p99,
+        "met": found.met,
+    }
