@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -10,7 +11,7 @@ from benchmarks.bench_upgrade_dip import options
 from pyztunnel.experiment import dip
 
 
-def _timeline(calls: list[int], p99_ms: list[float]) -> list[dict[str, Any]]:
+def _timeline(calls: Sequence[int], p99_ms: Sequence[float]) -> list[dict[str, Any]]:
     return [{"Second": i, "Calls": c, "P99": p / 1000} for i, (c, p) in enumerate(zip(calls, p99_ms, strict=True))]
 
 
