@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -152,13 +154,13 @@ def main(argv: list[str]) -> int:
     tmp.mkdir()
     samples: dict[str, list[tuple[float, float]]] = {"protocol": [], "splice": []}
     with tunnels.iperf3_server(tmp, addrs.server) as iperf_port:
-        procs = {}
-        ports = {}
+        procs: dict[str, subprocess.Popen[bytes]] = {}
+        ports: dict[str, int] = {}
         try:
             for mode in samples:
                 ports[mode] = free_port(addrs.client)
                 procs[mode] = relay_process(mode, addrs.client, ports[mode], (addrs.server, iperf_port))
-                tunnels.wait_until(lambda m=mode: tunnels.listening(addrs.client, ports[m]), mode, None)
+                tunnels.wait_until(functools.partial(tunnels.listening, addrs.client, ports[mode]), mode, None)
             for _ in range(rounds):
                 for mode, proc in procs.items():
                     cpu = tunnels.cpu_seconds(proc.pid)
@@ -169,7 +171,7 @@ def main(argv: list[str]) -> int:
             for proc in procs.values():
                 proc.terminate()
                 proc.wait()
-    os.rmdir(tmp) if not any(tmp.iterdir()) else None
+    shutil.rmtree(tmp, ignore_errors=True)
     print(f"load average {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
     for mode, runs in samples.items():
         print(
