@@ -14,12 +14,16 @@ table (dip.md) go to bench-results/upgrade_dip/.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
 import shlex
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from benchmarks import cpu_sampler
+from benchmarks.cpu_sampler import CpuSampler
 from pyztunnel.cluster import spec
 from pyztunnel.experiment import dip
 from pyztunnel.experiment.cli import write_report
@@ -44,6 +48,15 @@ def options(args: list[str]) -> dict[str, str]:
     return chosen
 
 
+def _load_start(result: Mapping[str, Any]) -> float | None:
+    """The load's start (its JSON's StartTime, wall clock) on the monotonic clock the sampler uses."""
+    try:
+        started = datetime.datetime.fromisoformat(str(result["StartTime"]).replace("Z", "+00:00")).timestamp()
+    except (KeyError, ValueError):
+        return None
+    return started - (time.time() - time.monotonic())
+
+
 def run(args: list[str]) -> dict[str, Any]:
     if os.geteuid() != 0:
         print("skipped: needs root (a local cluster)")
@@ -52,12 +65,18 @@ def run(args: list[str]) -> dict[str, Any]:
     connections, steady = int(opts["connections"]), int(opts["steady"])
     # The runner keeps a quarter of the nominal duration of steady load before the upgrade, and as much after it.
     duration = 4.0 * (steady + RAMP_S)
-    scenario = dataclasses.replace(select(seed_scenarios(duration), "pyztunnel")[0], grace_s=float(opts["grace"]))
+    grace = float(opts["grace"])
+    scenario = dataclasses.replace(
+        select(seed_scenarios(duration), "pyztunnel")[0],
+        title=f"pyztunnel's defaults (every mechanism on, grace {grace:g} s)",
+        grace_s=grace,
+    )
     out = Path("bench-results/upgrade_dip")
     (out / "runs").mkdir(parents=True, exist_ok=True)
     plan = Plan(opts["name"], duration, (connections,), 1, "10s", False, out)
     started = time.monotonic()
-    runs = run_scenario(plan, scenario, spec.load(None), print, [0])
+    with CpuSampler() as sampler:
+        runs = run_scenario(plan, scenario, spec.load(None), print, [0])
     command = shlex.join(["python", "-m", "benchmarks", "upgrade_dip", *args])
     write_report(runs, plan, time.monotonic() - started, command)
     (result,) = runs
@@ -65,6 +84,11 @@ def run(args: list[str]) -> dict[str, Any]:
         result.result.get("Timeline", []), result.upgrade_start_s, result.upgrade_end_s, steady, result.failed
     )
     text = f"`{command}`, -c {connections}, grace {opts['grace']} s\n\n{dip.table(found)}\n\n{dip.summary(found)}\n"
+    load_start = _load_start(result.result)
+    if load_start is not None and found.rollout:
+        shown = list(range(found.rollout[0].index - 3, found.rollout[-1].index + 3))
+        cpu = cpu_sampler.table(sampler.per_second(load_start), shown)
+        text += f"\nCPU seconds per second by process (2.00 = both CPUs; proxies by pid):\n\n{cpu}\n"
     (out / "dip.md").write_text(text)
     print(text)
     return {
