@@ -34,3 +34,33 @@ def test_display_values_are_bare_in_plain_and_strings_in_json() -> None:
     zlog.setup(level="info", json_format=True, stream=buf)
     logging.getLogger("access").info("x", extra={"fields": {"src.addr": zlog.Display("10.0.0.1:5")}})
     assert json.loads(buf.getvalue())["src.addr"] == "10.0.0.1:5"
+
+
+def test_fast_value_formatting_is_the_json_quoting() -> None:
+    from pyztunnel.observe.logging import format_value
+
+    for value in (
+        "10.0.0.1:80",
+        "spiffe://cluster.local/ns/a/sa/b",
+        "",
+        'say "hi"',
+        "back\\slash",
+        "tab\t",
+        "é",
+        "\x7f",
+    ):
+        assert format_value(value) == json.dumps(value), value
+    assert format_value(True) == "true" and format_value(12) == "12"
+
+
+def test_cached_timestamp_is_datetimes_to_the_microsecond() -> None:
+    import random
+    from datetime import UTC, datetime
+
+    from pyztunnel.observe.logging import timestamp
+
+    rng = random.Random(1)
+    samples = [1796587351.8760595, 1796587351.9999996, 1.0000005, 0.5]
+    samples += [rng.uniform(1.7e9, 1.9e9) for _ in range(20000)] + [1.8e9 + i * 1e-7 for i in range(20000)]
+    for created in samples:
+        assert timestamp(created) == datetime.fromtimestamp(created, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), created

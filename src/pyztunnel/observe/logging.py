@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 from datetime import UTC, datetime
@@ -23,17 +24,33 @@ class Display(str):
     __slots__ = ()
 
 
+_PLAIN = frozenset(chr(c) for c in range(0x20, 0x7F)) - {'"', "\\"}  # quoted as is by Debug and JSON alike
+
+
 def format_value(value: Any) -> str:
     """A field value as ztunnel prints it: strings Debug-quoted, numbers, bools and Display values bare."""
-    if isinstance(value, bool):
+    kind = type(value)
+    if kind is str and _PLAIN.issuperset(value):  # the common case (addresses, names, identities): no escaping
+        return f'"{value}"'
+    if kind is bool:
         return "true" if value else "false"
     if isinstance(value, int | float | Display):
         return str(value)
     return json.dumps(str(value))
 
 
+_second: tuple[int, str] = (-1, "")  # the last whole second formatted: lines of one second share it
+
+
 def timestamp(created: float) -> str:
-    return datetime.fromtimestamp(created, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    global _second
+    fraction, seconds = math.modf(created)  # datetime's own rounding: the fraction, half to even, in µs
+    whole, micros = int(seconds), round(fraction * 1e6)
+    if micros == 1_000_000:
+        whole, micros = whole + 1, 0
+    if whole != _second[0]:
+        _second = (whole, datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
+    return f"{_second[1]}.{micros:06d}Z"
 
 
 def target_of(record: logging.LogRecord) -> str:
@@ -72,6 +89,10 @@ def setup(level: str | None = None, json_format: bool | None = None, stream: Tex
         json_format = os.environ.get("LOG_FORMAT", "plain").lower() == "json"
     level_name = (level or os.environ.get("LOG_LEVEL") or _rust_log_level() or "info").upper()
     level_name = {"WARN": "WARNING", "TRACE": "DEBUG", "OFF": "CRITICAL"}.get(level_name, level_name)
+    # What our formatter never prints, logging need not find out for every record (the caller's frame walk,
+    # thread and process names): a third of an access-log line's cost.
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(ZtunnelFormatter(json_format=json_format))
     root = logging.getLogger()
