@@ -276,3 +276,53 @@ async def test_a_taker_registering_during_the_drain_gets_what_the_dead_one_did_n
     finally:
         second.close()
         await service.close()
+
+
+class CountingRelay(FakeRelay):
+    """Counts how many relays are paused (prepared, neither released nor resumed) at the same time."""
+
+    paused = 0
+    most = 0
+
+    async def prepare(self, within: float) -> Exported | None:
+        CountingRelay.paused += 1
+        CountingRelay.most = max(CountingRelay.most, CountingRelay.paused)
+        return await super().prepare(within)
+
+    def release(self) -> None:
+        CountingRelay.paused -= 1
+        super().release()
+
+    def resume(self) -> None:
+        CountingRelay.paused -= 1
+        super().resume()
+
+
+async def test_only_a_window_of_relays_is_paused_at_a_time() -> None:
+    # The rest of the node's traffic keeps flowing through the old instance while a batch is handed over.
+    CountingRelay.paused = CountingRelay.most = 0
+    relays = [CountingRelay() for _ in range(450)]
+    service = GiveService(Source(list(relays)), KEY, prepare_window=200)
+    new, task = await register(service)
+    try:
+        migrating = spawn(service.migrate(), "migrate")
+        await answer_ping(new)
+        batches = 0
+        while True:
+            data, fds = await asyncio.wait_for(recv_msg(new, max_fds=200), 5)
+            msg = handoff.decode(data)
+            if msg["type"] == "done":
+                break
+            for fd in fds:
+                os.close(fd)
+            ids = [c["id"] for c in msg["connections"]]
+            await send_msg(new, handoff.encode({"type": "taken", "batch": msg["batch"], "taken": ids, "refused": []}))
+            assert handoff.decode((await recv_msg(new))[0])["type"] == "commit"
+            batches += 1
+        assert await asyncio.wait_for(migrating, 5) == 450
+        assert {r.state for r in relays} == {"released"} and batches >= 5
+        assert CountingRelay.most <= 200, CountingRelay.most
+        await asyncio.wait_for(task, 5)
+    finally:
+        new.close()
+        await service.close()

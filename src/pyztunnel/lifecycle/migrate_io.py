@@ -38,6 +38,9 @@ _log = logging.getLogger("pyztunnel.lifecycle.migrate")
 REGISTER_TIMEOUT = 2.0
 QUIESCE_TIMEOUT = 1.0  # how long one relay may take to flush its write buffers before it is left alone
 MAX_PASSES = 3
+# Relays paused at once: one batch on its way while the next is being prepared. The node's other relays keep running
+# here until their turn, so a hand-over stalls a window of connections at a time, not the whole node (issue 14).
+PREPARE_WINDOW = 2 * migrate.MAX_CONNECTIONS_PER_MESSAGE
 
 
 # The old instance -----------------------------------------------------------------------------------------------------
@@ -111,11 +114,13 @@ class GiveService:
         key: bytes,
         answer_timeout: float = migrate.ANSWER_TIMEOUT,
         quiesce_timeout: float = QUIESCE_TIMEOUT,
+        prepare_window: int = PREPARE_WINDOW,
     ) -> None:
         self.source = source
         self._key = key
         self.answer_timeout = answer_timeout
         self.quiesce_timeout = quiesce_timeout
+        self.prepare_window = prepare_window
         self._takers: list[_Registration] = []
         self._next_id = 0
         self.migrated = 0
@@ -247,18 +252,32 @@ class GiveService:
         return moved
 
     async def _pass(self, registration: _Registration, candidates: Sequence[Exportable]) -> int:
-        """Prepare every candidate at once (an HBONE stream's stop is a round trip with its peer: they overlap) and
-        send each batch as soon as some are ready, so that a slow one holds up no other."""
+        """Prepare a window of candidates at once (an HBONE stream's stop is a round trip with its peer: they
+        overlap), send each batch as soon as some are ready, and start the next candidates as batches go, so that a
+        slow one holds up no other and the relays not yet in the window keep running here meanwhile."""
         loop = asyncio.get_running_loop()
         began = loop.time()
-        tasks = {spawn(c.prepare(self.quiesce_timeout), "migrate-prepare"): c for c in candidates}
-        pending: set[asyncio.Task[Exported | None]] = set(tasks)
+        waiting = iter(candidates)
+        tasks: dict[asyncio.Task[Exported | None], Exportable] = {}
+        pending: set[asyncio.Task[Exported | None]] = set()
+
+        def refill(in_hand: int) -> None:
+            """Start prepares until the window (being prepared + prepared, not yet offered) is full."""
+            while len(pending) + in_hand < self.prepare_window and (candidate := next(waiting, None)) is not None:
+                task = spawn(candidate.prepare(self.quiesce_timeout), "migrate-prepare")
+                tasks[task] = candidate
+                pending.add(task)
+
+        refill(0)
         moved = offered = 0
         try:
             while pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                done, still = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                pending.intersection_update(still)
                 # In the order they were listed (a set has none): batches and ids stay predictable.
                 ready = [(c, e) for t, c in tasks.items() if t in done and (e := _prepared(t)) is not None]
+                for task in done:
+                    del tasks[task]
                 for start in range(0, len(ready), migrate.MAX_CONNECTIONS_PER_MESSAGE):
                     chunk = ready[start : start + migrate.MAX_CONNECTIONS_PER_MESSAGE]
                     offered += len(chunk)
@@ -269,8 +288,10 @@ class GiveService:
                             _close_exported(exported)
                             candidate.resume()  # prepared, never offered: ours again
                         raise
+                    refill(len(ready) - start - len(chunk))
+                refill(0)
         finally:
-            if pending:  # the exchange broke: what is still being prepared stays here
+            if pending:  # the exchange broke: what is still being prepared stays here (the rest was never paused)
                 await asyncio.gather(*pending, return_exceptions=True)
                 for task in pending:
                     if (leftover := _prepared(task)) is not None:
