@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages: the data plane's tools (ip, nft), the gateway (nginx), the peers and load tools of the benchmarks.
-debs=(iproute2 nftables nginx haproxy wrk iperf3 nghttp2-client hey procps psmisc)
+debs=(iproute2 nftables nginx haproxy wrk iperf3 nghttp2-client hey procps psmisc valgrind)
 missing=()
 for pkg in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
