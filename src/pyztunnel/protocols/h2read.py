@@ -9,8 +9,9 @@ without flags on an open stream is accounted the way h2 accounts it (both flow-c
 length tracked; for RECV_DATA in these states h2's state machines only stay where they are) and its payload is
 returned as `(stream_id, memoryview)` pieces, even before the whole frame has arrived. Anything else (HEADERS,
 SETTINGS, WINDOW_UPDATE, RST_STREAM, GOAWAY, PING, extension frames, DATA with END_STREAM or PADDED, DATA on a stream
-h2 would refuse, a frame past a window) goes to `h2.receive_data` as one whole frame, so h2 decides what it does and
-which error it raises.
+h2 would refuse, a frame past a window) goes to `h2.receive_data` as its bytes arrive, so h2 buffers it with its own
+limits, decides what it does and which error it raises. A frame longer than our SETTINGS_MAX_FRAME_SIZE is refused at
+its header (FRAME_SIZE_ERROR), before any of it is buffered.
 
 Views point into the buffer: a consumer that keeps one past the call (a transport that could not send it all at once)
 must say so with `lend()`; the reader then never writes over that part again (it takes a new buffer instead).
@@ -54,13 +55,13 @@ class FrameReader:
         self._left = 0  # payload bytes of the DATA frame being read that are still to come
         self._stream_id = 0
         self._preamble = 0 if conn.config.client_side else len(PREAMBLE)  # h2 checks the client's preamble
-        self._need = _FRAME_HEADER  # bytes the next frame needs in one piece
+        self._h2_left = 0  # bytes of the frame being handed to h2 that are still to come
 
     def get_buffer(self, sizehint: int) -> memoryview:
         held = self._end - self._start
         if not held and not self._lent:  # everything read was consumed and nobody kept a view: start over
             self._start = self._end = 0
-        want = max(min(sizehint, self._size // 2), self._need - held, 1)
+        want = max(min(sizehint, self._size // 2), _FRAME_HEADER - held, 1)
         if len(self._buf) - self._end < want:
             self._make_room(held, want)
         return self._view[self._end :]
@@ -92,6 +93,12 @@ class FrameReader:
                 pos += take
                 self._preamble -= take
             while pos < end:
+                if self._h2_left:
+                    take = min(self._h2_left, end - pos)
+                    out += conn.receive_data(view[pos : pos + take])
+                    pos += take
+                    self._h2_left -= take
+                    continue
                 if self._left:
                     take = min(self._left, end - pos)
                     out.append((self._stream_id, view[pos : pos + take]))
@@ -99,7 +106,6 @@ class FrameReader:
                     self._left -= take
                     continue
                 if end - pos < _FRAME_HEADER:
-                    self._need = _FRAME_HEADER
                     break
                 high, low, kind, flags, stream_id = _HEADER.unpack_from(buf, pos)
                 length = high << 8 | low
@@ -110,12 +116,12 @@ class FrameReader:
                     pos += _FRAME_HEADER
                     self._left, self._stream_id = length, stream_id & _STREAM_ID
                     continue
-                size = _FRAME_HEADER + length
-                if end - pos < size:
-                    self._need = size
-                    break
-                out += conn.receive_data(view[pos : pos + size])
-                pos += size
+                # h2's frame: its bytes go to h2 as they come (h2 buffers a partial frame itself, with its own limits).
+                self._h2_left = _FRAME_HEADER + length
+                take = min(self._h2_left, end - pos)
+                out += conn.receive_data(view[pos : pos + take])
+                pos += take
+                self._h2_left -= take
         finally:  # h2 queued a GOAWAY for a protocol error it raised; the connection is over then anyway
             self._start = pos
         return out
