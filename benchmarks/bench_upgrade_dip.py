@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from benchmarks import cpu_sampler
+from benchmarks import cpu_sampler, flags
 from benchmarks.cpu_sampler import CpuSampler
 from pyztunnel.cluster import spec
 from pyztunnel.experiment import dip
@@ -33,19 +33,12 @@ from pyztunnel.experiment.scenarios import seed_scenarios, select
 DEFAULTS = {"connections": "1000", "steady": "10", "grace": "10", "name": "tdip"}
 QUICK = {"connections": "100", "steady": "3"}
 RAMP_S = 2  # the load's first seconds (connections warming up) are not part of the steady state
+FLAGS = ("connections", "steady", "grace", "name", "quick")
 USAGE = "--connections=N --steady=SECONDS --grace=SECONDS --name=CLUSTER --quick"
 
 
 def options(args: list[str]) -> dict[str, str]:
-    chosen = {**DEFAULTS, **(QUICK if "--quick" in args else {})}
-    for arg in args:
-        key, _, value = arg.lstrip("-").partition("=")
-        if key == "quick":
-            continue
-        if key not in DEFAULTS or not value:
-            raise SystemExit(f"error: unknown flag {arg!r}; bench_upgrade_dip takes {USAGE}")
-        chosen[key] = value
-    return chosen
+    return flags.parse(args, "upgrade_dip", DEFAULTS, QUICK, FLAGS, USAGE)
 
 
 def _load_start(result: Mapping[str, Any]) -> float | None:
