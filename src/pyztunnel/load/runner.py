@@ -9,8 +9,6 @@ Request timeouts use one lazily re-armed timer per connection instead of a timer
 from __future__ import annotations
 
 import asyncio
-import errno
-import random
 import socket
 import time
 from typing import Any, cast
@@ -21,29 +19,12 @@ from pyztunnel.load.exchange import EchoExchange, Exchange, ExchangeError, HttpE
 from pyztunnel.load.histogram import Histogram
 from pyztunnel.load.http1 import build_request, parse_url
 from pyztunnel.load.options import LoadOptions, tcp_address
-from pyztunnel.load.stats import SOCKET_ERROR, RunStats, code_is_ok
+from pyztunnel.load.stats import SOCKET_ERROR, RunStats, code_is_ok, error_kind
 from pyztunnel.load.stream import StreamCaller
 
 _now = time.monotonic
 
 USER_AGENT = f"pyztunnel-load/{__version__} (fortio-compatible)"
-
-
-def error_kind(exc: BaseException | None) -> str:
-    """A short, stable name for a socket failure (the `-1` breakdown line)."""
-    if exc is None:
-        return "closed by peer"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, ConnectionResetError):
-        return "connection reset"
-    if isinstance(exc, BrokenPipeError):
-        return "broken pipe"
-    if isinstance(exc, TimeoutError):
-        return "timeout"
-    if isinstance(exc, OSError) and exc.errno is not None:
-        return errno.errorcode.get(exc.errno, f"errno {exc.errno}").lower()
-    return type(exc).__name__
 
 
 class _Proto(asyncio.Protocol):
@@ -418,8 +399,3 @@ def split_calls(exactly: int, connections: int) -> dict[int, int]:
 
 def connection_ids(options: LoadOptions, worker: int, workers: int) -> list[int]:
     return list(range(worker, options.connections, workers))
-
-
-def stream_pattern(connection: int, size: int = 64 * 1024) -> bytes:
-    """The data a -stream connection sends, repeated: pseudo-random, different per connection, reproducible."""
-    return random.Random(connection).randbytes(size)

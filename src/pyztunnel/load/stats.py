@@ -8,6 +8,7 @@ errors histogram, the status code in `codes` (`-1` for a socket error, fortio's 
 from __future__ import annotations
 
 import dataclasses
+import errno
 from typing import Any
 
 from pyztunnel.load.histogram import Histogram
@@ -20,6 +21,23 @@ def code_is_ok(code: int | str) -> bool:
     if isinstance(code, str):
         return code == "OK"
     return 200 <= code <= 299 or code == 418
+
+
+def error_kind(exc: BaseException | None) -> str:
+    """A short, stable name for a socket failure (the `-1` breakdown line)."""
+    if exc is None:
+        return "closed by peer"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, ConnectionResetError):
+        return "connection reset"
+    if isinstance(exc, BrokenPipeError):
+        return "broken pipe"
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return errno.errorcode.get(exc.errno, f"errno {exc.errno}").lower()
+    return type(exc).__name__
 
 
 @dataclasses.dataclass

@@ -9,17 +9,36 @@ that differ from the pattern are counted as corrupted. Each streaming session is
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, cast
+import random
+import time
+from typing import Any, Protocol, cast
 
 from pyztunnel.aio import spawn
 from pyztunnel.load.histogram import Histogram
-
-if TYPE_CHECKING:
-    from pyztunnel.load.runner import Worker
+from pyztunnel.load.options import LoadOptions
+from pyztunnel.load.stats import RunStats, error_kind
 
 CHUNK = 16 * 1024
 WINDOW = 256 * 1024  # bytes in flight at most: bounds what a break can lose, keeps the check cheap
 RECONNECT_DELAY = 0.1
+_now = time.monotonic
+
+
+class Worker(Protocol):
+    """What a stream needs of the worker that owns it (`runner.Worker`)."""
+
+    options: LoadOptions
+    stats: RunStats
+    loop: asyncio.AbstractEventLoop
+    address: tuple[Any, ...]
+    stopping: bool
+
+    def caller_done(self) -> None: ...
+
+
+def stream_pattern(connection: int, size: int = 64 * 1024) -> bytes:
+    """The data a -stream connection sends, repeated: pseudo-random, different per connection, reproducible."""
+    return random.Random(connection).randbytes(size)
 
 
 def count_mismatches(data: bytes, pattern: bytes, offset: int) -> int:
@@ -66,8 +85,6 @@ class _StreamProto(asyncio.Protocol):
 
 class StreamCaller:
     def __init__(self, worker: Worker, connection: int) -> None:
-        from pyztunnel.load.runner import stream_pattern
-
         self.worker = worker
         self.id = connection
         self.pattern = stream_pattern(connection)
@@ -98,8 +115,6 @@ class StreamCaller:
         return None
 
     async def _connect(self) -> None:
-        from pyztunnel.load.runner import _now, error_kind
-
         worker = self.worker
         started = _now()
         try:
@@ -147,8 +162,6 @@ class StreamCaller:
             self.worker.stats.stream.bytes_sent += len(chunk)
 
     def on_data(self, proto: _StreamProto, data: bytes) -> None:
-        from pyztunnel.load.runner import _now
-
         if proto is not self.proto:
             return
         stats = self.worker.stats
@@ -167,8 +180,6 @@ class StreamCaller:
         self.pump()
 
     def on_lost(self, proto: _StreamProto, exc: Exception | None) -> None:
-        from pyztunnel.load.runner import _now, error_kind
-
         if proto is not self.proto:
             return
         self.proto = None
@@ -183,8 +194,6 @@ class StreamCaller:
             self._finish()
 
     def _end_session(self, code: str, kind: str | None, lost: int = 0) -> None:
-        from pyztunnel.load.runner import _now
-
         stats = self.worker.stats
         now = _now()
         if self.corrupted:
