@@ -13,7 +13,6 @@ import logging
 import os
 import secrets
 import signal
-import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from pyztunnel.aio import cancel_and_wait, spawn
 from pyztunnel.cluster import podnet, probe, render, topology
 from pyztunnel.cluster.ipam import NodeIpam
 from pyztunnel.cluster.layout import Layout
-from pyztunnel.cluster.process import Supervised
+from pyztunnel.cluster.process import CRASH_LOOP_RESTARTS, Supervised, pyztunnel_argv, tail
 from pyztunnel.cluster.scheduling import Candidate, pick_node
 from pyztunnel.cluster.spec import ClusterSpec, DeploymentSpec, Labels, ProxySpec, ReadinessProbe
 from pyztunnel.cluster.spec import parse as parse_spec
@@ -50,7 +49,6 @@ COMPONENT_READY_TIMEOUT = 30.0
 PROXY_CONFIG_POLL_ENV = "PYZTUNNEL_CONFIG_POLL"
 PROXY_CONFIG_POLL_DEFAULT = "0.5s"
 SETTLE_MARGIN = 0.25
-CRASH_LOOP_RESTARTS = 5  # `cluster up` gives up on a process that exited this often without becoming ready
 # Bounds on each step of a pod's termination (docs/cluster.md, "Bounded waits"). A step that overruns is logged by
 # name, the rest of the cleanup still runs, and `DELETE/evict ?wait=1` answers 504 naming the step.
 TASK_STOP_TIMEOUT = 5.0  # the pod's supervising task (probe loop, plumbing retries) ends once cancelled
@@ -66,13 +64,6 @@ TERMINATION_MARGIN = TASK_STOP_TIMEOUT + PUBLISH_TIMEOUT + 2 * KILL_TIMEOUT + UN
 def random_suffix() -> str:
     alphabet = "bcdfghjklmnpqrstvwxz2456789"  # Kubernetes' pod-name alphabet
     return "".join(secrets.choice(alphabet) for _ in range(5))
-
-
-def pyztunnel_argv(argv: list[str]) -> list[str]:
-    """`pyztunnel …` runs this installation's pyztunnel, whatever PATH says."""
-    if argv and argv[0] == "pyztunnel":
-        return [sys.executable, "-m", "pyztunnel", *argv[1:]]
-    return argv
 
 
 def fill(argv: list[str], values: dict[str, str]) -> list[str]:
@@ -891,17 +882,6 @@ def atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.replace(tmp, path)
-
-
-def tail(path: Path, lines: int = 2, width: int = 240) -> str:
-    try:
-        text = path.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return f"no log at {path}"
-    if not text:
-        return f"its log {path} is empty"
-    shown = [line if len(line) <= width else line[: width - 1] + "…" for line in text[-lines:]]
-    return f"last lines of {path}: " + " | ".join(shown)
 
 
 async def stop_task(task: asyncio.Task[Any], limit: float) -> bool:

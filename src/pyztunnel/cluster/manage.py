@@ -20,6 +20,7 @@ from pyztunnel.cli import SUBCOMMANDS
 from pyztunnel.cluster import reaper, topology
 from pyztunnel.cluster.client import Client, ControllerUnavailable
 from pyztunnel.cluster.layout import NAME_RULE, Layout, base_dir, check_name
+from pyztunnel.cluster.process import CRASH_LOOP_RESTARTS, tail
 from pyztunnel.cluster.spec import ClusterSpec, LoadedSpec
 from pyztunnel.errors import UserError, require_program, require_root
 from pyztunnel.netns import NETNS_RUN_DIR
@@ -135,8 +136,6 @@ def _wait_ready(
     timeout: float,
     progress: Callable[[dict[str, Any]], None] | None,
 ) -> dict[str, Any]:
-    from pyztunnel.cluster.controller import tail
-
     deadline = time.monotonic() + timeout
     state: dict[str, Any] | None = None
     while True:
@@ -163,8 +162,6 @@ def _wait_ready(
 
 
 def crash_looping(state: dict[str, Any]) -> str | None:
-    from pyztunnel.cluster.controller import CRASH_LOOP_RESTARTS
-
     for pod in [*state["proxies"], *state["pods"]]:
         if not pod["ready"] and pod["restarts"] >= CRASH_LOOP_RESTARTS:
             return f"pod {pod['name']} keeps exiting ({pod['restarts']} restarts)"
@@ -172,8 +169,6 @@ def crash_looping(state: dict[str, Any]) -> str | None:
 
 
 def not_ready(state: dict[str, Any] | None, layout: Layout) -> str:
-    from pyztunnel.cluster.controller import tail
-
     if state is None:
         return f"the controller never answered; {tail(layout.log('controller'))}"
     waiting = []

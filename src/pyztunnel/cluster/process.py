@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -21,6 +22,7 @@ _log = logging.getLogger("pyztunnel.cluster.process")
 BACKOFF_FIRST = 0.2
 BACKOFF_MAX = 10.0
 STABLE_AFTER = 10.0  # a process that ran this long restarts with the first backoff again
+CRASH_LOOP_RESTARTS = 5  # `cluster up` gives up on a process that exited this often without becoming ready
 
 
 def backoff(failures: int) -> float:
@@ -138,3 +140,22 @@ class Supervised:
                 os.killpg(self.pid, signal.SIGKILL)
         self.started.clear()
         return proc.returncode if proc is not None else None
+
+
+def pyztunnel_argv(argv: list[str]) -> list[str]:
+    """`pyztunnel …` runs this installation's pyztunnel, whatever PATH says."""
+    if argv and argv[0] == "pyztunnel":
+        return [sys.executable, "-m", "pyztunnel", *argv[1:]]
+    return argv
+
+
+def tail(path: Path, lines: int = 2, width: int = 240) -> str:
+    """The last lines of a process's log, for the one line that says why it did not start."""
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return f"no log at {path}"
+    if not text:
+        return f"its log {path} is empty"
+    shown = [line if len(line) <= width else line[: width - 1] + "…" for line in text[-lines:]]
+    return f"last lines of {path}: " + " | ".join(shown)
