@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,18 +14,27 @@ import aiohttp
 import pytest
 
 from pyztunnel.aio import cancel_and_wait, spawn
-from pyztunnel.cluster import api, controller, podnet, spec, topology
-from pyztunnel.cluster.controller import Controller, Pod, PublishStuck
+from pyztunnel.cluster import api, kubelet, podnet, spec, topology
+from pyztunnel.cluster.controller import Controller
 from pyztunnel.cluster.layout import Layout
+from pyztunnel.cluster.objects import Pod, PublishStuck
 from pyztunnel.workloads.watch import config_version
 
 
 @pytest.fixture
-async def session(tmp_path: Path) -> AsyncIterator[tuple[aiohttp.ClientSession, Controller]]:
+def network() -> podnet.PodNetwork:
+    """The controller's pod network: by default an agent whose DELETE never answers."""
+    return HangingPodNetwork()
+
+
+@pytest.fixture
+async def session(
+    tmp_path: Path, network: podnet.PodNetwork
+) -> AsyncIterator[tuple[aiohttp.ClientSession, Controller]]:
     layout = Layout(tmp_path / "c1")
     layout.root.mkdir()
-    ctl = Controller("c1", layout, spec.load(None).spec)
-    ctl.phase = "failed"  # nothing is reconciled: the API alone is under test
+    ctl = Controller("c1", layout, spec.load(None).spec, network=network)
+    ctl.store.phase = "failed"  # nothing is reconciled: the API alone is under test
     runner = await api.serve(ctl, layout.socket)
     connector = aiohttp.UnixConnector(path=str(layout.socket))
     async with aiohttp.ClientSession(connector=connector, base_url="http://controller") as client:
@@ -63,7 +71,7 @@ async def test_scale(session: tuple[aiohttp.ClientSession, Controller]) -> None:
         200,
         {"ok": True, "deployment": "httpbin", "replicas": 5},
     )
-    assert ctl.replicas["httpbin"] == 5
+    assert ctl.store.replicas["httpbin"] == 5
     status, answer = await call(client, "POST", "/v1/deployments/httpbin/scale", {"replicas": -1})
     assert status == 400 and "replicas" in answer["error"]
     status, answer = await call(client, "POST", "/v1/deployments/nope/scale", {"replicas": 1})
@@ -76,7 +84,7 @@ async def test_cordon_and_unknown_names(session: tuple[aiohttp.ClientSession, Co
         200,
         {"ok": True, "node": "node-2", "cordoned": True},
     )
-    assert ctl.nodes["node-2"].cordoned
+    assert ctl.store.nodes["node-2"].cordoned
     assert (await call(client, "POST", "/v1/nodes/node-2/uncordon"))[1]["cordoned"] is False
     assert (await call(client, "POST", "/v1/nodes/node-9/cordon"))[0] == 404
     assert await call(client, "DELETE", "/v1/pods/nope") == (404, {"error": "no pod nope"})
@@ -91,13 +99,13 @@ async def test_daemonset_update_is_validated(session: tuple[aiohttp.ClientSessio
         client, "PUT", "/v1/daemonset", {"version": "2.0", "updateStrategy": {"type": "OnDelete"}}
     )
     assert status == 200
-    assert answer["daemonset"]["version"] == "2.0" and ctl.daemonset.updateStrategy.type == "OnDelete"
-    assert ctl.daemonset.terminationGracePeriodSeconds == 30  # untouched fields kept
+    assert answer["daemonset"]["version"] == "2.0" and ctl.store.daemonset.updateStrategy.type == "OnDelete"
+    assert ctl.store.daemonset.terminationGracePeriodSeconds == 30  # untouched fields kept
     status, answer = await call(client, "PUT", "/v1/daemonset", {"terminationGracePeriodSeconds": -5})
     assert status == 400 and answer["error"].startswith("terminationGracePeriodSeconds:")
     status, answer = await call(client, "PUT", "/v1/daemonset", {"bogus": 1})
     assert status == 400 and "bogus" in answer["error"]
-    assert ctl.daemonset.version == "2.0"
+    assert ctl.store.daemonset.version == "2.0"
 
 
 async def test_bad_bodies(session: tuple[aiohttp.ClientSession, Controller]) -> None:
@@ -111,7 +119,7 @@ async def test_bad_bodies(session: tuple[aiohttp.ClientSession, Controller]) -> 
 async def test_shutdown_sets_the_stop_event(session: tuple[aiohttp.ClientSession, Controller]) -> None:
     client, ctl = session
     assert await call(client, "POST", "/v1/shutdown") == (200, {"ok": True})
-    assert ctl.stop_requested.is_set()
+    assert ctl.store.stop_requested.is_set()
 
 
 # ----- `?wait=1` is bounded -------------------------------------------------------------------------------------------
@@ -135,7 +143,7 @@ class HangingPodNetwork:
 
 
 def app_pod(ctl: Controller, name: str) -> Pod:
-    node = ctl.nodes["node-1"]
+    node = ctl.store.nodes["node-1"]
     pod = Pod(
         name=name,
         uid=f"uid-{name}",
@@ -154,7 +162,7 @@ def app_pod(ctl: Controller, name: str) -> Pod:
         env={},
         files={},
     )
-    ctl.pods[name] = pod
+    ctl.store.pods[name] = pod
     return pod
 
 
@@ -169,50 +177,50 @@ async def publishing(
         return None
 
     monkeypatch.setattr(topology, "delete_namespaces", no_namespaces)
-    ctl._publisher_task = spawn(ctl._publisher(), "test-publisher")
+    ctl.publisher.start()
     try:
         yield session
     finally:
-        await cancel_and_wait(ctl._publisher_task)
+        await ctl.publisher.stop()
 
 
 async def test_wait_answers_504_naming_the_stuck_step(
     publishing: tuple[aiohttp.ClientSession, Controller], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     client, ctl = publishing
-    monkeypatch.setattr(controller, "UNPLUMB_TIMEOUT", 0.2)
-    ctl.podnet = HangingPodNetwork()
+    monkeypatch.setattr(kubelet, "UNPLUMB_TIMEOUT", 0.2)
     pod = app_pod(ctl, "a")
     status, answer = await asyncio.wait_for(call(client, "POST", "/v1/pods/a/evict?wait=1"), 10)
     assert status == 504
     assert answer["error"] == (
         "pod a was removed, but unplumbing it through the node agent did not finish within 0.2s"
     ), answer
-    assert "a" not in ctl.pods and pod.deleted.is_set()
+    assert "a" not in ctl.store.pods and pod.deleted.is_set()
 
 
 async def test_wait_is_bounded_even_when_a_step_is_not(
     publishing: tuple[aiohttp.ClientSession, Controller], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     client, ctl = publishing
-    monkeypatch.setattr(controller, "TERMINATION_MARGIN", 0.3)  # the answer's bound, below the step's own
-    ctl.podnet = hanging = HangingPodNetwork()
+    monkeypatch.setattr(kubelet, "TERMINATION_MARGIN", 0.3)  # the answer's bound, below the step's own
+    hanging = ctl.network
+    assert isinstance(hanging, HangingPodNetwork)
     app_pod(ctl, "b")
     status, answer = await asyncio.wait_for(call(client, "DELETE", "/v1/pods/b?wait=1&grace=0"), 10)
     assert hanging.removing.is_set()
     assert status == 504
     assert answer["error"].startswith("pod b is not gone after 0.3s: stuck in unplumbing it through the node agent")
-    task = ctl.pods["b"].terminating
+    task = ctl.store.pods["b"].terminating
     assert task is not None
     await cancel_and_wait(task)
 
 
+@pytest.mark.parametrize("network", [podnet.DirectPodNetwork()])
 async def test_wait_survives_a_supervising_task_that_loses_its_first_cancellation(
     publishing: tuple[aiohttp.ClientSession, Controller],
 ) -> None:
     """What a probe loop did when `wait_for` swallowed the cancel: go on. The deletion cancels it again."""
     client, ctl = publishing
-    ctl.podnet = podnet.DirectPodNetwork()
     pod = app_pod(ctl, "c")
     swallowed = asyncio.Event()
 
@@ -228,40 +236,47 @@ async def test_wait_survives_a_supervising_task_that_loses_its_first_cancellatio
     pod.task = spawn(probe_loop(), "pod-c")
     status, answer = await asyncio.wait_for(call(client, "POST", "/v1/pods/c/evict?wait=1"), 10)
     assert (status, answer["ok"]) == (200, True) and swallowed.is_set()
-    assert "c" not in ctl.pods
+    assert "c" not in ctl.store.pods
 
 
 async def test_published_is_bounded_and_names_a_dead_publisher(
-    session: tuple[aiohttp.ClientSession, Controller],
+    session: tuple[aiohttp.ClientSession, Controller], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _, ctl = session
+    publisher = ctl.publisher
     with pytest.raises(PublishStuck, match=r"not rewritten within 0\.1s"):
-        await ctl.published(ctl.changed(), 0.1)
+        await publisher.published(publisher.changed(), 0.1)
+    ended = asyncio.Event()
 
     async def broken() -> None:
+        ended.set()
         raise RuntimeError("boom")
 
-    ctl._publisher_task = spawn(broken(), "broken-publisher")
-    await asyncio.wait({ctl._publisher_task})
+    monkeypatch.setattr(publisher, "run", broken)
+    publisher.start()
+    await ended.wait()
+    await publisher.stop()
     with pytest.raises(PublishStuck, match="publisher ended"):
-        await ctl.published(ctl.changed(), 5)
+        await publisher.published(publisher.changed(), 5)
 
 
 async def test_ready_waits_until_every_proxy_has_loaded_the_last_workloads(
     publishing: tuple[aiohttp.ClientSession, Controller],
 ) -> None:
     client, ctl = publishing
-    ctl.phase = "running"
-    ctl.agent_api = None
-    ctl.spec.deployments.clear()
-    await ctl.published(ctl.changed(), 5)
+    store, publisher = ctl.store, ctl.publisher
+    store.phase = "running"
+    store.spec.deployments.clear()
+    for node in store.nodes.values():
+        node.agent_ready = True
+    await publisher.published(publisher.changed(), 5)
     proxies = []
-    for node in ctl.nodes.values():
+    for node in store.nodes.values():
         pod = app_pod(ctl, f"ztunnel-{node.name}")
         pod.owner_kind, pod.node, pod.ready = "DaemonSet", node, True
         proxies.append(pod)
     current = (await call(client, "GET", "/v1/state"))[1]["workloadsVersion"]
-    assert current == config_version(ctl.layout.workloads.read_bytes())
+    assert current == config_version(store.layout.workloads.read_bytes())
     proxies[0].config_version = proxies[1].config_version = current
     proxies[2].config_version = "0000000000000000"  # still the previous file
     _, state = await call(client, "GET", "/v1/state")
@@ -270,9 +285,10 @@ async def test_ready_waits_until_every_proxy_has_loaded_the_last_workloads(
     proxies[2].config_version = current
     assert (await call(client, "GET", "/v1/state"))[1]["ready"] is True
     proxies[2].config_version = None  # a proxy without the header (ztunnel): the poll interval plus a margin
-    ctl._workloads_written_at = time.monotonic()
+    written = publisher.workloads_written_at
+    publisher.clock = lambda: written + publisher.settle / 2
     assert (await call(client, "GET", "/v1/state"))[1]["ready"] is False
-    ctl._workloads_written_at -= ctl.settle
+    publisher.clock = lambda: written + publisher.settle + 0.001
     assert (await call(client, "GET", "/v1/state"))[1]["ready"] is True
 
 

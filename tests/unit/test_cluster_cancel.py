@@ -13,7 +13,7 @@ import pytest
 
 from pyztunnel.aio import spawn
 from pyztunnel.cluster import probe
-from pyztunnel.cluster.controller import stop_task
+from pyztunnel.cluster.kubelet import stop_task
 
 
 async def test_a_tcp_probe_keeps_a_cancellation_that_races_its_connect(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,8 +1,10 @@
 """The controller API: HTTP/1.1 + JSON on `controller.sock` (docs/architecture.md, Controller API; docs/cluster.md).
 
-Mutating calls return as soon as the change is under way (a deleted pod is `Terminating`, its replacement `Pending`);
-add `?wait=1` to DELETE/evict to return only once the pod is gone (504 naming the stuck step if its termination
-overruns its grace period plus the controller's bounds).
+An HTTP adapter: it parses and checks requests and renders answers; what a call does is one `ClusterOps` operation,
+which the controller implements (this module knows the operations, not the controller). Mutating calls return as soon
+as the change is under way (a deleted pod is `Terminating`, its replacement `Pending`); add `?wait=1` to DELETE/evict
+to return only once the pod is gone (504 naming the stuck step if its termination overruns its grace period plus the
+controller's bounds).
 """
 
 from __future__ import annotations
@@ -10,23 +12,53 @@ from __future__ import annotations
 import asyncio
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiohttp import web
-from pydantic import ValidationError
 
-from pyztunnel.cluster.controller import TerminationStuck
-from pyztunnel.cluster.spec import ProxySpec
+from pyztunnel.cluster.objects import Node, Pod, TerminationStuck
 from pyztunnel.localsock import listen_unix
 
-if TYPE_CHECKING:
-    from pyztunnel.cluster.controller import Controller, Node, Pod
 
-CONTROLLER_KEY = web.AppKey("controller", object)
+class ClusterOps(Protocol):
+    """What the API can ask of the cluster."""
+
+    def snapshot(self) -> dict[str, Any]: ...
+
+    def pod(self, name: str) -> Pod | None: ...
+
+    def node(self, name: str) -> Node | None: ...
+
+    def has_deployment(self, name: str) -> bool: ...
+
+    def scale(self, deployment: str, replicas: int) -> None: ...
+
+    def cordon(self, node: Node, cordoned: bool) -> None: ...
+
+    def delete(self, pod: Pod, grace: float) -> asyncio.Task[None]:
+        """Start the pod's termination (its owner replaces it); the task ends when it is gone."""
+        ...
+
+    def termination_limit(self, grace: float) -> float: ...
+
+    def daemonset(self) -> dict[str, Any]:
+        """The DaemonSet's whole template."""
+        ...
+
+    def create_proxy(self, node: Node, version: str | None) -> Pod: ...
+
+    def update_daemonset(self, patch: dict[str, Any]) -> dict[str, Any]:
+        """The template after the update; ValueError naming the field when the update is refused."""
+        ...
+
+    def request_stop(self) -> None: ...
 
 
-def _ctl(request: web.Request) -> Controller:
-    return request.app[CONTROLLER_KEY]  # type: ignore[return-value]
+OPS_KEY = web.AppKey("ops", ClusterOps)
+
+
+def _ops(request: web.Request) -> ClusterOps:
+    return request.app[OPS_KEY]
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -43,44 +75,42 @@ async def _body(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def _pod(ctl: Controller, name: str) -> Pod:
-    pod = ctl.pods.get(name)
+def _pod(ops: ClusterOps, name: str) -> Pod:
+    pod = ops.pod(name)
     if pod is None:
         raise web.HTTPNotFound(text=f'{{"error": "no pod {name}"}}', content_type="application/json")
     return pod
 
 
-def _node(ctl: Controller, name: str) -> Node:
-    node = ctl.nodes.get(name)
+def _node(ops: ClusterOps, name: str) -> Node:
+    node = ops.node(name)
     if node is None:
         raise web.HTTPNotFound(text=f'{{"error": "no node {name}"}}', content_type="application/json")
     return node
 
 
 async def get_state(request: web.Request) -> web.Response:
-    return web.json_response(_ctl(request).snapshot())
+    return web.json_response(_ops(request).snapshot())
 
 
 async def scale(request: web.Request) -> web.Response:
-    ctl = _ctl(request)
+    ops = _ops(request)
     name = request.match_info["name"]
-    if name not in ctl.replicas:
+    if not ops.has_deployment(name):
         return _error(404, f"no deployment {name}")
     replicas = (await _body(request)).get("replicas")
     if not isinstance(replicas, int) or isinstance(replicas, bool) or not 0 <= replicas <= 1000:
         return _error(400, "replicas must be an integer from 0 to 1000")
-    ctl.replicas[name] = replicas
-    ctl.reconcile()
-    ctl.changed()
+    ops.scale(name, replicas)
     return web.json_response({"ok": True, "deployment": name, "replicas": replicas})
 
 
 async def _delete(request: web.Request, pod: Pod, grace: float) -> web.Response:
-    ctl = _ctl(request)
-    task = ctl.start_delete(pod, grace)
+    ops = _ops(request)
+    task = ops.delete(pod, grace)
     if request.query.get("wait") in ("1", "true"):
         # Bounded: a termination step that hangs is answered with what it is stuck in, never with silence.
-        limit = ctl.termination_limit(grace)
+        limit = ops.termination_limit(grace)
         try:
             async with asyncio.timeout(limit):
                 await asyncio.shield(task)
@@ -94,7 +124,7 @@ async def _delete(request: web.Request, pod: Pod, grace: float) -> web.Response:
 
 
 async def delete_pod(request: web.Request) -> web.Response:
-    pod = _pod(_ctl(request), request.match_info["name"])
+    pod = _pod(_ops(request), request.match_info["name"])
     grace = request.query.get("grace")
     if grace is None:
         return await _delete(request, pod, pod.grace)
@@ -108,62 +138,54 @@ async def delete_pod(request: web.Request) -> web.Response:
 
 
 async def evict(request: web.Request) -> web.Response:
-    pod = _pod(_ctl(request), request.match_info["name"])
+    pod = _pod(_ops(request), request.match_info["name"])
     return await _delete(request, pod, pod.grace)
 
 
 async def cordon(request: web.Request) -> web.Response:
-    ctl = _ctl(request)
-    node = _node(ctl, request.match_info["name"])
-    node.cordoned = request.match_info["action"] == "cordon"
-    ctl.changed()
-    ctl.reconcile()  # uncordoning may let unscheduled pods in
+    ops = _ops(request)
+    node = _node(ops, request.match_info["name"])
+    ops.cordon(node, request.match_info["action"] == "cordon")
     return web.json_response({"ok": True, "node": node.name, "cordoned": node.cordoned})
 
 
 async def create_proxy(request: web.Request) -> web.Response:
-    ctl = _ctl(request)
+    ops = _ops(request)
     body = await _body(request)
-    node = _node(ctl, str(body.get("node")))
-    version = body.get("version", ctl.daemonset.version)
-    if not isinstance(version, str) or not version:
+    node = _node(ops, str(body.get("node")))
+    version = body.get("version")
+    if version is not None and (not isinstance(version, str) or not version):
         return _error(400, "version must be a non-empty string")
-    if not ctl.daemonset.enabled:
+    if not ops.daemonset()["enabled"]:
         return _error(409, "the proxy DaemonSet is disabled in this cluster's spec")
-    pod = ctl.create_proxy(node, version)
+    pod = ops.create_proxy(node, version)
     return web.json_response({"ok": True, "pod": pod.record()})
 
 
 async def delete_proxy(request: web.Request) -> web.Response:
-    ctl = _ctl(request)
-    pod = _pod(ctl, request.match_info["name"])
-    if pod.owner_kind != "DaemonSet":
+    pod = _pod(_ops(request), request.match_info["name"])
+    if not pod.is_proxy:
         return _error(400, f"pod {pod.name} is not a proxy pod")
     return await _delete(request, pod, pod.grace)
 
 
 async def put_daemonset(request: web.Request) -> web.Response:
-    ctl = _ctl(request)
     body = await _body(request)
-    merged = {**ctl.daemonset.model_dump(), **body}
     try:
-        ctl.daemonset = ProxySpec.model_validate(merged)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        return _error(400, f"{where}: {first['msg']}")
-    ctl.changed()
-    return web.json_response({"ok": True, "daemonset": ctl.daemonset.model_dump()})
+        template = _ops(request).update_daemonset(body)
+    except ValueError as exc:
+        return _error(400, str(exc))
+    return web.json_response({"ok": True, "daemonset": template})
 
 
 async def shutdown(request: web.Request) -> web.Response:
-    _ctl(request).stop_requested.set()
+    _ops(request).request_stop()
     return web.json_response({"ok": True})
 
 
-def make_app(ctl: Controller) -> web.Application:
+def make_app(ops: ClusterOps) -> web.Application:
     app = web.Application()
-    app[CONTROLLER_KEY] = ctl
+    app[OPS_KEY] = ops
     app.add_routes(
         [
             web.get("/v1/state", get_state),
@@ -180,8 +202,8 @@ def make_app(ctl: Controller) -> web.Application:
     return app
 
 
-async def serve(ctl: Controller, path: Path) -> web.AppRunner:
-    runner = web.AppRunner(make_app(ctl), access_log=None)
+async def serve(ops: ClusterOps, path: Path) -> web.AppRunner:
+    runner = web.AppRunner(make_app(ops), access_log=None)
     await runner.setup()
     await web.SockSite(runner, listen_unix(path, socket.SOCK_STREAM, backlog=128)).start()
     return runner
