@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 from pyztunnel import __version__
-from pyztunnel.cli import SUBCOMMANDS
+from pyztunnel.commands import SUBCOMMANDS
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pyztunnel.cli import SUBCOMMANDS
 from pyztunnel.cluster import spec
+from pyztunnel.commands import SUBCOMMANDS
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

@@ -16,12 +16,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pyztunnel.cli import SUBCOMMANDS
 from pyztunnel.cluster import reaper, topology
 from pyztunnel.cluster.client import Client, ControllerUnavailable
 from pyztunnel.cluster.layout import NAME_RULE, Layout, base_dir, check_name
 from pyztunnel.cluster.process import CRASH_LOOP_RESTARTS, tail
 from pyztunnel.cluster.spec import ClusterSpec, LoadedSpec
+from pyztunnel.commands import SUBCOMMANDS
 from pyztunnel.errors import UserError, require_program, require_root
 from pyztunnel.netns import NETNS_RUN_DIR
 
