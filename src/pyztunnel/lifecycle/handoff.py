@@ -35,11 +35,11 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
-import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from pyztunnel.lifecycle.peerauth import AuthError, Handshake
+from pyztunnel.protocols import linux
 
 VERSION = 2
 MAX_FDS_PER_MESSAGE = 200
@@ -137,9 +137,9 @@ def check_inet_stream(error: str | None, family: int, kind: int) -> str | None:
     """The checks every received socket passes first (listener handoff and connection migration alike)."""
     if error is not None:
         return error
-    if family not in (socket.AF_INET, socket.AF_INET6):
+    if family not in (linux.AF_INET, linux.AF_INET6):
         return f"not an inet socket (family {family})"
-    if kind != socket.SOCK_STREAM:
+    if kind != linux.SOCK_STREAM:
         return f"not a stream socket (type {kind})"
     return None
 

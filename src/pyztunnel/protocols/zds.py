@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import socket
 from collections import deque
 from collections.abc import Iterable, Sequence
 
 from google.protobuf.message import DecodeError
 
+from pyztunnel.protocols import linux
 from pyztunnel.protocols._pb import zds_pb2
 
 # Both sides read into a buffer of this size (reference §2.1); a larger datagram arrives truncated, which is an error.
@@ -142,9 +142,9 @@ def encode_ack(ack: Ack = Ack()) -> bytes:
 
 
 def _check_flags(flags: int) -> None:
-    if flags & socket.MSG_TRUNC:
+    if flags & linux.MSG_TRUNC:
         raise MalformedMessage(f"datagram truncated (MSG_TRUNC): larger than {MAX_DATAGRAM} bytes")
-    if flags & socket.MSG_CTRUNC:
+    if flags & linux.MSG_CTRUNC:
         raise MalformedMessage("control data truncated (MSG_CTRUNC)")
 
 
