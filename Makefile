@@ -15,6 +15,7 @@ lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache --no-logo
 
 test: lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
