@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-import yaml
 
+from pyztunnel import yamlfile
 from pyztunnel.errors import UserError
 
 T = TypeVar("T")
@@ -166,9 +166,11 @@ def load(
     from_file: dict[str, Any] = {}
     if config_file is not None:
         try:
-            loaded = yaml.safe_load(config_file.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise UserError(f"{config_file}: cannot read settings: {exc}") from None
+            loaded = yamlfile.load(yamlfile.read_text(config_file)) or {}
+        except OSError as exc:
+            raise UserError(f"{config_file}: cannot read settings: {exc.strerror or exc}") from None
+        except yamlfile.YamlError as exc:
+            raise UserError(f"{config_file}:{exc.line}: {exc.message}") from None
         if not isinstance(loaded, dict):
             raise UserError(f"{config_file}: settings must be a mapping of name: value")
         from_file = loaded

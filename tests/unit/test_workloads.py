@@ -91,7 +91,7 @@ def test_map_form_of_string_match() -> None:
         ),
         ("services:\n- name: s\n  namespace: a\n  hostname: h\n  vips: ['/10.0.0.300']\n  ports: {}\n", "x.yaml:5:"),
         ("workloads:\n- namespace: a\n", "x.yaml:2: workloads.0.workloadIps: Field required"),
-        ("workloads: [\n", "x.yaml:2: invalid YAML"),
+        ("workloads: [\n", "x.yaml:2: not valid YAML"),
         ("- a\n- b\n", "x.yaml:1: the top level must be a mapping"),
         ("policies:\n- name: p\n  action: Maybe\n", "x.yaml:3: policies.0.action"),
         ("nodes: []\n", "x.yaml:1: unknown field 'nodes'"),

@@ -16,9 +16,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pyztunnel import __version__
-from pyztunnel.cluster.yamlmarks import YamlError, dotted, line_of, load_with_lines
 from pyztunnel.errors import UserError
 from pyztunnel.workloads import local
+from pyztunnel.yamlfile import YamlError, dotted, line_of, load_with_lines, read_text
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 Name = Annotated[str, Field(pattern=DNS_LABEL, min_length=1, max_length=40)]
@@ -228,9 +228,11 @@ def load(path: Path | None) -> LoadedSpec:
     if path is None:
         return parse(default_text(), f"<built-in {DEFAULT_SPEC}>")
     try:
-        text = path.read_text()
+        text = read_text(path)
     except OSError as exc:
         raise UserError(f"{path}: cannot read the cluster spec: {exc.strerror}") from None
+    except YamlError as exc:
+        raise SpecError([f"{path}:{exc.line}: {exc.message}"]) from None
     return parse(text, str(path))
 
 

@@ -22,6 +22,7 @@ from typing import IO, Any
 
 import yaml
 
+from pyztunnel import yamlfile
 from pyztunnel.cluster import manage, spec
 from pyztunnel.cluster.layout import Layout
 from pyztunnel.errors import UserError
@@ -45,7 +46,7 @@ class Plan:
 
 def scenario_spec(base: spec.LoadedSpec, scenario: Scenario, gateway_retry: bool) -> spec.LoadedSpec:
     """The default cluster spec configured for one scenario."""
-    doc = yaml.safe_load(base.text)
+    doc = yamlfile.load(base.text)
     proxy = doc.setdefault("proxy", {})
     proxy["terminationGracePeriodSeconds"] = int(scenario.grace_s)
     proxy.setdefault("env", {})["PYZTUNNEL_LISTENER_HANDOFF"] = "true" if scenario.listener_handoff else "false"

@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 import yaml
 
+from pyztunnel import yamlfile
 from pyztunnel.identity.api import IMPERSONATED_IDENTITY
 from pyztunnel.identity.ca import csr_identity
 from pyztunnel.identity.spiffe import Identity, SpiffeError
@@ -41,9 +42,9 @@ _TolerantLoader.add_multi_constructor("!", _untagged)
 def identities_by_node(yaml_text: str) -> dict[str, frozenset[Identity]]:
     """node name → identities of the workloads scheduled there. Workloads without a node are ignored."""
     try:
-        doc = yaml.load(yaml_text, Loader=_TolerantLoader) or {}
-    except yaml.YAMLError as exc:
-        raise WorkloadsError(f"not valid YAML: {exc}") from None
+        doc = yamlfile.load(yaml_text, _TolerantLoader) or {}
+    except yamlfile.YamlError as exc:
+        raise WorkloadsError(str(exc)) from None
     if not isinstance(doc, dict):
         raise WorkloadsError("top level must be a mapping with 'workloads'")
     workloads = doc.get("workloads") or []

@@ -44,6 +44,7 @@ from pyztunnel.proxy.shared import IndexHolder, Shared
 from pyztunnel.proxy.telemetry import Telemetry
 from pyztunnel.proxy.zds_client import READINESS_TASK, ZdsClient
 from pyztunnel.settings import declared
+from pyztunnel.workloads import local
 from pyztunnel.workloads.index import WorkloadIndex
 from pyztunnel.workloads.model import Protocol, Workload
 from pyztunnel.workloads.watch import ConfigWatch
@@ -260,8 +261,8 @@ class ProxyApp:
         if path is None:
             return ""
         try:
-            return Path(path).read_text()
-        except OSError:
+            return local.read(Path(path))
+        except local.ConfigError:
             return ""
 
     # ------------------------------------------------------------------ run
@@ -271,7 +272,12 @@ class ProxyApp:
         self.readiness.block(STATE_MANAGER)
         if self.settings.local_xds_path is not None:
             self.watch = ConfigWatch(Path(self.settings.local_xds_path), on_change=self._on_config)
-            self.watch.check()
+            try:
+                self.watch.load()
+            except (
+                local.ConfigError
+            ) as exc:  # as ztunnel: a config it cannot use at start is the one line it exits 2 with
+                raise UserError(str(exc)) from None
             self._tasks.append(spawn(self.watch.run(float(self.settings.config_poll_interval)), "config-watch"))
         else:
             self._on_config(WorkloadIndex())

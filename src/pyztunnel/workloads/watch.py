@@ -1,4 +1,5 @@
-"""Reload the LOCAL_XDS_PATH file when it changes; a bad file keeps the last good config and logs why.
+"""Reload the LOCAL_XDS_PATH file when it changes; a bad file keeps the last good config and logs why in one line,
+and the watch goes on (whatever goes wrong in one check never ends it), so a later good file is loaded.
 
 The file is replaced atomically by its writer (rename), so a change shows as a new (inode, mtime, size); polling that
 stat is cheap and needs no inotify dependency.
@@ -47,22 +48,23 @@ class ConfigWatch:
         self.changed = asyncio.Event()
 
     def check(self) -> bool:
-        """Reload if the file changed; True if a new config is in force."""
-        signature = _signature(self.path)
-        if signature == self._signature and self.loaded:
+        """Reload if the file changed; True if a new config is in force. A bad file is logged (once) and changes
+        nothing."""
+        if _signature(self.path) == self._signature and self.loaded:
             return False
-        self._signature = signature
         try:
-            try:
-                data = self.path.read_bytes()
-            except OSError as exc:
-                raise local.ConfigError(f"{self.path}:0: cannot read: {exc.strerror}") from None
-            config = local.parse(data.decode(errors="replace"), str(self.path))
+            self.load()
         except local.ConfigError as exc:
-            if str(exc) != self.last_error:
-                _log.error("config not loaded, keeping the last good one", extra={"fields": {"error": str(exc)}})
-            self.last_error = str(exc)
+            self._failed(str(exc))
             return False
+        return True
+
+    def load(self) -> None:
+        """Load the file now (the proxy's start: a file it cannot use is the one line it exits with). ConfigError
+        if it cannot be used; the config in force is then unchanged."""
+        self._signature = _signature(self.path)  # before reading: a change while we read is seen next time
+        data = local.read_bytes(self.path)
+        config = local.parse(local.decode(data, self.path), str(self.path))
         self.last_error = None
         self.index = WorkloadIndex(config)
         self.loaded = True
@@ -84,12 +86,19 @@ class ConfigWatch:
             self.on_change(self.index)
         self.changed.set()
         self.changed = asyncio.Event()
-        return True
+
+    def _failed(self, error: str) -> None:
+        if error != self.last_error:
+            _log.error("config not loaded, keeping the last good one", extra={"fields": {"error": error}})
+        self.last_error = error
 
     async def run(self, interval: float) -> None:
         while True:
-            self.check()
-            await asyncio.sleep(interval)
+            try:
+                self.check()
+            except Exception as exc:  # a bug in one check must not end the watch: later files are still loaded
+                self._failed(f"{self.path}: cannot check the config: {type(exc).__name__}: {exc}")
+            await asyncio.sleep(interval)  # the poll interval
 
 
 def config_version(data: bytes) -> str:
