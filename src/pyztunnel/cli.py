@@ -68,6 +68,15 @@ def show_settings() -> None:
             click.echo(f"  {flag}  (default {default}){env_text}\n      {help_text}")
 
 
+def one_line(exc: click.ClickException) -> str:
+    """Click's message for a bad command line in one line (not its usage block), with where to read more."""
+    message = " ".join(exc.format_message().split())
+    ctx = getattr(exc, "ctx", None)
+    if isinstance(exc, click.UsageError) and ctx is not None:
+        return f"{message} (see '{ctx.command_path} --help')"
+    return message
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="pyztunnel", standalone_mode=False)
@@ -75,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("aborted", err=True)
         sys.exit(130)
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"error: {one_line(exc)}", err=True)
         sys.exit(2 if exc.exit_code == 2 else exc.exit_code)
     except UserError as exc:
         click.echo(f"error: {exc}", err=True)

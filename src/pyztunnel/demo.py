@@ -48,7 +48,14 @@ def send(name: str, state: dict[str, Any], path: str, count: int) -> collections
 @click.option("--name", default="demo", show_default=True, help="Cluster name")
 @click.option("--keep", is_flag=True, help="Leave the cluster running at the end")
 @click.option("--no-mesh", is_flag=True, help="Run every pod outside the mesh")
-@click.option("--requests", "count", default=20, show_default=True, help="Requests sent through the gateway")
+@click.option(
+    "--requests",
+    "count",
+    type=click.IntRange(1),
+    default=20,
+    show_default=True,
+    help="Requests sent through the gateway",
+)
 def demo(name: str, keep: bool, no_mesh: bool, count: int) -> None:
     """Run the main job on the built-in default cluster: traffic, an upgrade, a report."""
     require_root("pyztunnel demo")

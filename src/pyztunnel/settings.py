@@ -3,12 +3,19 @@
 A component declares its settings as a frozen dataclass whose fields are made with `setting(...)`. From that one
 declaration come the component's CLI flags (`cli_options`), its environment variables and its YAML config keys
 (`load`), and the documentation (`pyztunnel settings`). Precedence: command line > environment > YAML file > default.
+
+A setting also declares what values it takes: its type (int, float, a `Duration`, bool, a path, a list), `choices`,
+and for numbers their bounds (`ge`, `gt`, `le`). Every source is checked against that one declaration — a flag while
+the command line is parsed (before the command runs), the environment and the file in `load` — and a bad value is one
+line naming its source, exit 2. A path given as an empty string is unset where the setting is optional, refused
+where it is not.
 Where ztunnel has a name for a setting, the environment variable is ztunnel's name (reference/ztunnel.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import types
@@ -53,11 +60,37 @@ class SettingInfo:
     help: str
     env: str | None = None
     choices: tuple[str, ...] | None = None
+    ge: float | None = None  # numbers: at least
+    gt: float | None = None  # numbers: more than
+    le: float | None = None  # numbers: at most
+
+    def bounds(self) -> str:
+        """The bounds in words, for the help ("", "≥ 0", "> 0, ≤ 10")."""
+        parts = [f"{sign} {v:g}" for sign, v in (("≥", self.ge), (">", self.gt), ("≤", self.le)) if v is not None]
+        return ", ".join(parts)
+
+    def check_bounds(self, value: float) -> None:
+        if self.ge is not None and value < self.ge:
+            raise ValueError(f"must be at least {self.ge:g}, not {value:g}")
+        if self.gt is not None and value <= self.gt:
+            raise ValueError(f"must be more than {self.gt:g}, not {value:g}")
+        if self.le is not None and value > self.le:
+            raise ValueError(f"must be at most {self.le:g}, not {value:g}")
 
 
-def setting(default: T, help: str, *, env: str | None = None, choices: tuple[str, ...] | None = None) -> T:
-    """Declare one setting (a dataclass field). `env` is the environment variable that sets it."""
-    info = SettingInfo(help=help, env=env, choices=choices)
+def setting(
+    default: T,
+    help: str,
+    *,
+    env: str | None = None,
+    choices: tuple[str, ...] | None = None,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+) -> T:
+    """Declare one setting (a dataclass field). `env` is the environment variable that sets it; `choices` the values
+    it takes; `ge`/`gt`/`le` the bounds of a number."""
+    info = SettingInfo(help=help, env=env, choices=choices, ge=ge, gt=gt, le=le)
     if isinstance(default, list | dict):
         factory: Any = lambda: type(default)(default)  # noqa: E731 - mutable defaults need a factory
         field: Any = dataclasses.field(default_factory=factory, metadata={_META_KEY: info})
@@ -113,10 +146,26 @@ def _base_type(tp: Any) -> Any:
     return tp
 
 
+def optional(decl: Declared) -> bool:
+    return typing.get_origin(decl.type) in (typing.Union, types.UnionType) and type(None) in typing.get_args(decl.type)
+
+
+def numeric(decl: Declared) -> bool:
+    return _base_type(decl.type) in (int, float, Duration)
+
+
 def convert(decl: Declared, value: Any) -> Any:
-    """Turn a raw value (a string from the environment, a YAML scalar, a CLI value) into the declared type."""
+    """Turn a raw value (a string from the environment, a YAML scalar, a CLI value) into the declared type, checked
+    against the declaration (choices, bounds). ValueError says what is wrong."""
     if value is None:
         return None
+    converted = _convert(decl, value)
+    if numeric(decl) and converted is not None:
+        decl.info.check_bounds(converted)
+    return converted
+
+
+def _convert(decl: Declared, value: Any) -> Any:
     tp = _base_type(decl.type)
     if decl.info.choices is not None and str(value) not in decl.info.choices:
         raise ValueError(f"must be one of {', '.join(decl.info.choices)}, not {value!r}")
@@ -130,6 +179,8 @@ def convert(decl: Declared, value: Any) -> Any:
             return False
         raise ValueError(f"not a boolean: {value!r} (write true or false)")
     if tp is Duration:
+        if isinstance(value, bool):
+            raise ValueError(f"not a duration: {value!r} (write e.g. 25s, 100ms, 5m)")
         return Duration.parse(value)
     if tp is int:
         if isinstance(value, bool):
@@ -140,10 +191,17 @@ def convert(decl: Declared, value: Any) -> Any:
             raise ValueError(f"not an integer: {value!r}") from None
     if tp is float:
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ValueError(f"not a number: {value!r}") from None
+        if not math.isfinite(number):
+            raise ValueError(f"not a finite number: {value!r}")
+        return number
     if tp is Path:
+        if str(value) == "":
+            if optional(decl):
+                return None
+            raise ValueError("must not be empty (give a path)")
         return Path(value)
     if tp is str:
         return str(value)
@@ -196,22 +254,42 @@ def load(
     return cls(**values)
 
 
+class SettingType(click.ParamType[Any]):
+    """A flag's value, converted and checked by its declaration while the command line is parsed: a bad value stops
+    the command before it runs, in one line (`Invalid value for '--grace': must be at least 0, not -5`)."""
+
+    def __init__(self, decl: Declared) -> None:
+        self.decl = decl
+        tp = _base_type(decl.type)
+        self.name = "duration" if tp is Duration else getattr(tp, "__name__", "value").lower()
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str | None:
+        if self.decl.info.choices:
+            return "[" + "|".join(self.decl.info.choices) + "]"
+        return self.name.upper()
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            return convert(self.decl, value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
 def cli_options(cls: type[Any]) -> Callable[[F], F]:
-    """Click options for every setting of `cls`; their values arrive as keyword arguments (None when not given)."""
+    """Click options for every setting of `cls`; their values arrive as keyword arguments (None when not given),
+    already converted and checked (see `SettingType`)."""
 
     def decorate(func: F) -> F:
         for decl in reversed(declared(cls)):
             tp = _base_type(decl.type)
             env_note = f" [env {decl.info.env}]" if decl.info.env else ""
-            help_text = f"{decl.info.help} (default: {_show(decl.default)}){env_note}"
+            bounds = f"; {decl.info.bounds()}" if decl.info.bounds() else ""
+            help_text = f"{decl.info.help} (default: {_show(decl.default)}{bounds}){env_note}"
             if tp is bool:
                 flag = decl.flag
                 option = click.option(f"{flag}/--no-{flag[2:]}", decl.name, default=None, help=help_text)
             else:
-                click_type: Any = click.Choice(decl.info.choices) if decl.info.choices else click.STRING
-                if tp is int and not decl.info.choices:
-                    click_type = click.INT
-                option = click.option(decl.flag, decl.name, type=click_type, default=None, help=help_text)
+                option = click.option(decl.flag, decl.name, type=SettingType(decl), default=None, help=help_text)
             func = option(func)
         return func
 
@@ -234,4 +312,7 @@ def groups() -> Mapping[str, type[Any]]:
 
 def describe(cls: type[Any]) -> list[tuple[str, str, str, str]]:
     """(flag, env, default, help) rows for documentation."""
-    return [(d.flag, d.info.env or "", _show(d.default), d.info.help) for d in declared(cls)]
+    return [
+        (d.flag, d.info.env or "", _show(d.default) + (f"; {d.info.bounds()}" if d.info.bounds() else ""), d.info.help)
+        for d in declared(cls)
+    ]

@@ -30,7 +30,7 @@ class AgentSettings:
         False, "Redirect pods' DNS (port 53) to the proxy's DNS port 15053, as istio-cni does", env="DNS_CAPTURE"
     )
     zds_timeout: Duration = setting(
-        Duration(5.0), "Deadline for a ZdsHello and for each Ack (istio-cni: 5s)", env="PYZTUNNEL_ZDS_TIMEOUT"
+        Duration(5.0), "Deadline for a ZdsHello and for each Ack (istio-cni: 5s)", env="PYZTUNNEL_ZDS_TIMEOUT", gt=0
     )
 
     @property

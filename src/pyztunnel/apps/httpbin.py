@@ -45,8 +45,10 @@ TEAPOT = """
 @dataclass(frozen=True)
 class HttpbinSettings:
     host: str = setting("0.0.0.0", "Address to listen on.")
-    port: int = setting(8080, "TCP port to listen on.")
-    grace: Duration = setting(Duration(30.0), "After SIGTERM, how long in-flight requests may run before they are cut.")
+    port: int = setting(8080, "TCP port to listen on (0: any free port).", ge=0, le=65535)
+    grace: Duration = setting(
+        Duration(30.0), "After SIGTERM, how long in-flight requests may run before they are cut.", ge=0
+    )
     access_log: bool = setting(False, "Log every request to stderr (off by default: it costs throughput).")
 
 

@@ -35,9 +35,11 @@ _log = logging.getLogger("pyztunnel.apps.tcp_echo")
 @dataclass(frozen=True)
 class TcpEchoSettings:
     host: str = setting("0.0.0.0", "Address to listen on.")
-    port: int = setting(9000, "TCP port to listen on.")
+    port: int = setting(9000, "TCP port to listen on (0: any free port).", ge=0, le=65535)
     grace: Duration = setting(
-        Duration(30.0), "After SIGTERM, how long existing connections may keep echoing before they are reset."
+        Duration(30.0),
+        "After SIGTERM, how long existing connections may keep echoing before they are reset.",
+        ge=0,
     )
 
 

@@ -15,16 +15,24 @@ import click
 
 from pyztunnel import settings
 from pyztunnel.cluster.layout import DEFAULT_BASE, DEFAULT_NAME, Layout, check_name
+from pyztunnel.cluster.manage import UP_TIMEOUT
 from pyztunnel.errors import UserError, require_root
+from pyztunnel.settings import Duration, setting
 
 
 @settings.group("cluster")
 @dataclasses.dataclass(frozen=True)
 class ClusterSettings:
-    name: str = settings.setting(DEFAULT_NAME, "Cluster name ([a-z][a-z0-9]{0,11})", env="PYZTUNNEL_CLUSTER")
-    state_dir: Path = settings.setting(
+    name: str = setting(DEFAULT_NAME, "Cluster name ([a-z][a-z0-9]{0,11})", env="PYZTUNNEL_CLUSTER")
+    state_dir: Path = setting(
         DEFAULT_BASE, "Directory holding one state directory per cluster", env="PYZTUNNEL_STATE_DIR"
     )
+
+
+@settings.group("cluster-up")
+@dataclasses.dataclass(frozen=True)
+class UpSettings:
+    timeout: Duration = setting(Duration(UP_TIMEOUT), "How long to wait for every pod to be ready", gt=0)
 
 
 def _target(kw: dict[str, Any]) -> tuple[str, Layout]:
@@ -47,12 +55,13 @@ def cluster() -> None:
 @cluster.command("up")
 @click.option("-f", "--file", "spec_file", type=click.Path(path_type=Path), help="Cluster spec (default: built-in)")
 @click.option("--no-mesh", is_flag=True, help="Every pod outside the mesh; no proxies, no CA")
-@click.option("--timeout", type=float, default=120.0, show_default=True, help="Seconds to wait for every pod")
+@settings.cli_options(UpSettings)
 @settings.cli_options(ClusterSettings)
-def up_cmd(spec_file: Path | None, no_mesh: bool, timeout: float, **kw: Any) -> None:
+def up_cmd(spec_file: Path | None, no_mesh: bool, **kw: Any) -> None:
     """Build a cluster; return when every pod is ready (or remove what was built and fail)."""
     from pyztunnel.cluster import manage, spec
 
+    timeout = settings.load(UpSettings, cli={"timeout": kw.pop("timeout", None)}).timeout
     name, layout = _target(kw)
     loaded = spec.load(spec_file)
     for warning in loaded.warnings:

@@ -25,10 +25,10 @@ from pyztunnel.settings import Duration, setting
 @dataclasses.dataclass(frozen=True)
 class ExperimentSettings:
     duration: Duration = setting(
-        Duration(20), "Nominal run length (the seeds': 60s); grace periods scale with it, as do warm-up and tail"
+        Duration(20), "Nominal run length (the seeds': 60s); grace periods scale with it, as do warm-up and tail", gt=0
     )
     connections: list[str] = setting(["1000", "100"], "Load connections per run (fortio -c), comma-separated")
-    repeat: int = setting(1, "Runs per scenario and -c (the seeds repeated theirs to see the spread)")
+    repeat: int = setting(1, "Runs per scenario and -c (the seeds repeated theirs to see the spread)", ge=1)
     scenarios: str = setting(
         "",
         "Scenarios by number, key or group, comma-separated: groups 'seeds' (the default: the seeds' five), "

@@ -38,10 +38,10 @@ class CaSettings:
         ["127.0.0.1", "10.240.0.254"], "IP SANs of the CA's own TLS certificate (comma-separated)"
     )
     default_cert_ttl: Duration = setting(
-        Duration(24 * 3600), "validity of a workload certificate when the request asks for none"
+        Duration(24 * 3600), "validity of a workload certificate when the request asks for none", gt=0
     )
     max_cert_ttl: Duration = setting(
-        Duration(90 * 24 * 3600), "longest validity granted; longer requests are capped (istiod: 90 days)"
+        Duration(90 * 24 * 3600), "longest validity granted; longer requests are capped (istiod: 90 days)", gt=0
     )
     node_proxy_identities: list[str] = setting(
         [DEFAULT_NODE_PROXY_IDENTITY],
@@ -70,9 +70,9 @@ class CaClientSettings:
     )
     cluster_id: str = setting("Kubernetes", "sent to the CA as the clusterid header", env="CLUSTER_ID")
     secret_ttl: Duration = setting(
-        Duration(24 * 3600), "validity requested for workload certificates", env="SECRET_TTL"
+        Duration(24 * 3600), "validity requested for workload certificates", env="SECRET_TTL", gt=0
     )
-    csr_timeout: Duration = setting(Duration(10), "deadline of one CreateCertificate call")
+    csr_timeout: Duration = setting(Duration(10), "deadline of one CreateCertificate call", gt=0)
     key_dir: Path = setting(
         default_key_dir(),
         "private directory (0700) for the transient key files ssl loads (deleted right after loading)",

@@ -26,10 +26,10 @@ class ProxySettings:
     pod_name: str = setting("", "this proxy's pod name", env="POD_NAME")
     trust_domain: str = setting("cluster.local", "the mesh's trust domain", env="TRUST_DOMAIN")
     termination_grace_period_seconds: int | None = setting(
-        None, "drain = N−5 s (N > 10) or max(N−1, 1) s", env="TERMINATION_GRACE_PERIOD_SECONDS"
+        None, "drain = N−5 s (N > 10) or max(N−1, 1) s", env="TERMINATION_GRACE_PERIOD_SECONDS", ge=0
     )
     connection_termination_deadline: Duration | None = setting(
-        None, "drain deadline; wins over the grace period", env="CONNECTION_TERMINATION_DEADLINE"
+        None, "drain deadline; wins over the grace period", env="CONNECTION_TERMINATION_DEADLINE", ge=0
     )
     enable_orig_src: bool = setting(
         True, "connect to the app from the client's IP (IP_TRANSPARENT), as ztunnel", env="ENABLE_ORIG_SRC"
@@ -78,24 +78,26 @@ class ProxySettings:
     stats_addr: str = setting("0.0.0.0:15020", "metrics server address (off: none)", env="PYZTUNNEL_STATS_ADDR")
     admin_addr: str = setting("127.0.0.1:15000", "admin server address (off: none)", env="PYZTUNNEL_ADMIN_ADDR")
     pool_unused_release_timeout: Duration = setting(
-        Duration(300), "close a pooled HBONE connection idle this long", env="POOL_UNUSED_RELEASE_TIMEOUT"
+        Duration(300), "close a pooled HBONE connection idle this long", env="POOL_UNUSED_RELEASE_TIMEOUT", gt=0
     )
     pool_max_streams_per_connection: int = setting(
         100,
         "streams one pooled HBONE connection serves before a new one is opened",
         env="POOL_MAX_STREAMS_PER_CONNECTION",
+        ge=1,
     )
     tls_handshake_timeout: Duration = setting(
-        Duration(10), "bound on a TLS handshake", env="PYZTUNNEL_TLS_HANDSHAKE_TIMEOUT"
+        Duration(10), "bound on a TLS handshake", env="PYZTUNNEL_TLS_HANDSHAKE_TIMEOUT", gt=0
     )
-    connect_timeout: Duration = setting(Duration(10), "bound on a TCP connect", env="PYZTUNNEL_CONNECT_TIMEOUT")
+    connect_timeout: Duration = setting(Duration(10), "bound on a TCP connect", env="PYZTUNNEL_CONNECT_TIMEOUT", gt=0)
     workload_wait: Duration = setting(
         Duration(5),
         "how long a connection waits for its workload to appear in the config",
         env="PYZTUNNEL_WORKLOAD_WAIT",
+        ge=0,
     )
     config_poll_interval: Duration = setting(
-        Duration(0.5), "how often the LOCAL_XDS_PATH file is checked for changes", env="PYZTUNNEL_CONFIG_POLL"
+        Duration(0.5), "how often the LOCAL_XDS_PATH file is checked for changes", env="PYZTUNNEL_CONFIG_POLL", gt=0
     )
     direct_outbound: list[str] = setting(
         [],

@@ -41,33 +41,39 @@ class UpgradeSettings:
     rollback: bool = setting(False, "Restore the template before the last rollout (all of it, not only the version)")
     dry_run: bool = setting(False, "Print what the rollout would do and change nothing")
     restart: bool = setting(False, "Discard the saved state of an unfinished rollout and start afresh")
-    grace: int | None = setting(None, "terminationGracePeriodSeconds for the DaemonSet (and its env)")
+    grace: int | None = setting(None, "terminationGracePeriodSeconds for the DaemonSet (and its env)", ge=0, le=86400)
     nodes: list[str] = setting([], "Only these nodes, comma-separated (none: every node)")
     name: str = setting("demo", "The local cluster's name (without --kubeconfig)")
     kubeconfig: str = setting("", "A kubeconfig: upgrade this Kubernetes cluster instead of the local one")
     context: str = setting("", "The kubeconfig context (default: its current-context)")
     daemonset: str = setting("", "NAMESPACE/NAME of the proxy DaemonSet (default: the one labelled app=ztunnel)")
-    max_surge: int = setting(1, "RollingUpdate: nodes that may run two proxies at once")
-    max_unavailable: int = setting(0, "RollingUpdate: nodes that may be without a ready proxy at once")
+    max_surge: int = setting(1, "RollingUpdate: nodes that may run two proxies at once", ge=0)
+    max_unavailable: int = setting(0, "RollingUpdate: nodes that may be without a ready proxy at once", ge=0)
     ready_timeout: Duration = setting(
-        Duration(DEFAULT_READY_TIMEOUT), "How long a node's new proxy may take to be Ready"
+        Duration(DEFAULT_READY_TIMEOUT), "How long a node's new proxy may take to be Ready", gt=0
     )
     ignore_daemonsets: bool = setting(True, "drain: leave other DaemonSets' pods (kubectl drain --ignore-daemonsets)")
     delete_emptydir_data: bool = setting(False, "drain: evict pods with emptyDir volumes (their data is lost)")
     force: bool = setting(False, "drain: evict pods that declare no controller (they are not recreated)")
-    eviction_retry: Duration = setting(Duration(DEFAULT_EVICTION_RETRY), "drain: retry a 429 (PDB) eviction after")
-    drain_timeout: Duration = setting(Duration(DEFAULT_DRAIN_TIMEOUT), "drain: give up on a node's evictions after")
-    poll_interval: Duration = setting(
-        Duration(1.0), "drain: how often an evicted pod is checked for being gone (kubectl's 1s)"
+    eviction_retry: Duration = setting(
+        Duration(DEFAULT_EVICTION_RETRY), "drain: retry a 429 (PDB) eviction after", gt=0
     )
-    canary: int = setting(0, "Upgrade this many nodes first and bake them before the rest (0: no canary)")
-    bake: Duration = setting(Duration(60.0), "Canary: how long to watch the canary proxies")
+    drain_timeout: Duration = setting(
+        Duration(DEFAULT_DRAIN_TIMEOUT), "drain: give up on a node's evictions after", gt=0
+    )
+    poll_interval: Duration = setting(
+        Duration(1.0), "drain: how often an evicted pod is checked for being gone (kubectl's 1s)", gt=0
+    )
+    canary: int = setting(0, "Upgrade this many nodes first and bake them before the rest (0: no canary)", ge=0)
+    bake: Duration = setting(Duration(60.0), "Canary: how long to watch the canary proxies", ge=0)
     auto_rollback: bool = setting(False, "Canary: on a bad verdict also put the canary nodes back on the old version")
-    canary_interval: Duration = setting(Duration(DEFAULT_INTERVAL), "Canary: how often the proxies are sampled")
-    canary_max_failed: int = setting(0, "Canary: halt above this many failed connections")
-    canary_max_error_closes: int = setting(0, "Canary: halt above this many connections closed with an error flag")
-    canary_max_restarts: int = setting(0, "Canary: halt above this many proxy restarts")
-    canary_max_flaps: int = setting(0, "Canary: halt above this many readiness flaps (Ready → not Ready)")
+    canary_interval: Duration = setting(Duration(DEFAULT_INTERVAL), "Canary: how often the proxies are sampled", gt=0)
+    canary_max_failed: int = setting(0, "Canary: halt above this many failed connections", ge=0)
+    canary_max_error_closes: int = setting(
+        0, "Canary: halt above this many connections closed with an error flag", ge=0
+    )
+    canary_max_restarts: int = setting(0, "Canary: halt above this many proxy restarts", ge=0)
+    canary_max_flaps: int = setting(0, "Canary: halt above this many readiness flaps (Ready → not Ready)", ge=0)
 
 
 class RolloutStopped(UserError):
