@@ -20,6 +20,7 @@ from pyztunnel.cluster import spec
 from pyztunnel.cluster.cli import ClusterSettings
 from pyztunnel.errors import UserError
 from pyztunnel.identity.node_authz import WorkloadsError, identities_by_node
+from pyztunnel.k8s.cli import read_values_file
 from pyztunnel.workloads import local
 from pyztunnel.workloads.model import LocalConfig
 from pyztunnel.workloads.watch import ConfigWatch
@@ -31,7 +32,7 @@ LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
 BAD: dict[str, tuple[bytes, int, str]] = {
     "recursive alias": (b"nodes:\n  - &n {name: node-1, labels: *n}\n", 2, "recursive"),
     "deep flow nesting": (b"nodes:\n  - " + b"[" * 5000 + b"]" * 5000 + b"\n", 2, "nested deeper than 64"),
-    "deep block nesting": (b"".join(b" " * i + b"- \n" for i in range(5000)), 65, "nested deeper than 64"),
+    "deep block nesting": (b"nodes:\n" + b"- " * 5000 + b"x\n", 2, "nested deeper than 64"),
     "billion laughs": (LAUGHS.encode(), 6, "expands to more than"),  # f: the first to expand to 10**6 values
     "not UTF-8": (b"nodes:\n  - name: node-\xff\n", 2, "not UTF-8"),
     "a NUL": (b"nodes:\n  - name: a\x00b\n", 2, "character #x0000"),
@@ -156,3 +157,11 @@ def test_a_settings_file(tmp_path: Path, case: str) -> None:
     path = write(tmp_path / "settings.yaml", data)
     with pytest.raises(UserError, match=rf"^{path}:{line}: "):
         settings.load(ClusterSettings, config_file=path)
+
+
+@CASES
+def test_a_helm_values_file(tmp_path: Path, case: str) -> None:
+    data, line, _ = BAD[case]
+    path = write(tmp_path / "values.yaml", data)
+    with pytest.raises(UserError, match=rf"^{path}:{line}: "):
+        read_values_file(str(path))

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import click
-import yaml
 
+from pyztunnel import yamlfile
 from pyztunnel.errors import UserError
 from pyztunnel.k8s import manifests, strvals
 from pyztunnel.k8s.values import effective, merge_overwrite
@@ -20,21 +20,17 @@ def read_values_file(name: str) -> dict[str, Any]:
     """One `-f` file (`-` is standard input), as Helm reads it: a YAML mapping (empty = nothing)."""
     try:
         if name == "-":
-            text = sys.stdin.read(MAX_VALUES_BYTES + 1)
+            data = sys.stdin.buffer.read(MAX_VALUES_BYTES + 1)
+            if len(data) > MAX_VALUES_BYTES:
+                raise yamlfile.YamlError(1, f"larger than {MAX_VALUES_BYTES // (1024 * 1024)} MiB")
+            text = yamlfile.decode(data)
         else:
-            with Path(name).open(encoding="utf-8") as f:
-                text = f.read(MAX_VALUES_BYTES + 1)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{name}: cannot read values: {exc}") from None
-    if len(text) > MAX_VALUES_BYTES:
-        raise UserError(f"{name}: larger than {MAX_VALUES_BYTES // (1024 * 1024)} MiB; not a values file")
-    try:
-        loaded = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        line = f":{where.line + 1}" if where is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UserError(f"{name}{line}: not YAML: {problem}") from None
+            text = yamlfile.read_text(Path(name), MAX_VALUES_BYTES)
+        loaded = yamlfile.load(text)  # bounded: depth, alias expansion; errors at their line
+    except OSError as exc:
+        raise UserError(f"{name}: cannot read values: {exc.strerror or exc}") from None
+    except yamlfile.YamlError as exc:
+        raise UserError(f"{name}:{exc.line}: {exc.message}") from None
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):

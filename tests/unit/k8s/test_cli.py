@@ -43,7 +43,7 @@ def test_values_from_stdin() -> None:
         (("--set", "nope=1"), None, "invalid values: nope"),
         (("--set", "a.b"), None, "--set a.b: key 'b' has no value"),
         (("-f", "/no/such/file.yaml"), None, "/no/such/file.yaml: cannot read values"),
-        (("-f", "-"), "a: [\n", "-:2: not YAML"),
+        (("-f", "-"), "a: [\n", "-:2: not valid YAML"),
         (("-f", "-"), "- a\n- b\n", "values must be a mapping"),
         (("-f", "-"), "ztunnel: {updateStrategy: {type: Sometimes}}\n", "ztunnel.updateStrategy.type"),
     ],
@@ -59,4 +59,4 @@ def test_an_oversized_values_file_is_refused(tmp_path: Path) -> None:
     big = tmp_path / "big.yaml"
     big.write_text("a: " + "x" * (5 * 1024 * 1024) + "\n")
     out = run("-f", str(big))
-    assert out.returncode == 2 and "not a values file" in out.stderr
+    assert out.returncode == 2 and "larger than 4 MiB" in out.stderr
