@@ -108,6 +108,38 @@ async def test_daemonset_update_is_validated(session: tuple[aiohttp.ClientSessio
     assert ctl.store.daemonset.version == "2.0"
 
 
+async def test_daemonset_env_merges_and_the_whole_template_can_be_read_and_restored(
+    session: tuple[aiohttp.ClientSession, Controller],
+) -> None:
+    """`PUT /v1/daemonset` merges `env` (docs/cluster.md; it used to replace it), a null removes a variable; `GET`
+    gives the whole template and `?replace=1` puts a saved one back whole: what a rollback needs (issue 11, item 7)."""
+    client, ctl = session
+    status, saved = await call(client, "GET", "/v1/daemonset")
+    assert status == 200 and saved["daemonset"] == (await call(client, "GET", "/v1/state"))[1]["daemonset"]
+    assert set(saved["daemonset"]) == {
+        "enabled",
+        "version",
+        "command",
+        "env",
+        "terminationGracePeriodSeconds",
+        "updateStrategy",
+    }
+    await call(client, "PUT", "/v1/daemonset", {"env": {"RUST_LOG": "debug", "A": "1"}})
+    status, answer = await call(client, "PUT", "/v1/daemonset", {"version": "2", "env": {"B": "2"}})
+    base = saved["daemonset"]["env"]  # the spec's own (the default spec sets PYZTUNNEL_CONFIG_POLL)
+    assert status == 200 and answer["daemonset"]["env"] == {**base, "RUST_LOG": "debug", "A": "1", "B": "2"}
+    status, answer = await call(
+        client, "PUT", "/v1/daemonset", {"env": {"A": None}, "command": ["pyztunnel", "proxy", "-x"]}
+    )
+    assert answer["daemonset"]["env"] == {**base, "RUST_LOG": "debug", "B": "2"}
+    assert ctl.store.daemonset.env == answer["daemonset"]["env"] and ctl.store.daemonset.version == "2"
+    status, answer = await call(client, "PUT", "/v1/daemonset", {"env": {"C": 3}})
+    assert status == 400 and answer["error"].startswith("env.C:"), answer
+    status, answer = await call(client, "PUT", "/v1/daemonset?replace=1", saved["daemonset"])
+    assert (status, answer["daemonset"]) == (200, saved["daemonset"])
+    assert (await call(client, "GET", "/v1/daemonset"))[1] == saved
+
+
 async def test_bad_bodies(session: tuple[aiohttp.ClientSession, Controller]) -> None:
     client, _ = session
     async with client.post("/v1/deployments/httpbin/scale", data=b"{not json") as resp:

@@ -47,8 +47,9 @@ class ClusterOps(Protocol):
 
     def create_proxy(self, node: Node, version: str | None) -> Pod: ...
 
-    def update_daemonset(self, patch: dict[str, Any]) -> dict[str, Any]:
-        """The template after the update; ValueError naming the field when the update is refused."""
+    def update_daemonset(self, patch: dict[str, Any], replace: bool) -> dict[str, Any]:
+        """Merge `patch` into the template (or with `replace` make it the whole template): the template after it;
+        ValueError naming the field when the update is refused."""
         ...
 
     def request_stop(self) -> None: ...
@@ -59,6 +60,10 @@ OPS_KEY = web.AppKey("ops", ClusterOps)
 
 def _ops(request: web.Request) -> ClusterOps:
     return request.app[OPS_KEY]
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    return request.query.get(name) in ("1", "true")
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -108,7 +113,7 @@ async def scale(request: web.Request) -> web.Response:
 async def _delete(request: web.Request, pod: Pod, grace: float) -> web.Response:
     ops = _ops(request)
     task = ops.delete(pod, grace)
-    if request.query.get("wait") in ("1", "true"):
+    if _flag(request, "wait"):
         # Bounded: a termination step that hangs is answered with what it is stuck in, never with silence.
         limit = ops.termination_limit(grace)
         try:
@@ -172,10 +177,14 @@ async def delete_proxy(request: web.Request) -> web.Response:
 async def put_daemonset(request: web.Request) -> web.Response:
     body = await _body(request)
     try:
-        template = _ops(request).update_daemonset(body)
+        template = _ops(request).update_daemonset(body, replace=_flag(request, "replace"))
     except ValueError as exc:
         return _error(400, str(exc))
     return web.json_response({"ok": True, "daemonset": template})
+
+
+async def get_daemonset(request: web.Request) -> web.Response:
+    return web.json_response({"daemonset": _ops(request).daemonset()})
 
 
 async def shutdown(request: web.Request) -> web.Response:
@@ -195,6 +204,7 @@ def make_app(ops: ClusterOps) -> web.Application:
             web.post("/v1/nodes/{name}/{action:cordon|uncordon}", cordon),
             web.post("/v1/proxies", create_proxy),
             web.delete("/v1/proxies/{name}", delete_proxy),
+            web.get("/v1/daemonset", get_daemonset),
             web.put("/v1/daemonset", put_daemonset),
             web.post("/v1/shutdown", shutdown),
         ]

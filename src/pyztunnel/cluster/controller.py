@@ -132,8 +132,8 @@ class Controller:
     def create_proxy(self, node: Node, version: str | None) -> Pod:
         return self.reconciler.create_proxy(node, version or self.store.daemonset.version)
 
-    def update_daemonset(self, patch: dict[str, Any]) -> dict[str, Any]:
-        return self.reconciler.update_daemonset(patch).model_dump()
+    def update_daemonset(self, patch: dict[str, Any], replace: bool) -> dict[str, Any]:
+        return self.reconciler.update_daemonset(patch, replace=replace).model_dump()
 
     def request_stop(self) -> None:
         self.store.stop_requested.set()

@@ -1,8 +1,9 @@
 """The reconciler: the ReplicaSet, scheduler and DaemonSet controllers of the local cluster.
 
 It keeps each deployment at its replica count (new pods on the least-loaded schedulable node, scale-down removes
-not-ready then newest pods), one proxy pod per node from the DaemonSet template, and owns that template (`PUT
-/v1/daemonset`). Pods it creates go to the kubelet.
+not-ready then newest pods), one proxy pod per node from the DaemonSet template, and owns that template: `PUT
+/v1/daemonset` merges into it (a JSON merge patch: `env` key by key), `?replace=1` makes it whole (a rollback restores
+the previous template that way). Pods it creates go to the kubelet.
 """
 
 from __future__ import annotations
@@ -32,6 +33,19 @@ PROXY_READY_PATH = "/healthz/ready"
 
 class InvalidTemplate(ValueError):
     """A DaemonSet update the spec's rules refuse; the message starts with the field."""
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch: objects merge key by key, `null` removes a key, anything else replaces."""
+    if not isinstance(patch, dict):
+        return patch
+    merged = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = merge_patch(merged.get(key), value)
+    return merged
 
 
 def random_suffix() -> str:
@@ -67,10 +81,14 @@ class Reconciler:
         self.publisher.changed()
         self.reconcile()  # uncordoning may let unscheduled pods in
 
-    def update_daemonset(self, patch: dict[str, Any]) -> ProxySpec:
-        """Update the template with the fields of `patch`; running proxies keep theirs."""
+    def update_daemonset(self, patch: dict[str, Any], *, replace: bool = False) -> ProxySpec:
+        """Merge `patch` into the template (RFC 7386: `env` and `updateStrategy` merge key by key, a null removes a
+        variable; a field set to null goes back to its default), or with `replace` make `patch` the whole template
+        (fields it leaves out take their defaults). Running proxies keep the template they were made from."""
         try:
-            updated = ProxySpec.model_validate({**self.store.daemonset.model_dump(), **patch})
+            updated = ProxySpec.model_validate(
+                patch if replace else merge_patch(self.store.daemonset.model_dump(), patch)
+            )
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
