@@ -337,3 +337,41 @@ async def test_the_socket_is_0600_whatever_the_umask(tmp_path: Path) -> None:
         assert layout.socket.stat().st_mode & 0o777 == 0o600
     finally:
         await runner.cleanup()
+
+
+async def test_not_ready_while_the_workloads_file_lags_behind_the_pods(
+    publishing: tuple[aiohttp.ClientSession, Controller],
+) -> None:
+    """The start-up race (issue 11, item 14): `ready` flipped as soon as the last pod was ready in the store, while
+    workloads.yaml (behind an nft apply) still said Unhealthy and every proxy rightly reported that file: `cluster up`
+    returned and the gateway found no healthy httpbin. Ready now also needs the file to reflect the pods as they are."""
+    client, ctl = publishing
+    store, publisher = ctl.store, ctl.publisher
+    store.phase = "running"
+    store.spec.deployments[:] = [store.spec.deployment("httpbin")]
+    store.replicas = {"httpbin": 1}
+    for node in store.nodes.values():
+        node.agent_ready = True
+    backend = app_pod(ctl, "httpbin-a")
+    backend.owner, backend.labels = "httpbin", {"app": "httpbin"}
+    proxies = []
+    for node in store.nodes.values():
+        proxy = app_pod(ctl, f"ztunnel-{node.name}")
+        proxy.owner_kind, proxy.node, proxy.ready = "DaemonSet", node, True
+        proxies.append(proxy)
+    await publisher.published(publisher.changed(), 5)
+    unhealthy = publisher.workloads_version
+    for proxy in proxies:
+        proxy.config_version = unhealthy  # every proxy has loaded the file in which httpbin is Unhealthy
+    assert "status: Unhealthy" in store.layout.workloads.read_text()
+    backend.ready = True  # its probe succeeded; the publisher has not rewritten the file yet
+    publisher.changed()
+    assert publisher.is_ready() is False, "ready before workloads.yaml says httpbin is Healthy"
+    await publisher.published(publisher.changed(), 5)
+    assert "status: Healthy" in store.layout.workloads.read_text() and publisher.workloads_version != unhealthy
+    assert publisher.is_ready() is False  # the proxies still route with the old file
+    for proxy in proxies:
+        proxy.config_version = publisher.workloads_version
+    assert publisher.is_ready() is True
+    state = (await call(client, "GET", "/v1/state"))[1]
+    assert state["ready"] is True and state["services"][1]["endpoints"] == [backend.ip]

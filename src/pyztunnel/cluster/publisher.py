@@ -5,9 +5,11 @@ Every part of the controller notes a change with `changed()`, which returns its 
 waits until the files reflect it (a mesh pod is published before it is plumbed; a deleted pod leaves the endpoints
 before it is signalled). One writer task does the writing, so an older nft ruleset never lands after a newer one.
 
-Ready means the proxies route what the cluster reports: every ready proxy has loaded the last workloads.yaml (its
-readiness answer names the version it loaded, `X-Pyztunnel-Config`); a proxy that does not name it (ztunnel) is given
-its poll interval plus a margin after the last write instead (docs/cluster.md, "How it works").
+Ready means the proxies route what the cluster reports: the last workloads.yaml written says of every pod what the
+store says now (a pod that just became ready is not an endpoint anywhere until the file says Healthy), and every
+ready proxy has loaded that file (its readiness answer names the version it loaded, `X-Pyztunnel-Config`); a proxy
+that does not name it (ztunnel) is given its poll interval plus a margin after the last write instead
+(docs/cluster.md, "How it works").
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class Publisher:
         self._published_workloads = ""
         self._workloads_version = ""
         self._workloads_written_at = 0.0
+        self._written_views: list[render.WorkloadView] | None = None  # what the workloads.yaml last written says
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -130,6 +133,7 @@ class Publisher:
             self._workloads_version = config_version(workloads.encode())
             self._workloads_written_at = self.clock()
             asyncio.get_running_loop().call_later(self.settle, self.changed)  # `ready` may flip then
+        self._written_views = views
         atomic_write(store.layout.state, json.dumps(self.snapshot(), indent=2) + "\n")
 
     def workload_views(self) -> list[render.WorkloadView]:
@@ -236,6 +240,8 @@ class Publisher:
         store = self.store
         if store.phase != "running":
             return False
+        if self.workload_views() != self._written_views:
+            return False  # a change (a pod ready, gone) the file does not say yet: no proxy can route by it
         if store.spec.agent.enabled and not all(n.agent_ready for n in store.nodes.values()):
             return False
         if store.daemonset.enabled:
