@@ -276,7 +276,8 @@ class LocalBackend:
     async def restore_template(self, template: Template) -> Template:
         body = dict(template.body)
         body["updateStrategy"] = {**(body.get("updateStrategy") or {}), "type": template.strategy}
-        answer = await self.call("PUT", "/v1/daemonset", body)
+        # The whole template, not a merge into the current one: env a failed rollout added must go too.
+        answer = await self.call("PUT", "/v1/daemonset?replace=1", body)
         return template_of(answer.get("daemonset") or body)
 
     async def history(self) -> list[Template]:
