@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from pyztunnel import yamlfile
 from pyztunnel.cluster import spec
 from pyztunnel.experiment.runner import LoadProcess, client_netns, gateway_url
 
@@ -40,7 +41,7 @@ def soak_spec(
 ) -> spec.LoadedSpec:
     """The default cluster with pyztunnel's defaults, the echo and meshclient pods, the drain grace `grace_s`, extra
     proxy env, and deployments pinned to nodes (`pins`: deployment → node)."""
-    doc: dict[str, Any] = yaml.safe_load(base.text)
+    doc: dict[str, Any] = yamlfile.load(base.text)
     proxy = doc.setdefault("proxy", {})
     proxy["terminationGracePeriodSeconds"] = grace_s
     env = proxy.setdefault("env", {})
