@@ -22,7 +22,7 @@ import pytest
 
 from pyztunnel.cluster import spec
 from pyztunnel.experiment import soak
-from tests.system.cluster_fixtures import Cluster, running
+from tests.system.cluster_fixtures import Cluster, running, wait_for
 
 NODE = "node-2"
 GRACE_S = 10  # a 9 s drain
@@ -77,6 +77,8 @@ def faulted_upgrade(cluster: Cluster, tmp: Path, phase: str) -> Outcome:
         try:
             begin = time.monotonic()
             upgrade_node(cluster, tmp)
+            if phase.startswith("new-"):
+                wait_restarted(cluster, marker)
             assert_serving(cluster)
             end = time.monotonic()
         finally:
@@ -88,6 +90,21 @@ def faulted_upgrade(cluster: Cluster, tmp: Path, phase: str) -> Outcome:
     print(f"{phase}: {outcome}")
     assert outcome.totals["bytes_corrupted"] == 0  # whatever breaks, no stream ever gets a wrong byte
     return outcome
+
+
+def wait_restarted(cluster: Cluster, marker: Path) -> None:
+    """The killed new instance is back: its pod restarted and ready again. The rollout may be done before the kill
+    (a new-stream-resume fault fires once the old instance has handed everything over, as the rollout sees the
+    node done), so the upgrade's end says nothing about the restart; until it listens, new connections are refused."""
+
+    def back() -> bool:
+        if not marker.exists():
+            return False
+        mine = [p for p in cluster.state()["proxies"] if p["node"] == NODE and p["phase"] == "Running"]
+        newest = max(mine, key=lambda p: p["createdAt"], default=None)
+        return newest is not None and newest["restarts"] >= 1 and newest["ready"]
+
+    wait_for("the killed proxy's restart to be ready", back, timeout=60)
 
 
 def assert_serving(cluster: Cluster) -> None:
