@@ -15,7 +15,8 @@ from pyztunnel.cli import cli, main
 from pyztunnel.errors import UserError
 from pyztunnel.rollout.backend import TemplateChange
 from pyztunnel.rollout.local import ClusterUnavailable, LocalBackend
-from pyztunnel.rollout.strategies import Plan, Rollout
+from pyztunnel.rollout.plan import Plan
+from pyztunnel.rollout.strategies import Rollout
 from pyztunnel.rollout.testing import FakeCluster
 from tests.integration.fake_controller import daemonset, fake_controller
 

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from pyztunnel.rollout.plan import Plan, Progress, RolloutFailed, RolloutRefused
 from pyztunnel.rollout.store import FileState, RolloutStore
-from pyztunnel.rollout.strategies import Plan, Progress, Rollout, RolloutFailed, RolloutRefused
+from pyztunnel.rollout.strategies import Rollout
 from pyztunnel.rollout.testing import FakeCluster, Interrupted
 
 NODES = ["n1", "n2", "n3"]

@@ -10,9 +10,10 @@ import pytest
 from pyztunnel.rollout.backend import Pod, ProxyPod, RolloutView
 from pyztunnel.rollout.canary import CanaryJudge, Sample, Thresholds, error_counts
 from pyztunnel.rollout.drainfilter import DrainFlags, plan_drain
+from pyztunnel.rollout.plan import Plan, RolloutFailed, RolloutRefused
 from pyztunnel.rollout.status import NodeTracker, NotRollingUpdate, rollout_status
 from pyztunnel.rollout.store import FileState, RolloutStore
-from pyztunnel.rollout.strategies import Plan, Rollout, RolloutFailed, RolloutRefused
+from pyztunnel.rollout.strategies import Rollout
 from pyztunnel.rollout.testing import FakeCluster
 
 RS = "ReplicaSet/web-5d8"

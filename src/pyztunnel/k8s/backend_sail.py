@@ -6,16 +6,14 @@ operator has reconciled (its status.observedGeneration) and the DaemonSet contro
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lightkube.generic_resource import create_global_resource
 from lightkube.types import PatchType
 
 from pyztunnel.k8s import backend_objects as objects
+from pyztunnel.k8s.backend_access import KubeAccess
 from pyztunnel.rollout.backend import BackendError, TemplateChange
-
-if TYPE_CHECKING:
-    from pyztunnel.k8s.backend import KubeBackend
 
 ZTunnel = create_global_resource(objects.SAIL_GROUP, "v1", "ZTunnel", "ztunnels")
 NAME = "default"
@@ -32,11 +30,11 @@ def owned_by_sail(ds: dict[str, Any]) -> bool:
 
 
 class SailOwner:
-    def __init__(self, backend: KubeBackend) -> None:
+    def __init__(self, backend: KubeAccess) -> None:
         self.backend = backend
 
     @classmethod
-    async def of(cls, backend: KubeBackend, ds: dict[str, Any]) -> SailOwner | None:
+    async def of(cls, backend: KubeAccess, ds: dict[str, Any]) -> SailOwner | None:
         if not owned_by_sail(ds):
             return None
         owner = cls(backend)

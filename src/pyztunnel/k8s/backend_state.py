@@ -3,21 +3,17 @@ it travels with the cluster (a run interrupted on one machine continues from ano
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from lightkube.resources.apps_v1 import DaemonSet
 from lightkube.types import PatchType
 
 from pyztunnel.k8s import backend_objects as objects
-
-if TYPE_CHECKING:
-    from pyztunnel.k8s.backend import KubeBackend
+from pyztunnel.k8s.backend_access import KubeAccess
 
 
 class AnnotationState:
     """The rollout's state in an annotation on the DaemonSet (its metadata: no new generation, no rollout)."""
 
-    def __init__(self, backend: KubeBackend) -> None:
+    def __init__(self, backend: KubeAccess) -> None:
         self.backend = backend
 
     @property

@@ -7,15 +7,13 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lightkube.resources.apps_v1 import DaemonSet
 from lightkube.resources.core_v1 import Pod as KPod
 
 from pyztunnel.aio import cancel_and_wait, spawn
-
-if TYPE_CHECKING:
-    from pyztunnel.k8s.backend import KubeBackend
+from pyztunnel.k8s.backend_access import KubeAccess
 
 
 async def _raise(exc: BaseException) -> Any:
@@ -24,7 +22,7 @@ async def _raise(exc: BaseException) -> Any:
 
 @contextlib.asynccontextmanager
 async def watch_changes(
-    backend: KubeBackend, *, pods: bool = True, node: str | None = None
+    backend: KubeAccess, *, pods: bool = True, node: str | None = None
 ) -> AsyncIterator[Callable[[float], Awaitable[bool]]]:
     flag = asyncio.Event()
     failure: list[BaseException] = []

@@ -9,35 +9,15 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from pyztunnel.rollout.backend import BackendError, ClusterBackend
-from pyztunnel.rollout.canary import CanaryJudge, Sample, Thresholds, Verdict
+from pyztunnel.rollout.canary import CanaryJudge, Sample, Verdict
+from pyztunnel.rollout.plan import CanaryPlan, Progress, RolloutRun
 from pyztunnel.rollout.store import NodeRecord, RolloutRecord
-
-if TYPE_CHECKING:
-    from pyztunnel.rollout.strategies import Rollout
-
-DEFAULT_INTERVAL = 5.0
 
 
 class CanaryHalted(Exception):
     pass
-
-
-@dataclasses.dataclass(frozen=True)
-class CanaryPlan:
-    count: int
-    bake_seconds: float
-    auto_rollback: bool = False
-    interval: float = DEFAULT_INTERVAL
-    thresholds: Thresholds = dataclasses.field(default_factory=Thresholds)
-
-    def check(self) -> None:
-        if self.count < 1:
-            raise ValueError("--canary must be at least 1 node")
-        if self.bake_seconds < 0 or self.interval <= 0:
-            raise ValueError("--bake cannot be negative and --canary-interval must be positive")
 
 
 async def bake_proxies(
@@ -65,9 +45,7 @@ async def bake_proxies(
         await asyncio.sleep(min(canary.interval, left))  # the sampling interval of the bake
 
 
-async def run_canary(rollout: Rollout, record: RolloutRecord, canary: CanaryPlan) -> None:
-    from pyztunnel.rollout.strategies import Progress
-
+async def run_canary(rollout: RolloutRun, record: RolloutRecord, canary: CanaryPlan) -> None:
     backend = rollout.backend
     nodes = list(record.canary.get("nodes") or record.nodes[: canary.count])
     record.canary = {"nodes": nodes, "status": "running"}

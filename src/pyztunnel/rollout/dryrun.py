@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pyztunnel.rollout.backend import ClusterBackend
 from pyztunnel.rollout.drainfilter import plan_drain
-from pyztunnel.rollout.strategies import Plan
+from pyztunnel.rollout.plan import Plan
 
 
 async def plan_lines(backend: ClusterBackend, plan: Plan, where: str) -> list[str]:

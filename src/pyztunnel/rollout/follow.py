@@ -9,15 +9,12 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
 
 from pyztunnel.aio import cancel_and_wait, spawn
 from pyztunnel.rollout.backend import RolloutView
+from pyztunnel.rollout.plan import Progress, RolloutFailed, RolloutRun
 from pyztunnel.rollout.status import NodeTracker, rollout_status
 from pyztunnel.rollout.store import RolloutRecord
-
-if TYPE_CHECKING:
-    from pyztunnel.rollout.strategies import Rollout
 
 TICK_S = 1.0  # re-check the deadlines at least this often while no change arrives
 
@@ -55,9 +52,7 @@ class LatestView:
         await cancel_and_wait(self.task)
 
 
-async def follow_rollout(rollout: Rollout, record: RolloutRecord) -> None:
-    from pyztunnel.rollout.strategies import Progress, RolloutFailed
-
+async def follow_rollout(rollout: RolloutRun, record: RolloutRecord) -> None:
     backend, plan = rollout.backend, rollout.plan
     tracker = NodeTracker(record.nodes, plan.ready_timeout)
     started = {n: time.monotonic() - record.node(n).elapsed for n in record.nodes}

@@ -21,88 +21,14 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal
 
 from pyztunnel.aio import cancel_and_wait, spawn
 from pyztunnel.rollout import bake
 from pyztunnel.rollout.backend import BackendError, ClusterBackend, ProxyNotReady, Template, TemplateChange
-from pyztunnel.rollout.drain import DrainFailed, DrainOptions, drain_node
+from pyztunnel.rollout.drain import DrainFailed, drain_node
 from pyztunnel.rollout.follow import follow_rollout
+from pyztunnel.rollout.plan import Plan, Progress, RolloutFailed, RolloutRefused
 from pyztunnel.rollout.store import NodeRecord, RolloutRecord, RolloutStore
-
-Strategy = Literal["rolling", "drain"]
-DEFAULT_READY_TIMEOUT = 120.0
-
-
-class RolloutFailed(Exception):
-    """A step failed; the message says which node, what happened and what was done to keep it serving."""
-
-
-class RolloutRefused(Exception):
-    """The request conflicts with the saved unfinished rollout (or names an unknown node): nothing was changed."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Progress:
-    node: str
-    phase: str
-    status: str  # pending | running | done | failed
-    elapsed: float
-    detail: str = ""
-    revision: str = ""  # the node's new proxy: revision (hash), Ready, age
-    ready: bool | None = None
-    created: float = 0.0
-
-
-@dataclasses.dataclass(frozen=True)
-class Plan:
-    version: str
-    strategy: Strategy = "rolling"
-    nodes: tuple[str, ...] | None = None  # None: every node
-    max_surge: int = 1
-    max_unavailable: int = 0
-    grace_seconds: int | None = None
-    ready_timeout: float = DEFAULT_READY_TIMEOUT
-    image: str | None = None
-    drain: DrainOptions = dataclasses.field(default_factory=DrainOptions)
-    canary: bake.CanaryPlan | None = None
-    target: Template | None = None  # a rollback: restore this whole template
-
-    def check(self) -> None:
-        if self.max_surge < 0 or self.max_unavailable < 0:
-            raise ValueError("--max-surge and --max-unavailable cannot be negative")
-        if self.strategy == "rolling" and self.max_surge == 0 and self.max_unavailable == 0:
-            raise ValueError("--max-surge and --max-unavailable cannot both be 0 (nothing could ever be replaced)")
-        if self.grace_seconds is not None and self.grace_seconds < 0:
-            raise ValueError("--grace cannot be negative")
-        if self.ready_timeout <= 0:
-            raise ValueError("--ready-timeout must be positive")
-        if self.canary is not None:
-            self.canary.check()
-
-    def params(self) -> dict[str, Any]:
-        """The request, as saved for the resume check (store.REQUEST_FLAGS)."""
-        canary = self.canary
-        return {
-            "nodes": sorted(self.nodes) if self.nodes else [],
-            "max_surge": self.max_surge,
-            "max_unavailable": self.max_unavailable,
-            "grace_seconds": self.grace_seconds,
-            "canary": canary.count if canary else None,
-            "bake_seconds": canary.bake_seconds if canary else None,
-            "auto_rollback": canary.auto_rollback if canary else None,
-            "image": self.image,
-        }
-
-    def change(self, strategy: str) -> TemplateChange:
-        return TemplateChange(
-            version=None if self.image else self.version,
-            image=self.image,
-            strategy=strategy,
-            grace_seconds=self.grace_seconds,
-            max_surge=self.max_surge if strategy == "RollingUpdate" else None,
-            max_unavailable=self.max_unavailable if strategy == "RollingUpdate" else None,
-        )
 
 
 class Rollout:

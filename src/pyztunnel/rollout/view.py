@@ -6,8 +6,8 @@ import time
 
 from rich.table import Table
 
+from pyztunnel.rollout.plan import Progress
 from pyztunnel.rollout.store import RolloutRecord
-from pyztunnel.rollout.strategies import Progress
 
 STATUS_STYLE = {"done": "green", "running": "yellow", "failed": "bold red", "pending": "dim"}
 

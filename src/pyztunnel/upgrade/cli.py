@@ -17,13 +17,20 @@ from rich.live import Live
 from pyztunnel import settings
 from pyztunnel.errors import UserError
 from pyztunnel.rollout.backend import BackendError, ClusterBackend, Template
-from pyztunnel.rollout.bake import DEFAULT_INTERVAL, CanaryPlan
 from pyztunnel.rollout.canary import Thresholds
 from pyztunnel.rollout.drain import DEFAULT_DRAIN_TIMEOUT, DEFAULT_EVICTION_RETRY, DrainOptions
 from pyztunnel.rollout.drainfilter import DrainFlags
 from pyztunnel.rollout.dryrun import plan_lines
+from pyztunnel.rollout.plan import (
+    DEFAULT_INTERVAL,
+    DEFAULT_READY_TIMEOUT,
+    CanaryPlan,
+    Plan,
+    RolloutFailed,
+    RolloutRefused,
+)
 from pyztunnel.rollout.store import RolloutRecord, RolloutStore
-from pyztunnel.rollout.strategies import DEFAULT_READY_TIMEOUT, Plan, Rollout, RolloutFailed, RolloutRefused
+from pyztunnel.rollout.strategies import Rollout
 from pyztunnel.rollout.view import ProgressView
 from pyztunnel.settings import Duration, setting
 

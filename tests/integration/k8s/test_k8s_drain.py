@@ -135,8 +135,9 @@ def test_an_interrupted_drain_resumes_from_the_annotation(kube: Kube) -> None:
     import asyncio
 
     from pyztunnel.k8s.backend import connect
+    from pyztunnel.rollout.plan import Plan
     from pyztunnel.rollout.store import RolloutStore
-    from pyztunnel.rollout.strategies import Plan, Rollout
+    from pyztunnel.rollout.strategies import Rollout
 
     class Died(BaseException):
         pass
