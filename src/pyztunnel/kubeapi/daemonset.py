@@ -8,6 +8,9 @@
 - RollingUpdate without surge deletes old pods while at most maxUnavailable nodes are unavailable (unavailable old
   pods first); with surge it starts a new pod beside the old on up to maxSurge nodes at once and deletes the old pod
   once the new one is available; OnDelete replaces nothing by itself;
+- excess pods on a node (the manage loop): without surge all but the oldest are deleted; with surge the oldest pod of
+  the current revision and the oldest other one stay, the other one only while it is Ready and the current one not
+  yet available (a template changed again while a node surges leaves two old pods there: the newer goes);
 - status: desired/current/updated/ready/available counted on the oldest live pod of each node, observedGeneration.
 """
 
@@ -184,41 +187,73 @@ class DaemonSetController:
         def updated(p: dict[str, Any]) -> bool:
             return bool(p["metadata"].get("labels", {}).get(HASH_LABEL) == digest)
 
-        surging = sum(1 for pods in by_node.values() if len([p for p in pods if not terminating(p)]) > 1)
-        unavailable = sum(
-            1 for pods in by_node.values() if not any(self._available(ds, p) for p in pods if not terminating(p))
-        )
+        # The manage loop (podsShouldBeOnNode): a pod where there is none, excess pods deleted. What is left live on
+        # each node is what the update step then sees.
+        live: dict[str, list[dict[str, Any]]] = {}
         for node, pods in sorted(by_node.items()):
-            live = [p for p in pods if not terminating(p)]
-            if not pods or (surge and not live):
+            running = [p for p in pods if not terminating(p)]
+            if not pods or (surge and not running):
                 self._create(ds, node, digest)  # no surge: only once every old pod object is gone
-                continue
-            if not live:
-                continue
-            new = [p for p in live if updated(p)]
-            old = [p for p in live if not updated(p)]
-            if surge:
-                if len(new) > 1:
-                    self.store.delete("pods", ns, new[-1]["metadata"]["name"])
-                if rolling and old:
-                    if new and self._available(ds, new[0]):
-                        for p in old:
-                            self.store.delete("pods", ns, p["metadata"]["name"])
-                    elif not new and (surging < surge or not any(self._available(ds, p) for p in old)):
-                        surging += 1
-                        self._create(ds, node, digest)
-                continue
-            if len(live) > 1:  # no surge: one pod per node, the oldest stays
-                for p in live[1:]:
-                    self.store.delete("pods", ns, p["metadata"]["name"])
-            if rolling and old:
-                pod = live[0]
-                if not self._available(ds, pod):
-                    self.store.delete("pods", ns, pod["metadata"]["name"])  # unavailable old pods go first, free
-                elif unavailable < max_unavailable:
-                    unavailable += 1
-                    self.store.delete("pods", ns, pod["metadata"]["name"])
+                running = []
+            doomed = self._excess(ds, running, updated, surge > 0)
+            for p in doomed:
+                self.store.delete("pods", ns, p["metadata"]["name"])
+            live[node] = [p for p in running if p not in doomed]
+        if rolling and surge:
+            self._surge_update(ds, live, updated, surge, digest)
+        elif rolling:
+            self._unavailable_update(ds, live, updated, max_unavailable)
         self._status(ds, by_node, updated)
+
+    def _excess(
+        self, ds: dict[str, Any], live: list[dict[str, Any]], updated: Any, surge: bool
+    ) -> list[dict[str, Any]]:
+        """The live pods of one node (oldest first) the manage loop deletes. Without surge all but the oldest. With
+        surge at most two stay, the oldest of the current revision and the oldest other one, and the other one only
+        while it is Ready and the current one not yet available: so a node caught mid-surge by yet another template
+        (two old pods) keeps the older, and the update step goes on from there."""
+        if not surge:
+            return live[1:]
+        new = [p for p in live if updated(p)]
+        old = [p for p in live if not updated(p)]
+        doomed = new[1:] + old[1:]
+        if new and old and (not pod_ready(old[0]) or self._available(ds, new[0])):
+            doomed.append(old[0])
+        return doomed
+
+    def _surge_update(
+        self, ds: dict[str, Any], live: dict[str, list[dict[str, Any]]], updated: Any, surge: int, digest: str
+    ) -> None:
+        """rollingUpdate with maxSurge: a new pod beside an old one (at once where the old one is unavailable, else
+        on up to maxSurge nodes at a time); the old pod goes once the new one is available (the manage loop)."""
+        surging = 0
+        allowed: list[str] = []
+        candidates: list[str] = []
+        for node, pods in sorted(live.items()):
+            new = [p for p in pods if updated(p)]
+            old = [p for p in pods if not updated(p)]
+            if new and old:
+                surging += 1  # waiting for the new pod to become available
+            elif old:
+                (candidates if self._available(ds, old[0]) else allowed).append(node)
+        for node in allowed + candidates[: max(0, surge - surging)]:
+            self._create(ds, node, digest)
+
+    def _unavailable_update(
+        self, ds: dict[str, Any], live: dict[str, list[dict[str, Any]]], updated: Any, max_unavailable: int
+    ) -> None:
+        """rollingUpdate without surge: old pods deleted (unavailable ones first, for free) while at most
+        maxUnavailable nodes are unavailable; the new pod comes once the old pod object is gone (the manage loop)."""
+        ns = ds["metadata"]["namespace"]
+        unavailable = sum(1 for pods in live.values() if not any(self._available(ds, p) for p in pods))
+        for pods in (pods for _, pods in sorted(live.items())):
+            if not pods or updated(pods[0]):
+                continue
+            if not self._available(ds, pods[0]):
+                self.store.delete("pods", ns, pods[0]["metadata"]["name"])  # unavailable old pods go first, free
+            elif unavailable < max_unavailable:
+                unavailable += 1
+                self.store.delete("pods", ns, pods[0]["metadata"]["name"])
 
     def _status(self, ds: dict[str, Any], by_node: dict[str, list[dict[str, Any]]], updated: Any) -> None:
         desired = len(by_node)

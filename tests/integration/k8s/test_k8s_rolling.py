@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from pyztunnel.kubeapi.store import Event
+from pyztunnel.kubeapi.store import Event, Store
 from tests.integration.k8s.conftest import NS, Kube
 
 
@@ -70,6 +70,29 @@ def test_rollback_restores_the_whole_previous_template(kube: Kube) -> None:
     assert kube.get("daemonsets", "ztunnel")["spec"]["template"] == original
     kube.api.settled()
     assert {img for _, img in kube.proxies().values()} == {"gcr.io/istio-release/ztunnel:1.30.3"}
+
+
+def test_rollback_while_another_template_is_stuck_mid_surge(kube: Kube) -> None:
+    """The full suite's hang: a rollback that lands while the controller surges someone else's template change finds
+    two old pods on a node; the stand-in's controller left both (no pod of the restored revision could come there,
+    the rollback waited for ever). The other change's new pod never becomes Ready here, so the moment lasts."""
+    original = copy.deepcopy(kube.get("daemonsets", "ztunnel")["spec"]["template"])
+    assert kube.upgrade("--version", "1.31.0").code == 0
+    ds = kube.get("daemonsets", "ztunnel")
+    ds["spec"]["template"]["spec"]["containers"][0]["env"].append({"name": "STANDIN_NOT_READY", "value": "1"})
+    kube.api.call(lambda: kube.api.store.replace("daemonsets", NS, "ztunnel", ds))
+
+    def surging(store: Store) -> bool:
+        live = [p for p in store.list("pods", NS) if "deletionTimestamp" not in p["metadata"]]
+        started = [p for p in live if (p.get("status") or {}).get("phase") == "Running"]
+        return len(live) == 4 and len(started) == 4  # three 1.31.0 pods and the not-ready one beside one of them
+
+    kube.api.wait(surging, what="a node with its 1.31.0 pod and the never-ready one")
+    back = kube.upgrade("--rollback", "--ready-timeout", "30s")
+    assert back.code == 0, back.err
+    assert kube.get("daemonsets", "ztunnel")["spec"]["template"] == original
+    kube.api.settled()
+    assert sorted(img for _, img in kube.proxies().values()) == ["gcr.io/istio-release/ztunnel:1.30.3"] * 3
 
 
 def test_rollback_without_saved_state_uses_the_controllerrevisions(kube: Kube) -> None:
