@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from pyztunnel.rollout.backend import RolloutView
 from pyztunnel.rollout.plan import Plan, Progress, RolloutFailed, RolloutRefused
 from pyztunnel.rollout.store import FileState, RolloutStore
 from pyztunnel.rollout.strategies import Rollout
@@ -197,3 +201,26 @@ async def test_a_different_version_starts_afresh_and_done_is_not_resumed(tmp_pat
     third = Rollout(fake, Plan("v3"), store)
     await third.run()
     assert not third.resumed and fake.versions() == {n: ["v3"] for n in NODES}
+
+
+class StalledController(FakeCluster):
+    """A DaemonSet that rolls by itself, whose controller replaced n1's proxy and then never creates one on n2."""
+
+    rolls_itself = True
+
+    def watch_rollout(self) -> AsyncIterator[RolloutView]:
+        async def views() -> AsyncIterator[RolloutView]:
+            proxies = tuple(dataclasses.replace(p, updated=p.node == "n1") for p in await self.proxies())
+            yield RolloutView("ztunnel", 2, 2, 2, 1, 2, "RollingUpdate", proxies)
+            await asyncio.Event().wait()  # nothing changes any more
+
+        return views()
+
+
+async def test_a_controller_that_stops_rolling_ends_the_rollout_with_a_clear_error() -> None:
+    fake = StalledController(["n1", "n2"], version="v1")
+    fake.current = dataclasses.replace(fake.current, grace_seconds=0)  # the bound: ready timeout + the old pods' grace
+    with pytest.raises(RolloutFailed) as failed:
+        await Rollout(fake, Plan("v2", ready_timeout=0.2)).run()
+    assert str(failed.value).startswith("the DaemonSet made no progress for 0.2s (Waiting for daemon set")
+    assert "nodes not done: n2" in str(failed.value)

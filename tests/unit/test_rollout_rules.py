@@ -11,7 +11,7 @@ from pyztunnel.rollout.backend import Pod, ProxyPod, RolloutView
 from pyztunnel.rollout.canary import CanaryJudge, Sample, Thresholds, error_counts
 from pyztunnel.rollout.drainfilter import DrainFlags, plan_drain
 from pyztunnel.rollout.plan import Plan, RolloutFailed, RolloutRefused
-from pyztunnel.rollout.status import NodeTracker, NotRollingUpdate, rollout_status
+from pyztunnel.rollout.status import NodeTracker, NotRollingUpdate, ProgressDeadline, rollout_status
 from pyztunnel.rollout.store import FileState, RolloutStore
 from pyztunnel.rollout.strategies import Rollout
 from pyztunnel.rollout.testing import FakeCluster
@@ -89,6 +89,23 @@ def test_node_tracker_deadline_counts_from_when_the_new_pod_was_first_seen() -> 
     assert late is not None and late.node == "n1" and late.proxy == new
     ready = ProxyPod("z-new", "n1", "v2", True, "h2", True)
     assert [s.phase for s in tracker.observe([ready], now=112)] == ["done", "pending"]
+
+
+def test_progress_deadline_counts_from_the_last_change_of_anything_shown() -> None:
+    tracker = NodeTracker(["n1", "n2"], ready_timeout=10)
+    progress = ProgressDeadline(30, now=0)
+    old = ProxyPod("z-old", "n2", "v1", True, "h1", False)
+    done = ProxyPod("z-new", "n1", "v2", True, "h2", True)
+    stuck = view(2, 2, 2, 1, 2)
+    assert not progress.observe(None, [], 29)  # nothing seen yet counts from the start
+    assert not progress.observe(stuck, tracker.observe([done, old], 20), 20)
+    assert not progress.observe(
+        stuck, tracker.observe([done, old], 50), 50
+    )  # n2 has no new pod: no deadline of its own
+    assert progress.observe(stuck, tracker.observe([done, old], 51), 51)
+    moving = ProxyPod("z-new2", "n2", "v2", False, "h2", True)
+    assert not progress.observe(stuck, tracker.observe([done, old, moving], 52), 52)  # n2's new pod appeared
+    assert not progress.observe(view(2, 2, 2, 2, 2), tracker.observe([done, old, moving], 53), 53)
 
 
 METRICS = """# TYPE istio_tcp_connections_failed counter

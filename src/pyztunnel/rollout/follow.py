@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from pyztunnel.aio import cancel_and_wait, spawn
 from pyztunnel.rollout.backend import RolloutView
 from pyztunnel.rollout.plan import Progress, RolloutFailed, RolloutRun
-from pyztunnel.rollout.status import NodeTracker, rollout_status
+from pyztunnel.rollout.status import NodeState, NodeTracker, ProgressDeadline, rollout_status
 from pyztunnel.rollout.store import RolloutRecord
 
 TICK_S = 1.0  # re-check the deadlines at least this often while no change arrives
@@ -56,15 +56,19 @@ async def follow_rollout(rollout: RolloutRun, record: RolloutRecord) -> None:
     backend, plan = rollout.backend, rollout.plan
     tracker = NodeTracker(record.nodes, plan.ready_timeout)
     started = {n: time.monotonic() - record.node(n).elapsed for n in record.nodes}
+    grace = max(rollout.previous.grace_seconds, plan.grace_seconds or 0)
+    progress = ProgressDeadline(plan.ready_timeout + grace, time.monotonic())
     shown: dict[str, tuple[str, str, bool | None]] = {}
     latest = LatestView(backend.watch_rollout())
     try:
         while True:
             view = await latest.next(TICK_S)
-            if view is None:
-                continue
             now = time.monotonic()
-            _message, complete = rollout_status(view, view.name)
+            if view is None:
+                if progress.observe(None, [], now):
+                    raise RolloutFailed(f"no status of the DaemonSet within {progress.within:g}s; rollout stopped")
+                continue
+            status_line, complete = rollout_status(view, view.name)
             states = tracker.observe(view.proxies, now)
             for state in states:
                 rec = record.node(state.node)
@@ -106,5 +110,17 @@ async def follow_rollout(rollout: RolloutRun, record: RolloutRecord) -> None:
                 rec.status, rec.error = "failed", message
                 rollout.emit(Progress(late.node, late.phase, "failed", rec.elapsed, message))
                 raise RolloutFailed(message)
+            if progress.observe(view, states, now):
+                raise RolloutFailed(stalled_message(states, status_line, progress.within))
     finally:
         await latest.close()
+
+
+def stalled_message(states: list[NodeState], status_line: str, within: float) -> str:
+    """Nothing changed for a node's whole replacement time: the controller is not rolling (no new pod anywhere to
+    blame, so the template is left as it is; re-running the command follows it again)."""
+    waiting = ", ".join(s.node for s in states if s.phase != "done") or "none"
+    return (
+        f"the DaemonSet made no progress for {within:g}s ({status_line}); nodes not done: {waiting}; the template is "
+        "left as it is; rollout stopped"
+    )

@@ -79,3 +79,37 @@ class NodeTracker:
             if state.waiting_since is not None and now - state.waiting_since > self.ready_timeout:
                 return state
         return None
+
+
+class ProgressDeadline:
+    """The bound on a controller-driven rollout as a whole (Deployment's progressDeadlineSeconds, for a DaemonSet):
+    a node whose new pod exists has its own deadline (NodeTracker), but one that never gets a pod of the new revision
+    would be waited for forever. So the rollout is stalled when nothing it shows (status counts, each node's phase,
+    new pod and readiness) changed for `within` seconds, which covers one node's replacement: the old pod's grace
+    period plus the new one's ready timeout."""
+
+    def __init__(self, within: float, now: float) -> None:
+        self.within = within
+        self._seen: object = None
+        self._since = now
+
+    def observe(self, view: RolloutView | None, states: list[NodeState], now: float) -> bool:
+        """Record this observation (None: nothing seen yet); True when nothing changed for `within` seconds."""
+        shown = (
+            None
+            if view is None
+            else (
+                view.generation,
+                view.observed_generation,
+                view.desired,
+                view.updated,
+                view.available,
+                tuple(
+                    (s.node, s.phase, s.proxy.name if s.proxy else "", s.proxy.ready if s.proxy else None)
+                    for s in states
+                ),
+            )
+        )
+        if shown != self._seen:
+            self._seen, self._since = shown, now
+        return now - self._since > self.within
