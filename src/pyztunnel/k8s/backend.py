@@ -286,7 +286,8 @@ class KubeBackend:
         options = DeleteOptions(gracePeriodSeconds=grace_seconds) if grace_seconds is not None else None
         eviction = PodEviction(metadata=ObjectMeta(name=pod.name, namespace=pod.namespace), deleteOptions=options)
         try:
-            await self.client.create(eviction, name=pod.name, namespace=pod.namespace)
+            async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                await self.client.create(eviction, name=pod.name, namespace=pod.namespace)
         except ApiError as exc:
             if exc.status.code == 429:
                 causes = [
@@ -296,17 +297,20 @@ class KubeBackend:
             if exc.status.code == 404:
                 return
             await self.api(f"evict {pod.ref}", _raise(exc))
-        except (httpx2.TransportError, OSError) as exc:
+        except (httpx2.TransportError, OSError, TimeoutError) as exc:
             await self.api(f"evict {pod.ref}", _raise(exc))
 
     async def wait_gone(self, pod: Pod, within: float) -> None:
         deadline = time.monotonic() + within
         while True:
             try:
-                found = await self.client.get(KPod, pod.name, namespace=pod.namespace)
+                async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                    found = await self.client.get(KPod, pod.name, namespace=pod.namespace)
             except ApiError as exc:
                 if exc.status.code == 404:
                     return
+                await self.api(f"get pod {pod.ref}", _raise(exc))
+            except (httpx2.TransportError, OSError, TimeoutError) as exc:
                 await self.api(f"get pod {pod.ref}", _raise(exc))
             else:
                 if found.metadata is not None and found.metadata.uid != pod.uid:
