@@ -104,3 +104,17 @@ async def test_a_connection_opened_after_close_is_not_kept() -> None:
     with pytest.raises(ConnectionError, match="pool closed"):
         await asyncio.wait_for(caller, 5)
     assert not pool.connections and [c.closing for c in connect.made] == [True]
+
+
+async def test_a_draining_pool_still_serves_and_lets_its_idle_connections_go() -> None:
+    """The proxy's drain: a connection accepted as it began still gets its stream (a closed pool reset it: the e2e
+    502); idle connections go away now, busy ones once their streams end (tests/integration/proxy/test_hbone.py)."""
+    pool = Pool()
+    connect = Connector(max_streams=100)
+    connect.release.set()
+    busy = typing.cast(FakeConn, await take_stream(pool, connect))
+    busy.streams[1] = object()
+    idle = typing.cast(FakeConn, await pool.get(("spiffe://a", "spiffe://c", "10.0.0.2"), connect))
+    pool.drain()
+    assert idle.closing and not busy.closing
+    assert typing.cast(FakeConn, await take_stream(pool, connect)) is busy

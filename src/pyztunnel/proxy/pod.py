@@ -95,7 +95,7 @@ class PodProxy:
         self.going_away = True
         for server in list(self.servers):
             server.goaway()
-        self.pool.close()
+        self.pool.drain()
 
     async def close_listeners(self) -> None:
         for acceptor in self.acceptors:
@@ -108,6 +108,7 @@ class PodProxy:
         self.shared.indexes.unsubscribe(self.recheck_policies)
         await self.close_listeners()
         self.goaway()
+        self.pool.close()
         for relay in list(self.relays):
             relay.reset()
         for server in list(self.servers):

@@ -41,6 +41,7 @@ class Pool:
         self._idle: dict[int, asyncio.TimerHandle] = {}
         self.opened = 0
         self._closed = False
+        self._draining = False
 
     def _usable(self, key: PoolKey) -> H2ClientConn | None:
         conns = self._conns.get(key)
@@ -112,7 +113,7 @@ class Pool:
 
     def _on_idle(self, conn: H2Conn) -> None:
         assert isinstance(conn, H2ClientConn)
-        if not conn.usable:
+        if not conn.usable or self._draining:
             conn.goaway()
             return
         loop = asyncio.get_running_loop()
@@ -139,6 +140,18 @@ class Pool:
     @property
     def connections(self) -> list[H2ClientConn]:
         return [c for conns in self._conns.values() for c in conns]
+
+    def drain(self) -> None:
+        """The proxy drains: requests are still served (a connection accepted just before the drain began still
+        needs its stream; refusing it would reset an app's connection), but no pooled connection outlives its
+        streams: idle ones go away now, the others once their streams end, as do ones opened from now on."""
+        self._draining = True
+        for conn in self.connections:
+            if not conn.streams:
+                conn.goaway()
+        for handle in self._idle.values():
+            handle.cancel()
+        self._idle.clear()
 
     def close(self) -> None:
         """GOAWAY every pooled connection (streams in flight go on) and refuse new requests."""

@@ -213,3 +213,19 @@ async def test_a_connect_refused_by_a_peer_going_away_is_opened_again(mesh: Mesh
         writer.close()
     else:
         await asyncio.wait_for(server.lost, 5)  # the idle one closed after the PING round trip
+
+
+async def test_a_connection_accepted_as_the_drain_begins_still_gets_its_stream(mesh: Mesh) -> None:
+    """The e2e 502 (test_rolling_upgrade_with_migrate_req_only_loses_nothing): the old proxy accepted the gateway's
+    upstream connection just before its drain began, and its outbound then met a closed pool ("connect: pool
+    closed"): the app's connection was reset. Draining, the pool still serves; its connections go once unused."""
+    reader, writer = await mesh.open_client()  # a stream that stays open across the drain
+    writer.write(b"held")
+    assert await asyncio.wait_for(reader.readexactly(4), 10) == b"held"
+    (busy,) = mesh.pod_a.pool.connections
+    mesh.pod_a.goaway()  # the drain of A (its listener is still open here: a connection accepted meanwhile)
+    await roundtrip(mesh, b"accepted as the drain began")
+    writer.close()
+    # No pooled connection outlives its streams while draining.
+    await asyncio.wait_for(busy.lost, 10)
+    await asyncio.wait_for(asyncio.gather(*(c.lost for c in mesh.pod_a.pool.connections)), 10)
