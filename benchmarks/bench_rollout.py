@@ -22,8 +22,9 @@ from typing import Any
 from pyztunnel.cluster import manage
 from pyztunnel.cluster import spec as cluster_spec
 from pyztunnel.rollout.local import LocalBackend
+from pyztunnel.rollout.plan import Plan
 from pyztunnel.rollout.store import RolloutRecord
-from pyztunnel.rollout.strategies import Plan, Rollout
+from pyztunnel.rollout.strategies import Rollout
 from pyztunnel.rollout.testing import STAND_IN_PROXY
 
 NAME = "tbrl"
