@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import struct
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from pyztunnel import settings
 from pyztunnel.aio import cancel_and_wait, install_uvloop, spawn
 from pyztunnel.apps._lifecycle import Shutdown, announce, bind
 from pyztunnel.settings import Duration, setting
+from pyztunnel.tcp import nodelay, rst_abort
 
 # Above this much unsent data the connection stops reading until the peer catches up.
 WRITE_HIGH_WATER = 4 * 1024 * 1024
@@ -54,7 +54,7 @@ class EchoProtocol(asyncio.Protocol):
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         sock = transport.get_extra_info("socket")
         if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            nodelay(sock)
         self.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -81,12 +81,8 @@ class EchoProtocol(asyncio.Protocol):
 
     def reset(self) -> None:
         """Cut the connection with an RST (SO_LINGER 0), so the peer sees a reset, not a clean end of stream."""
-        if self.transport is None:
-            return
-        sock = self.transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        self.transport.abort()
+        if self.transport is not None:
+            rst_abort(self.transport)
 
 
 class Connections:

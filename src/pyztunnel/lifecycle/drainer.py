@@ -11,40 +11,14 @@ import asyncio
 import logging
 import signal as _signal
 import socket
-import struct
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, Protocol
 
 from pyztunnel.aio import cancel_and_wait, spawn
 from pyztunnel.lifecycle import drain
+from pyztunnel.tcp import rst_close
 
 _log = logging.getLogger("pyztunnel.lifecycle.drain")
-
-_LINGER_RST = struct.pack("ii", 1, 0)
-
-
-def rst_close(sock: socket.socket) -> None:
-    """Close so that the peer gets a RST whatever is queued (SO_LINGER on, 0 s): deterministic, unlike a plain close."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
-    except OSError:
-        pass  # already closed by the peer or not a TCP socket; close anyway
-    sock.close()
-
-
-def rst_transport(transport: asyncio.BaseTransport) -> None:
-    """The same for an asyncio transport: SO_LINGER 0 on its socket, then abort (which closes without flushing)."""
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
-        except OSError:
-            pass
-    abort = getattr(transport, "abort", None)
-    if abort is not None:
-        abort()
-    else:
-        transport.close()
 
 
 async def _maybe_await(result: Awaitable[None] | None) -> None:
