@@ -1,7 +1,10 @@
 """Small asyncio helpers shared by every component.
 
-`spawn` is the only way the project starts a background task: it names the task and keeps a strong reference until
-the task ends, so no task is garbage-collected mid-flight and leaks show up by name in tests.
+Every background task has an owner. `spawn` is the only way the project starts a task: it names the task and logs
+its failure; the caller owns what it returns (keeps it, cancels it, awaits it). A task with no natural holder goes
+into a `TaskGroup`, the owner of a set of tasks (the proxy app, each pod proxy, each HTTP/2 connection own one):
+the group keeps them referenced while they run, and shutting it down is stop accepting → a deadline → cancel the
+rest. There is no process-wide task set: a task nobody owns is a bug, and the tests' leak check names it.
 """
 
 from __future__ import annotations
@@ -9,26 +12,73 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 _log = logging.getLogger("pyztunnel.aio")
-_running: set[asyncio.Task[Any]] = set()
 
 
 def spawn(coro: Coroutine[Any, Any, T], name: str) -> asyncio.Task[T]:
+    """A named task whose failure is logged. The caller owns it: keep the reference until it is done."""
     task = asyncio.create_task(coro, name=name)  # noqa: TID251 - this is the one sanctioned place
-    _running.add(task)
-    task.add_done_callback(_finished)
+    task.add_done_callback(_log_failure)
     return task
 
 
-def _finished(task: asyncio.Task[Any]) -> None:
-    _running.discard(task)
+def _log_failure(task: asyncio.Task[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
         _log.error("task %s failed", task.get_name(), exc_info=task.exception())
+
+
+class TaskGroup:
+    """The owner of a set of tasks: asyncio.TaskGroup's ownership (every task belongs to the group, closing the group
+    ends them all) without its failure rule: a task that fails is logged and its siblings go on (one stream's bug must
+    not end the other streams of its connection). Usable without an `async with` block, because its owners (a pod
+    proxy, an HTTP/2 connection) are objects that live across callbacks, not one coroutine's scope."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.closed = False
+
+    def spawn(self, coro: Coroutine[Any, Any, T], name: str) -> asyncio.Task[T]:
+        """A task owned by this group (kept referenced until it ends). A closed group starts nothing: the coroutine
+        is closed and the returned task is already cancelled."""
+        if self.closed:
+            coro.close()
+            task: asyncio.Task[T] = asyncio.create_task(_never(), name=name)  # type: ignore[arg-type]  # noqa: TID251
+            task.cancel()
+            return task
+        task = spawn(coro, name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def __iter__(self) -> Iterator[asyncio.Task[Any]]:
+        return iter(list(self._tasks))
+
+    def cancel(self) -> None:
+        """Stop accepting and cancel every task now (sync: for a connection that is already gone)."""
+        self.closed = True
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def close(self, within: float = 0.0) -> None:
+        """Stop accepting, let the running tasks finish for up to `within` seconds, then cancel the rest and wait
+        until they have really finished (their finally blocks ran)."""
+        self.closed = True
+        if within > 0 and self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=within)
+        await cancel_and_wait(*self._tasks)
+
+
+async def _never() -> None:
+    await asyncio.get_running_loop().create_future()
 
 
 async def cancel_and_wait(*tasks: asyncio.Task[Any]) -> None:

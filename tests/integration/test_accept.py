@@ -8,6 +8,7 @@ import errno
 import socket
 from typing import Any
 
+from pyztunnel.aio import TaskGroup
 from pyztunnel.lifecycle.accept import AcceptLoop
 from pyztunnel.lifecycle.testing import Hammer, accept_queue_length, poll, reuseport_listener
 
@@ -23,7 +24,7 @@ def exchange(port: int) -> bytes:
 
 
 async def test_pause_and_resume_storm_loses_nothing() -> None:
-    acceptor = AcceptLoop(reuseport_listener(), answer, "storm")
+    acceptor = AcceptLoop(reuseport_listener(), answer, "storm", tasks=TaskGroup("storm"))
     acceptor.start()
     hammer = Hammer(acceptor.sock.getsockname()[1]).start()
     try:
@@ -40,7 +41,7 @@ async def test_pause_and_resume_storm_loses_nothing() -> None:
 
 
 async def test_paused_listener_keeps_its_queue_until_resumed() -> None:
-    acceptor = AcceptLoop(reuseport_listener(), answer, "queue")
+    acceptor = AcceptLoop(reuseport_listener(), answer, "queue", tasks=TaskGroup("queue"))
     loop = asyncio.get_running_loop()
     clients = []
     try:
@@ -72,7 +73,7 @@ async def test_failing_and_async_handlers() -> None:
         answer(conn)
         handled.set()
 
-    acceptor = AcceptLoop(reuseport_listener(), bad, "h")
+    acceptor = AcceptLoop(reuseport_listener(), bad, "h", tasks=TaskGroup("h"))
     acceptor.start()
     port = acceptor.sock.getsockname()[1]
     try:
@@ -101,7 +102,7 @@ class _Exhausted(socket.socket):
 async def test_fd_exhaustion_backs_off_then_resumes() -> None:
     plain = reuseport_listener()
     sock = _Exhausted(fileno=plain.detach())
-    acceptor = AcceptLoop(sock, answer, "emfile")
+    acceptor = AcceptLoop(sock, answer, "emfile", tasks=TaskGroup("emfile"))
     acceptor.start()
     try:
         reply = asyncio.ensure_future(asyncio.to_thread(exchange, sock.getsockname()[1]))

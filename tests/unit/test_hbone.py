@@ -7,11 +7,11 @@ import h2.exceptions
 import pytest
 from h2.connection import H2Connection
 
-from pyztunnel.protocols import hbone
+from pyztunnel.protocols import h2wire, hbone
 
 
 def pair() -> tuple[H2Connection, H2Connection]:
-    client, server = hbone.new_connection(True), hbone.new_connection(False)
+    client, server = h2wire.new_connection(True), h2wire.new_connection(False)
     exchange(client, server)
     return client, server
 
@@ -137,10 +137,10 @@ def test_baggage_omits_empty() -> None:
 
 
 def test_lean_output_is_byte_identical_to_h2() -> None:
-    """HboneConnection writes DATA frames as header + payload chunks: the bytes on the wire are h2's own."""
+    """LeanH2Connection writes DATA frames as header + payload chunks: the bytes on the wire are h2's own."""
     from h2.config import H2Configuration
 
-    lean = hbone.new_connection(True)
+    lean = h2wire.new_connection(True)
     plain = H2Connection(H2Configuration(client_side=True, header_encoding=None))
     plain.local_settings = lean.local_settings
     plain.initiate_connection()
@@ -154,7 +154,7 @@ def test_lean_output_is_byte_identical_to_h2() -> None:
         conn.send_data(1, b"last", end_stream=True)
         out.append(conn.data_to_send())
     assert b"".join(out_lean) == b"".join(out_plain)
-    chunks = hbone.new_connection(True).chunks_to_send()
+    chunks = h2wire.new_connection(True).chunks_to_send()
     assert chunks[0].startswith(b"PRI * HTTP/2.0")  # preamble + SETTINGS first, then the WINDOW_UPDATE
 
 
@@ -187,7 +187,7 @@ def test_whole_data_fast_path_equals_send_data() -> None:
 
 
 def test_data_receive_fast_path_matches_h2() -> None:
-    """Flagless DATA frames handled by HboneConnection give the events and windows plain h2 gives."""
+    """Flagless DATA frames handled by LeanH2Connection give the events and windows plain h2 gives."""
     from h2.config import H2Configuration
 
     lean_client, lean_server = pair()
@@ -201,8 +201,8 @@ def test_data_receive_fast_path_matches_h2() -> None:
     for i in range(5):
         lean_client.send_data(1, bytes([i]) * (1000 * (i + 1)))
     lean_client.send_data(1, b"end", end_stream=True)
-    wire = hbone.new_connection(True).data_to_send() + lean_client.data_to_send()
-    lean_events = lean_server.receive_data(wire[len(hbone.new_connection(True).data_to_send()) :])
+    wire = h2wire.new_connection(True).data_to_send() + lean_client.data_to_send()
+    lean_events = lean_server.receive_data(wire[len(h2wire.new_connection(True).data_to_send()) :])
     plain_events = plain_server.receive_data(wire)
 
     def shape(events: list[h2.events.Event]) -> list[tuple[str, object, object]]:

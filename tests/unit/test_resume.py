@@ -9,9 +9,11 @@ import typing
 import pytest
 from hyperframe.frame import ExtensionFrame, Frame
 
+from pyztunnel.lifecycle.drainer import ConnectionSet
 from pyztunnel.observe.access import ConnectionRecord
 from pyztunnel.protocols import resume
-from pyztunnel.proxy.resumable import Parked, ResumeRegistry
+from pyztunnel.proxy.parking import Parked, ResumeRegistry
+from pyztunnel.proxy.telemetry import Telemetry
 
 TOKEN = "0123456789abcdef0123456789abcdef"
 
@@ -83,23 +85,16 @@ def test_a_stop_that_does_not_add_up_is_refused(steps: list[tuple[typing.Any, ..
             getattr(state, name)(*args)
 
 
-class _Shared:
-    def __init__(self, registry: ResumeRegistry) -> None:
-        self.resumes = registry
-        self.connections: set[object] = set()
+class _Telemetry:
+    """What the registry reports to: the completed records."""
+
+    def __init__(self) -> None:
         self.completed: list[ConnectionRecord] = []
         self.logged = asyncio.Event()
-        self.telemetry = self
 
     def complete(self, record: ConnectionRecord) -> None:
         self.completed.append(record)
         self.logged.set()
-
-
-class _Pod:
-    def __init__(self, key: str, shared: _Shared) -> None:
-        self.key = key
-        self.shared = shared
 
 
 class _App:
@@ -114,21 +109,24 @@ class _App:
         self.aborted = self.done = True
 
 
-def _parked(registry: ResumeRegistry, pod_key: str = "pod-b") -> tuple[Parked, _Shared, _App]:
-    shared = _Shared(registry)
+def _registry(park_timeout: float) -> tuple[ResumeRegistry, _Telemetry, ConnectionSet]:
+    telemetry, connections = _Telemetry(), ConnectionSet()
+    return ResumeRegistry(typing.cast(Telemetry, telemetry), connections, park_timeout), telemetry, connections
+
+
+def _parked(pod_key: str = "pod-b") -> tuple[Parked, _App]:
     record = ConnectionRecord(src_addr="10.0.0.1:5000", dst_addr="10.0.0.2:15008", direction="inbound")
     record.src_identity = "spiffe://cluster.local/ns/a/sa/client"
     record.dst_hbone_addr = "10.0.0.2:8080"
     app = _App()
-    pod = typing.cast(typing.Any, _Pod(pod_key, shared))
-    return Parked(pod, typing.cast(typing.Any, app), record, TOKEN, 7, client_side=False), shared, app
+    return Parked(pod_key, typing.cast(typing.Any, app), record, TOKEN, 7, client_side=False), app
 
 
 async def test_only_the_holder_of_a_stream_can_claim_it() -> None:
-    registry = ResumeRegistry(park_timeout=30)
-    parked, shared, _ = _parked(registry)
+    registry, _, connections = _registry(park_timeout=30)
+    parked, _ = _parked()
     registry.park(parked)
-    assert parked in shared.connections  # the drain sees it as a live connection
+    assert parked in list(connections)  # the drain sees it as a live connection
     identity, authority = "spiffe://cluster.local/ns/a/sa/client", "10.0.0.2:8080"
     wrong = [
         ("pod-x", identity, authority),  # another pod's listener
@@ -146,8 +144,8 @@ async def test_only_the_holder_of_a_stream_can_claim_it() -> None:
 
 
 async def test_a_claim_waits_for_a_stream_still_on_its_way() -> None:
-    registry = ResumeRegistry(park_timeout=30)
-    parked, _, _ = _parked(registry)
+    registry, _, _ = _registry(park_timeout=30)
+    parked, _ = _parked()
     claim = asyncio.ensure_future(
         registry.claim(TOKEN, "pod-b", "spiffe://cluster.local/ns/a/sa/client", "10.0.0.2:8080", wait=5)
     )
@@ -159,12 +157,12 @@ async def test_a_claim_waits_for_a_stream_still_on_its_way() -> None:
 
 
 async def test_a_park_that_expires_resets_the_app_and_logs_the_connection() -> None:
-    registry = ResumeRegistry(park_timeout=0.01)
-    parked, shared, app = _parked(registry)
+    registry, telemetry, connections = _registry(park_timeout=0.01)
+    parked, app = _parked()
     registry.park(parked)
-    await asyncio.wait_for(shared.logged.wait(), 5)
-    assert app.aborted and registry.expired == 1 and len(registry) == 0 and parked not in shared.connections
-    record = shared.completed[0]
+    await asyncio.wait_for(telemetry.logged.wait(), 5)
+    assert app.aborted and registry.expired == 1 and len(registry) == 0 and parked not in list(connections)
+    record = telemetry.completed[0]
     assert record.error is not None and "not resumed within" in record.error
     assert (record.bytes_recv, record.bytes_sent) == (7, 5)  # the stream's bytes in, the app's bytes out
 
@@ -185,7 +183,7 @@ def test_a_moved_inbound_connection_keeps_what_its_policy_check_saw() -> None:
 async def test_a_stop_that_arrives_before_the_relay_is_watched_is_kept_for_it() -> None:
     """A peer may stop a stream right after its 200: the frame can be read together with the response, before the
     CONNECT's caller installs the stream's handler."""
-    from pyztunnel.proxy.relay import StreamLeg
+    from pyztunnel.proxy.stream import StreamLeg
 
     leg = StreamLeg(typing.cast(typing.Any, object()), 1)
     frame = resume.quiesce_frame(1, 0, ack=False)
@@ -206,11 +204,11 @@ async def test_a_stop_that_arrives_before_the_relay_is_watched_is_kept_for_it() 
 
 
 async def test_a_parked_connection_whose_app_left_is_still_logged_once() -> None:
-    registry = ResumeRegistry(park_timeout=30)
-    parked, shared, app = _parked(registry)
+    registry, telemetry, _ = _registry(park_timeout=30)
+    parked, app = _parked()
     registry.park(parked)
     app.done = True  # the app closed (or reset) its socket while the stream was parked
-    parked.give_up("hbone resume failed: http status: 410")
-    parked.give_up("again")
-    assert not app.aborted and len(shared.completed) == 1 and len(registry) == 0
-    assert shared.completed[0].error == "hbone resume failed: http status: 410"
+    registry.give_up(parked, "hbone resume failed: http status: 410")
+    registry.give_up(parked, "again")
+    assert not app.aborted and len(telemetry.completed) == 1 and len(registry) == 0
+    assert telemetry.completed[0].error == "hbone resume failed: http status: 410"

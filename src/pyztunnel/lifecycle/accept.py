@@ -15,7 +15,7 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable
 
-from pyztunnel.aio import spawn
+from pyztunnel.aio import TaskGroup
 
 _log = logging.getLogger("pyztunnel.lifecycle.accept")
 
@@ -31,11 +31,14 @@ class AcceptLoop:
         handle: Callable[[socket.socket], Awaitable[None] | None],
         name: str = "listener",
         per_wakeup: int = 64,
+        *,
+        tasks: TaskGroup,
     ) -> None:
         sock.setblocking(False)
         self.sock = sock
         self.handle = handle
         self.name = name
+        self.tasks = tasks  # the owner of an async handler's coroutines
         self.per_wakeup = per_wakeup  # bounded, so one busy listener cannot starve the loop
         self.accepted = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -90,7 +93,7 @@ class AcceptLoop:
                 conn.close()
                 continue
             if result is not None:
-                spawn(_guard(result, conn), f"conn-{self.name}")
+                self.tasks.spawn(_guard(result, conn), f"conn-{self.name}")
 
 
 async def _guard(awaitable: Awaitable[None], conn: socket.socket) -> None:

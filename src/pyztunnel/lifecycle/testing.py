@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from pyztunnel.aio import cancel_and_wait, spawn
+from pyztunnel.aio import TaskGroup, cancel_and_wait, spawn
 from pyztunnel.lifecycle import handoff_io
 from pyztunnel.lifecycle.accept import AcceptLoop
 from pyztunnel.lifecycle.handoff import ListenerKey, Netns, PodRequest
@@ -127,11 +127,12 @@ class TaggedListeners:
         self.released_keys: list[ListenerKey] = []
         self.reclaimed_keys: list[ListenerKey] = []
         self.on_released: asyncio.Event = asyncio.Event()
+        self._tasks = TaskGroup("tagged-listeners")
 
     def add(self, key: ListenerKey, sock: socket.socket, netns: Netns | None = None) -> None:
         self.sockets[key] = sock
         self.pod_netns[key.uid] = netns or self.netns
-        self._loops[key] = AcceptLoop(sock, self._answer, f"{key.uid}:{key.port}")
+        self._loops[key] = AcceptLoop(sock, self._answer, f"{key.uid}:{key.port}", tasks=self._tasks)
         self._loops[key].start()
 
     def _answer(self, conn: socket.socket) -> None:
@@ -172,7 +173,7 @@ class TaggedListeners:
     def handoff_released(self, keys: Sequence[ListenerKey]) -> None:
         # Stop accepting; our copy stays (closing it would reset nothing either: the new instance holds the socket).
         self.released_keys.extend(keys)
-        spawn(self._release(list(keys)), "release")
+        self._tasks.spawn(self._release(list(keys)), "release")
 
     async def _release(self, keys: list[ListenerKey]) -> None:
         await self.pause(keys)

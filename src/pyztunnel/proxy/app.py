@@ -39,7 +39,7 @@ from pyztunnel.proxy.handoff import Adopter, PodSetListeners
 from pyztunnel.proxy.migration import Migration
 from pyztunnel.proxy.netsock import DirectNet
 from pyztunnel.proxy.pod import PodProxy, Ports
-from pyztunnel.proxy.podset import PodSet
+from pyztunnel.proxy.podset import DATA_PATH, PodSet
 from pyztunnel.proxy.shared import IndexHolder, Shared
 from pyztunnel.proxy.telemetry import Telemetry
 from pyztunnel.proxy.zds_client import READINESS_TASK, ZdsClient
@@ -74,7 +74,12 @@ def direct_pods(shared: Shared, settings: ProxySettings) -> list[PodProxy]:
         env = DirectNet(ip, {port: target}, name=f"{ip}:{port}")
         pods.append(
             PodProxy(
-                shared, f"direct-out-{ip}-{port}", env, _by_ip(ip), Ports(outbound=port, plaintext=None, hbone=None)
+                shared,
+                f"direct-out-{ip}-{port}",
+                env,
+                _by_ip(ip),
+                DATA_PATH,
+                Ports(outbound=port, plaintext=None, hbone=None),
             )
         )
     for spec in settings.direct_inbound:
@@ -90,7 +95,9 @@ def direct_pods(shared: Shared, settings: ProxySettings) -> list[PodProxy]:
             plaintext = hbone.INBOUND_PLAINTEXT_PORT
             targets[plaintext] = (ip, int(app_port_text))
         env = DirectNet(ip, targets, name=ip)
-        pods.append(PodProxy(shared, f"direct-in-{ip}", env, _by_ip(ip), Ports(outbound=None, plaintext=plaintext)))
+        pods.append(
+            PodProxy(shared, f"direct-in-{ip}", env, _by_ip(ip), DATA_PATH, Ports(outbound=None, plaintext=plaintext))
+        )
     return pods
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from pyztunnel.protocols.hbone_conn import Limits
 from pyztunnel.settings import Duration, group, setting
 
 
@@ -90,6 +91,34 @@ class ProxySettings:
         Duration(10), "bound on a TLS handshake", env="PYZTUNNEL_TLS_HANDSHAKE_TIMEOUT", gt=0
     )
     connect_timeout: Duration = setting(Duration(10), "bound on a TCP connect", env="PYZTUNNEL_CONNECT_TIMEOUT", gt=0)
+    hbone_preface_timeout: Duration = setting(
+        Duration(10),
+        "an HBONE connection whose peer has not sent the HTTP/2 preface and SETTINGS this long after the TLS "
+        "handshake is closed (one round trip is all it takes; 10 s, like the TLS handshake and connect bounds, "
+        "covers a loaded node by far, instead of the 30 s until the keepalive PING would notice)",
+        env="PYZTUNNEL_HBONE_PREFACE_TIMEOUT",
+        gt=0,
+    )
+    hbone_max_pending_streams: int = setting(
+        200,
+        "CONNECTs one inbound HBONE connection may have in setup (policy check, app connect) at once; more are "
+        "refused (REFUSED_STREAM). As Go's HTTP/2 server bounds running handlers: by the concurrent-stream limit",
+        env="PYZTUNNEL_HBONE_MAX_PENDING_STREAMS",
+        ge=1,
+    )
+    hbone_reset_burst: int = setting(
+        1000,
+        "stream resets (and refused streams) an inbound HBONE connection may cause at once before it gets "
+        "GOAWAY(ENHANCE_YOUR_CALM) and is closed (rapid reset, CVE-2023-44487; nghttp2's default burst)",
+        env="PYZTUNNEL_HBONE_RESET_BURST",
+        ge=1,
+    )
+    hbone_reset_rate: float = setting(
+        33.0,
+        "stream resets per second that refill that allowance (nghttp2's default)",
+        env="PYZTUNNEL_HBONE_RESET_RATE",
+        ge=0,
+    )
     workload_wait: Duration = setting(
         Duration(5),
         "how long a connection waits for its workload to appear in the config",
@@ -113,4 +142,14 @@ class ProxySettings:
         None,
         "static certificates (IDENTITY-DIR/{cert-chain,key,root-cert}.pem) instead of the CA",
         env="PYZTUNNEL_CERT_DIR",
+    )
+
+
+def hbone_limits(settings: ProxySettings) -> Limits:
+    """The HBONE connection rules' numbers, from the declared settings (the rest are ztunnel's, §3.3)."""
+    return Limits(
+        preface_timeout=float(settings.hbone_preface_timeout),
+        max_pending_streams=settings.hbone_max_pending_streams,
+        reset_burst=settings.hbone_reset_burst,
+        reset_rate=float(settings.hbone_reset_rate),
     )

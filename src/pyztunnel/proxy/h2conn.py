@@ -1,7 +1,10 @@
-"""HBONE connections: h2's sans-IO H2Connection driven by an asyncio Protocol over TLS, one StreamLeg per stream.
+"""HBONE connections, the asyncio shell: an asyncio Protocol over TLS that moves bytes and runs timers for the
+connection's rules (`protocols.hbone_conn.HboneConn`, sans-IO), with one `StreamLeg` (proxy/stream.py) per stream.
 
-`H2ClientConn` opens CONNECT streams (outbound, pooled); `H2ServerConn` hands each CONNECT to a handler (inbound).
-Both send PING every 10 s and drop the connection if no ACK comes within 20 s (§3.3).
+`H2ClientConn` opens CONNECT streams (outbound, pooled); `H2ServerConn` sets each CONNECT up in a task of its own
+(owned by the connection: a reset of the stream, or the connection's end, cancels it). Every decision (keepalive
+PINGs, GOAWAY refusals, limits) is the rules object's; this shell reads, writes, keeps one timer at the rules'
+`deadline`, and hands each event to the stream it is for.
 """
 
 from __future__ import annotations
@@ -9,18 +12,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import typing
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, ClassVar
 
 import h2.errors
 import h2.events
 import h2.exceptions
 import hyperframe.frame
 
-from pyztunnel.protocols import hbone
-from pyztunnel.proxy.relay import Reset, StreamLeg
+from pyztunnel.aio import TaskGroup
+from pyztunnel.protocols import hbone, hbone_conn
+from pyztunnel.protocols.hbone_conn import HboneConn, Limits
+from pyztunnel.proxy.stream import StreamLeg
+from pyztunnel.tcp import rst_abort
 
 _log = logging.getLogger("pyztunnel.proxy.h2")
 
@@ -33,31 +38,38 @@ def _cheap_data_repr(frame: hyperframe.frame.DataFrame) -> str:
 # hex-encodes the whole payload (1 MiB here) before truncating it: a copy and a hexlify per frame on the hot path.
 hyperframe.frame.DataFrame._body_repr = _cheap_data_repr
 
-
-_CLOSING_PING = b"pzt-bye!"  # the PING whose ACK lets a connection that is going away close
+_Handler = Callable[[Any, Any], None]
 
 
 class H2Conn(asyncio.Protocol):
-    def __init__(self, client_side: bool, ping_interval: float = hbone.PING_INTERVAL) -> None:
-        self.h2 = hbone.new_connection(client_side)
+    _HANDLERS: ClassVar[dict[type, _Handler]] = {}  # event type → what the shell does with it (filled below)
+
+    def __init__(self, client_side: bool, limits: Limits | None = None) -> None:
+        self.rules = HboneConn(client_side, limits)
+        self.h2 = self.rules.h2
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, StreamLeg] = {}
-        self.closing = False  # GOAWAY sent or received: no new streams
         self._loop = asyncio.get_running_loop()
         self._flush_pending = False
-        self.goaway_last_stream = 0  # the last peer stream our GOAWAY lets through
         self.lost = self._loop.create_future()
         self.error: str | None = None
         self._paused_streams: list[StreamLeg] | None = None
-        self._ping_interval = ping_interval
-        self._ping_handle: asyncio.TimerHandle | None = None
-        self._ping_deadline: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
         self.on_idle: Callable[[H2Conn], None] | None = None  # called when the last stream ends
         # Post-handshake check, run before any HTTP/2 byte is read or sent; raising closes the connection.
         self.verify: Callable[[asyncio.Transport], None] | None = None
         self.info: dict[str, Any] = {}
-        self._closing_ping = False
-        self._close_timer: asyncio.TimerHandle | None = None
+        self.tasks = TaskGroup("hbone-connection")  # the connection's per-stream tasks
+
+    @property
+    def closing(self) -> bool:
+        """GOAWAY sent or received, or the connection is over: no new streams."""
+        return self.rules.closing
+
+    @property
+    def open(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing()
 
     # ------------------------------------------------------------------ asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -68,33 +80,20 @@ class H2Conn(asyncio.Protocol):
                 self.verify(self.transport)
             except Exception as exc:
                 self.error = str(exc)
-                self.closing = True
+                self.rules.lost()
                 self.transport.abort()
                 return
+        self.rules.start(self._loop.time())
         self.flush()
-        self._schedule_ping()
+        self._arm()
 
     def data_received(self, data: bytes) -> None:
-        if self.closing and self.error is not None:
-            return
-        try:
-            events = self.h2.receive_data(data)
-        except h2.exceptions.ProtocolError as exc:
-            # h2 queued a GOAWAY with the right error code: send it, then drop the connection.
-            self.error = f"http/2 protocol error: {exc}"
-            _log.debug("http/2 protocol error", extra={"fields": {"error": str(exc)}})
-            self.flush()
-            self._fail(self.error)
-            return
-        for event in events:
-            self._dispatch(event)
-        self.flush()
+        self._handle(self.rules.receive(data, self._loop.time()))
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_ping()
-        if self._close_timer is not None:
-            self._close_timer.cancel()
-        self.closing = True
+        self.rules.lost()
+        self._arm()
+        self.tasks.cancel()
         why = self.error or (f"connection lost: {exc}" if exc else "connection closed")
         for leg in list(self.streams.values()):
             leg.on_reset(why)
@@ -115,66 +114,76 @@ class H2Conn(asyncio.Protocol):
             if leg.peer is not None:
                 leg.peer.resume_reading()
 
-    # ------------------------------------------------------------------ events
-    def _dispatch(self, event: h2.events.Event) -> None:
-        if isinstance(event, h2.events.DataReceived):
-            leg = self.streams.get(event.stream_id or 0)
-            if leg is not None:
-                leg.on_data(event.data or b"", event.flow_controlled_length or 0)
+    # ------------------------------------------------------------------ the rules' events
+    def _handle(self, events: list[hbone_conn.Event]) -> None:
+        handlers = self._HANDLERS
+        for event in events:
+            handlers[type(event)](self, event)
+        self.flush()
+        if self.rules.deadline != self._timer_at:
+            self._arm()
+
+    def _on_data(self, event: h2.events.DataReceived) -> None:
+        leg = self.streams.get(event.stream_id)
+        if leg is not None:
+            leg.on_data(event.data, event.flow_controlled_length)
+
+    def _on_end(self, event: h2.events.StreamEnded) -> None:
+        leg = self.streams.get(event.stream_id)
+        if leg is not None:
+            leg.on_end()
+
+    def _on_gone(self, event: hbone_conn.StreamGone) -> None:
+        leg = self.streams.get(event.stream_id)
+        if leg is not None:
+            leg.on_reset(event.why, event.refused)
+
+    def _on_window(self, event: hbone_conn.WindowOpened) -> None:
+        if not event.stream_id:
+            for each in list(self.streams.values()):
+                each.window_opened()
+        elif (leg := self.streams.get(event.stream_id)) is not None:
+            leg.window_opened()
+
+    def _on_frame(self, event: hbone_conn.StreamFrame) -> None:
+        leg = self.streams.get(event.stream_id)
+        if leg is not None:
+            leg.on_control(event.frame_type, event.flags, event.body)
+
+    def _on_idle(self, _: hbone_conn.Idle) -> None:
+        if self.on_idle is not None:
+            self.on_idle(self)
+
+    def _on_close(self, event: hbone_conn.Close) -> None:
+        self.error = self.error or event.error
+        if event.warn:
+            _log.warning("closing the http/2 connection", extra={"fields": {"error": event.error}})
+        elif event.error is not None:
+            _log.debug("closing the http/2 connection", extra={"fields": {"error": event.error}})
+        self.flush_now()
+        if self.transport is not None:
+            if event.abort:
+                self.transport.abort()
             else:
-                # Data for a stream we no longer track: hand the window back so the connection does not starve.
-                with contextlib.suppress(h2.exceptions.ProtocolError):
-                    self.h2.acknowledge_received_data(event.flow_controlled_length or 0, event.stream_id or 0)
-        elif isinstance(event, h2.events.StreamEnded):
-            leg = self.streams.get(event.stream_id or 0)
-            if leg is not None:
-                leg.on_end()
-        elif isinstance(event, h2.events.StreamReset):
-            leg = self.streams.get(event.stream_id or 0)
-            if leg is not None:
-                refused = event.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
-                leg.on_reset(f"stream reset by peer (error code {event.error_code})", refused)
-        elif isinstance(event, h2.events.WindowUpdated):
-            if not event.stream_id:
-                for leg in list(self.streams.values()):
-                    leg.window_opened()
-            elif (leg := self.streams.get(event.stream_id)) is not None:
-                leg.window_opened()
-        elif isinstance(event, h2.events.RemoteSettingsChanged):
-            for leg in list(self.streams.values()):
-                leg.window_opened()
-        elif isinstance(event, h2.events.UnknownFrameReceived):
-            frame = event.frame
-            leg = self.streams.get(frame.stream_id) if frame is not None else None
-            if leg is not None:
-                leg.on_control(frame.type, frame.flag_byte, frame.body)
-        elif isinstance(event, h2.events.PingAckReceived) and event.ping_data == _CLOSING_PING:
-            if not self.streams:
-                self._close_now()
-        elif isinstance(event, h2.events.PingAckReceived):
-            if self._ping_deadline is not None:
-                self._ping_deadline.cancel()
-                self._ping_deadline = None
-            self._schedule_ping()
-        elif isinstance(event, h2.events.ConnectionTerminated) and event.error_code:
-            self._fail(f"GOAWAY from peer with error code {event.error_code}")
-        elif isinstance(event, h2.events.ConnectionTerminated):
-            # GOAWAY: no new streams. Streams *we* opened above last_stream_id were not processed by the peer;
-            # streams the peer opened are not covered by its own GOAWAY and go on.
-            self.closing = True
-            last = event.last_stream_id or 0
-            ours = 1 if self.h2.config.client_side else 0
-            for stream_id, leg in list(self.streams.items()):
-                if stream_id % 2 == ours and stream_id > last:
-                    leg.on_reset("refused by GOAWAY", refused=True)
-            self._check_idle()
-        else:
-            self.handle_event(event)
+                self.transport.close()
 
-    def handle_event(self, event: h2.events.Event) -> None:
-        """Client/server specific events."""
+    # ------------------------------------------------------------------ timer
+    def _arm(self) -> None:
+        """One timer, at the rules' deadline."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = self.rules.deadline
+        if self._timer_at is not None:
+            self._timer = self._loop.call_at(self._timer_at, self._fire, self._timer_at)
 
-    # ------------------------------------------------------------------ what stream legs call
+    def _fire(self, scheduled: float) -> None:
+        self._timer = None
+        self._timer_at = None
+        # A timer may fire a hair early (the loop's clock resolution): it is due, so it is at least its time.
+        self._handle(self.rules.timer(max(self._loop.time(), scheduled)))
+
+    # ------------------------------------------------------------------ what stream legs call (proxy.stream.StreamConn)
     def send(self, stream_id: int, data: bytes | bytearray | memoryview) -> int:
         """Send as much of `data` as flow control allows now; returns how many bytes went."""
         total = len(data)
@@ -224,37 +233,7 @@ class H2Conn(asyncio.Protocol):
 
     def forget(self, stream_id: int) -> None:
         if self.streams.pop(stream_id, None) is not None:
-            self._check_idle()
-
-    def _check_idle(self) -> None:
-        if self.streams:
-            return
-        if self.closing and self.transport is not None:
-            self._close_after_round_trip()
-        elif self.on_idle is not None:
-            self.on_idle(self)
-
-    def _close_after_round_trip(self) -> None:
-        """Going away with nothing left: close once a PING sent now comes back, not at once. A CONNECT the peer sent
-        before it read our GOAWAY then still arrives on an open connection, is refused (REFUSED_STREAM) and opened
-        again elsewhere; closing at once would reset the connection under it, a failed request (RFC 9113 §6.8)."""
-        if self._closing_ping or self.transport is None or self.transport.is_closing():
-            return
-        self._closing_ping = True
-        try:
-            self.h2.ping(_CLOSING_PING)
-        except h2.exceptions.ProtocolError:
-            self._close_now()
-            return
-        self.flush_now()
-        self._close_timer = self._loop.call_later(hbone.CLOSE_ROUND_TRIP_TIMEOUT, self._close_now)
-
-    def _close_now(self) -> None:
-        if self._close_timer is not None:
-            self._close_timer.cancel()
-        if self.transport is not None and not self.transport.is_closing():
-            self.flush_now()
-            self.transport.close()
+            self._handle(self.rules.closed_stream(stream_id, self._loop.time()))
 
     # ------------------------------------------------------------------ connection-level
     def flush(self) -> None:
@@ -272,14 +251,7 @@ class H2Conn(asyncio.Protocol):
 
     def goaway(self) -> None:
         """Graceful shutdown: GOAWAY(NO_ERROR); existing streams go on, the connection closes when they are done."""
-        if self.closing:
-            return
-        self.closing = True
-        self.goaway_last_stream = self.h2.highest_inbound_stream_id
-        with contextlib.suppress(h2.exceptions.ProtocolError):
-            self.h2.close_connection()
-            self.flush()
-        self._check_idle()
+        self._handle(self.rules.goaway(self._loop.time()))
 
     def close(self) -> None:
         """Close now: GOAWAY then drop the transport (streams are reset)."""
@@ -294,53 +266,35 @@ class H2Conn(asyncio.Protocol):
 
     # The drain registry's interface (lifecycle.drainer.Resettable).
     def reset(self) -> None:
-        from pyztunnel.lifecycle.drainer import rst_transport
-
         if self.transport is not None:
-            rst_transport(self.transport)
+            rst_abort(self.transport)
 
     def log_fields(self) -> dict[str, Any]:
         return {k: v for k, v in self.info.items() if "." in k or k == "direction"}  # not internal keys
 
-    def _fail(self, why: str) -> None:
-        self.error = self.error or why
-        self.flush_now()
-        if self.transport is not None:
-            self.transport.close()
 
-    def _schedule_ping(self) -> None:
-        if self._ping_interval <= 0 or self.transport is None:
-            return
-        loop = asyncio.get_running_loop()
-        self._ping_handle = loop.call_later(self._ping_interval, self._ping)
-
-    def _ping(self) -> None:
-        if self.transport is None or self.transport.is_closing():
-            return
-        with contextlib.suppress(h2.exceptions.ProtocolError):
-            self.h2.ping(os.urandom(8))
-            self.flush()
-        self._ping_deadline = asyncio.get_running_loop().call_later(hbone.PING_TIMEOUT, self._ping_timed_out)
-
-    def _ping_timed_out(self) -> None:
-        _log.warning("http/2 ping timed out, closing the connection")
-        self.error = "ping timeout"
-        with contextlib.suppress(h2.exceptions.ProtocolError):
-            self.h2.close_connection()
-            self.flush_now()
-        self.abort()
-
-    def _cancel_ping(self) -> None:
-        for handle in (self._ping_handle, self._ping_deadline):
-            if handle is not None:
-                handle.cancel()
+H2Conn._HANDLERS.update(
+    {
+        h2.events.DataReceived: H2Conn._on_data,
+        h2.events.StreamEnded: H2Conn._on_end,
+        hbone_conn.StreamGone: H2Conn._on_gone,
+        hbone_conn.WindowOpened: H2Conn._on_window,
+        hbone_conn.StreamFrame: H2Conn._on_frame,
+        hbone_conn.Idle: H2Conn._on_idle,
+        hbone_conn.Close: H2Conn._on_close,
+    }
+)
 
 
 class H2ClientConn(H2Conn):
     """Outbound: a pooled HBONE connection to one (destination identity, destination IP)."""
 
-    def __init__(self, max_streams: int = hbone.CLIENT_MAX_STREAMS_PER_CONNECTION, **kwargs: Any) -> None:
-        super().__init__(client_side=True, **kwargs)
+    _HANDLERS: ClassVar[dict[type, _Handler]] = dict(H2Conn._HANDLERS)
+
+    def __init__(
+        self, max_streams: int = hbone.CLIENT_MAX_STREAMS_PER_CONNECTION, limits: Limits | None = None
+    ) -> None:
+        super().__init__(client_side=True, limits=limits)
         self.max_streams = max_streams
         self.opened_streams = 0
         self.peer_identity: str | None = None
@@ -348,51 +302,58 @@ class H2ClientConn(H2Conn):
     @property
     def usable(self) -> bool:
         """Can take one more stream: open, not going away, below the per-connection stream budget (§3.3)."""
-        return (
-            not self.closing
-            and self.transport is not None
-            and not self.transport.is_closing()
-            and self.opened_streams < self.max_streams
-        )
+        return not self.closing and self.open and self.opened_streams < self.max_streams
 
     def open_stream(self, headers: hbone.Headers) -> StreamLeg:
-        stream_id = self.h2.get_next_available_stream_id()
-        self.h2.send_headers(stream_id, headers)
+        stream_id = self.rules.open_stream(headers)
         leg = StreamLeg(self, stream_id)
-        leg.response = asyncio.get_running_loop().create_future()
+        leg.response = self._loop.create_future()
         self.streams[stream_id] = leg
         self.opened_streams += 1
         self.flush()
         return leg
 
-    def handle_event(self, event: h2.events.Event) -> None:
-        if isinstance(event, h2.events.ResponseReceived):
-            leg = self.streams.get(event.stream_id or 0)
-            if leg is not None and leg.response is not None and not leg.response.done():
-                leg.response.set_result(list(event.headers or []))
+    def _on_answered(self, event: hbone_conn.Answered) -> None:
+        leg = self.streams.get(event.stream_id)
+        if leg is not None and leg.response is not None and not leg.response.done():
+            leg.response.set_result(event.headers)
+
+
+H2ClientConn._HANDLERS[hbone_conn.Answered] = H2ClientConn._on_answered
+
+StreamSetup = Callable[["H2ServerConn", StreamLeg, hbone.Headers], Coroutine[Any, Any, None]]
 
 
 class H2ServerConn(H2Conn):
-    """Inbound: one accepted HBONE connection; each CONNECT goes to `on_request(conn, leg, headers)`."""
+    """Inbound: one accepted HBONE connection; each CONNECT is set up by `setup(conn, leg, headers)`, a task of the
+    connection, until it is answered (`respond`)."""
 
-    def __init__(
-        self,
-        on_request: Callable[[H2ServerConn, StreamLeg, list[tuple[bytes, bytes]]], None],
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(client_side=False, **kwargs)
-        self.on_request = on_request
+    _HANDLERS: ClassVar[dict[type, _Handler]] = dict(H2Conn._HANDLERS)
 
-    def handle_event(self, event: h2.events.Event) -> None:
-        if isinstance(event, h2.events.RequestReceived):
-            stream_id = event.stream_id or 0
-            if self.closing and stream_id > self.goaway_last_stream:
-                self.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
-                return
-            leg = StreamLeg(self, stream_id)
-            self.streams[stream_id] = leg
-            headers: list[tuple[bytes, bytes]] = list(event.headers or [])
-            self.on_request(self, leg, headers)
+    def __init__(self, setup: StreamSetup, limits: Limits | None = None) -> None:
+        super().__init__(client_side=False, limits=limits)
+        self.setup = setup
+        self._setups: dict[int, asyncio.Task[None]] = {}
+
+    def _on_requested(self, event: hbone_conn.StreamRequested) -> None:
+        stream_id = event.stream_id
+        leg = StreamLeg(self, stream_id)
+        self.streams[stream_id] = leg
+        task = self.tasks.spawn(self.setup(self, leg, event.headers), f"hbone-stream-{stream_id}")
+        self._setups[stream_id] = task
+        task.add_done_callback(lambda _: self._settled(stream_id))
+
+    def _on_gone(self, event: hbone_conn.StreamGone) -> None:
+        # A stream reset before it was answered: its setup (policy check, app connect) is cancelled, so a rapid
+        # reset never opens an app socket.
+        task = self._setups.pop(event.stream_id, None)
+        if task is not None:
+            task.cancel()
+        super()._on_gone(event)
+
+    def _settled(self, stream_id: int) -> None:
+        self._setups.pop(stream_id, None)
+        self.rules.settled(stream_id)
 
     def respond(self, leg: StreamLeg, headers: hbone.Headers, end: bool = False) -> None:
         try:
@@ -400,15 +361,12 @@ class H2ServerConn(H2Conn):
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError) as exc:
             leg.on_reset(f"cannot respond: {exc}")
             return
+        self._settled(leg.stream_id)
         self.flush()
-        if end:
-            leg.eof_out = True
-            if leg.eof_in:
-                leg._close_clean()
-            else:
-                # No body will follow; reset the stream so the client's data is not buffered forever.
-                self.reset_stream(leg.stream_id, h2.errors.ErrorCodes.NO_ERROR)
-                leg.on_reset("rejected")
+        leg.on_answered(end)
 
 
-__all__ = ["H2ClientConn", "H2Conn", "H2ServerConn", "Reset"]
+H2ServerConn._HANDLERS[hbone_conn.StreamRequested] = H2ServerConn._on_requested
+H2ServerConn._HANDLERS[hbone_conn.StreamGone] = H2ServerConn._on_gone
+
+__all__ = ["H2ClientConn", "H2Conn", "H2ServerConn"]

@@ -1,5 +1,5 @@
 """Inbound: HBONE on 15008 (mTLS + HTTP/2 CONNECT, §3.1–3.2) and plaintext on 15006 (§2.4), both authorized with
-the L4 policies (§5.3) before a byte reaches the app."""
+the L4 policies (§5.3) before a byte reaches the app; and the server end of resumable streams (`serve_resume`)."""
 
 from __future__ import annotations
 
@@ -9,18 +9,26 @@ import socket
 import ssl
 
 from pyztunnel import authz
-from pyztunnel.aio import spawn
 from pyztunnel.identity import tls
 from pyztunnel.identity.spiffe import Identity
 from pyztunnel.observe.access import ConnectionRecord
 from pyztunnel.protocols import hbone, resume
 from pyztunnel.proxy import resumable
+from pyztunnel.proxy.config import hbone_limits
 from pyztunnel.proxy.h2conn import H2ServerConn
 from pyztunnel.proxy.netsock import family_of
-from pyztunnel.proxy.outbound import baggage_for
 from pyztunnel.proxy.pod import PodProxy
-from pyztunnel.proxy.relay import Relay, StreamLeg, TcpLeg, connect_leg
-from pyztunnel.proxy.telemetry import INBOUND, describe_dst, describe_src, fail, identity_of, new_record
+from pyztunnel.proxy.relay import Relay, TcpLeg, connect_leg
+from pyztunnel.proxy.stream import StreamLeg
+from pyztunnel.proxy.telemetry import (
+    INBOUND,
+    baggage_for,
+    describe_dst,
+    describe_src,
+    fail,
+    identity_of,
+    new_record,
+)
 
 _log = logging.getLogger("pyztunnel.proxy.inbound")
 
@@ -62,7 +70,9 @@ async def handle_hbone(pod: PodProxy, sock: socket.socket) -> None:
         shared.telemetry.failed(record)
         sock.close()
         return
-    conn = H2ServerConn(on_request=lambda c, leg, headers: _on_request(pod, c, leg, headers))
+    conn = H2ServerConn(
+        lambda c, leg, headers: _serve_stream_guarded(pod, c, leg, headers), hbone_limits(shared.settings)
+    )
     conn.info = {"src.addr": record.src_addr, "dst.addr": record.dst_addr, "direction": INBOUND}
 
     def verify(transport: asyncio.Transport) -> None:
@@ -98,25 +108,26 @@ async def handle_hbone(pod: PodProxy, sock: socket.socket) -> None:
     conn.lost.add_done_callback(ended)
 
 
-def _on_request(pod: PodProxy, conn: H2ServerConn, leg: StreamLeg, headers: list[tuple[bytes, bytes]]) -> None:
-    spawn(_serve_stream_guarded(pod, conn, leg, headers), f"hbone-stream-{leg.stream_id}")
-
-
-async def _serve_stream_guarded(
-    pod: PodProxy, conn: H2ServerConn, leg: StreamLeg, headers: list[tuple[bytes, bytes]]
-) -> None:
+async def _serve_stream_guarded(pod: PodProxy, conn: H2ServerConn, leg: StreamLeg, headers: hbone.Headers) -> None:
+    """One CONNECT's setup, a task of its connection: cancelled if the stream is reset before it is answered."""
+    record = new_record(INBOUND, str(conn.info["src.addr"]), str(conn.info["dst.addr"]), mtls=True)
+    record.src_identity = str(conn.info["src.identity"])
     try:
-        await _serve_stream(pod, conn, leg, headers)
+        await _serve_stream(pod, conn, leg, headers, record)
+    except asyncio.CancelledError:
+        fail(record, "stream reset before it was answered")
+        pod.shared.telemetry.complete(record)
+        raise
     except Exception:  # a bug or an unforeseen h2 state: reset this stream only, the connection serves others
         _log.exception("inbound stream setup failed")
         leg.abort()
 
 
-async def _serve_stream(pod: PodProxy, conn: H2ServerConn, leg: StreamLeg, headers: list[tuple[bytes, bytes]]) -> None:
+async def _serve_stream(
+    pod: PodProxy, conn: H2ServerConn, leg: StreamLeg, headers: hbone.Headers, record: ConnectionRecord
+) -> None:
     shared = pod.shared
-    peer_identity = str(conn.info["src.identity"])
-    record = new_record(INBOUND, str(conn.info["src.addr"]), str(conn.info["dst.addr"]), mtls=True)
-    record.src_identity = peer_identity
+    peer_identity = str(record.src_identity)
     arrived = str(conn.info["local_ip"]) if pod.env.check_authority_ip else None
     request = hbone.parse_connect(headers, arrived)
     if isinstance(request, hbone.Reject):
@@ -125,7 +136,7 @@ async def _serve_stream(pod: PodProxy, conn: H2ServerConn, leg: StreamLeg, heade
     record.dst_hbone_addr = request.authority
     resuming = resume.token_in(headers, resume.RESUME_HEADER) if shared.settings.hbone_resume else None
     if resuming is not None:
-        await resumable.serve_resume(pod, conn, leg, record, resuming)
+        await serve_resume(pod, conn, leg, record, resuming)
         return
     forwarded = hbone.forwarded_for(request.forwarded)
     src_ip = forwarded[0] if forwarded else record.src_addr.rpartition(":")[0].strip("[]")
@@ -159,7 +170,22 @@ async def _serve_stream(pod: PodProxy, conn: H2ServerConn, leg: StreamLeg, heade
     pod.track(relay, info)
     relay.start()
     if token is not None:
-        resumable.watch(pod, relay, leg, up)
+        resumable.watch(pod, relay, leg, up, then=shared.resumes.park)
+
+
+async def serve_resume(pod: PodProxy, conn: H2ServerConn, leg: StreamLeg, record: ConnectionRecord, token: str) -> None:
+    """A CONNECT that continues a stopped stream here (after its app socket came from our previous instance, or
+    because the client end moved): the parked app socket, if this peer held the stream, joins the new stream."""
+    resumes = pod.shared.resumes
+    parked = await resumes.claim(token, pod.key, str(conn.info["src.identity"]), record.dst_hbone_addr)
+    if parked is None:
+        conn.respond(leg, hbone.response_headers(resume.GONE_STATUS), end=True)
+        fail(record, "no stopped hbone stream to resume under that token")
+        pod.shared.telemetry.complete(record)
+        return
+    leg.token = token
+    conn.respond(leg, [*hbone.response_headers(200), (resume.STREAM_HEADER, token.encode())])
+    resumable.attach(pod, parked, leg, then=resumes.park)
 
 
 def _reject(

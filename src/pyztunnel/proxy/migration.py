@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pyztunnel import authz
-from pyztunnel.aio import poll_until, spawn
+from pyztunnel.aio import poll_until
 from pyztunnel.lifecycle import faults, migrate_take
 from pyztunnel.lifecycle.handoff import Netns
 from pyztunnel.lifecycle.migrate import ConnHeader, Ends
@@ -34,9 +34,12 @@ from pyztunnel.netns import netns_inode
 from pyztunnel.observe.access import ConnectionRecord
 from pyztunnel.protocols import hbone
 from pyztunnel.proxy.netsock import PodNetns
+from pyztunnel.proxy.outbound import continue_as_client
+from pyztunnel.proxy.parking import Parked
 from pyztunnel.proxy.pod import PodProxy
-from pyztunnel.proxy.relay import Leg, Relay, StreamLeg, TcpLeg
-from pyztunnel.proxy.resumable import Parked, ResumeState, resume_as_client
+from pyztunnel.proxy.relay import Relay, TcpLeg
+from pyztunnel.proxy.resumable import ResumeState
+from pyztunnel.proxy.stream import StreamLeg
 
 _log = logging.getLogger("pyztunnel.proxy.migration")
 
@@ -91,20 +94,11 @@ def _ends(leg: TcpLeg) -> Ends | None:
     return Ends((str(local[0]), int(local[1])), (str(peer[0]), int(peer[1])))
 
 
-def _open(leg: Leg) -> bool:
-    return not (leg.done or leg.eof_in or leg.eof_out or leg._early)
-
-
 def movable(relay: Relay) -> bool:
     """Both legs plain TCP, both directions still open, nothing finished: the kernel sockets are the whole state."""
     if relay.finished or relay.error is not None or not isinstance(relay.info, ConnectionRecord):
         return False
-    for leg in (relay.down, relay.up):
-        if not isinstance(leg, TcpLeg) or leg.transport is None or leg.transport.is_closing():
-            return False
-        if not _open(leg):
-            return False
-    return True
+    return all(isinstance(leg, TcpLeg) and leg.open and leg.steady for leg in (relay.down, relay.up))
 
 
 def resumable_stream(relay: Relay) -> ResumeState | None:
@@ -117,9 +111,7 @@ def resumable_stream(relay: Relay) -> ResumeState | None:
     if not isinstance(state, ResumeState) or state.announced or state.broken:
         return None
     app, stream = state.app, state.stream
-    if app.transport is None or app.transport.is_closing() or not _open(app) or not _open(stream):
-        return None
-    if stream.conn.transport is None or stream.conn.transport.is_closing():
+    if not (app.open and app.steady and stream.steady and stream.conn.open):
         return None
     return state
 
@@ -147,16 +139,11 @@ def _dup_all(legs: Sequence[TcpLeg]) -> list[int] | None:
 
 
 def _let_go(pod: PodProxy, relay: Relay, legs: Sequence[TcpLeg]) -> None:
-    """Forget the relay without a trace on the wire: no shutdown(), no SO_LINGER, no `connection complete`."""
+    """Forget the relay without a trace on the wire: no shutdown(), no SO_LINGER, no `connection complete`. The
+    write buffers are empty (flushed before the export): only our descriptors go; the new instance holds its own."""
+    relay.detach()
     for leg in legs:
-        leg.done = True  # connection_lost (from closing our transport) must not finish or log the relay
-        leg.relay = None
-        leg.peer = None
-        if leg.transport is not None:
-            leg.transport.close()  # the buffer is empty: only our fd goes; the new instance holds its own
-    relay.finished = True
-    if not relay.closed.done():
-        relay.closed.set_result(None)
+        leg.release()
     pod.untrack(relay)
 
 
@@ -263,8 +250,7 @@ class StreamExport:
 
     def _spoil(self, why: str) -> None:
         if not self.relay.finished:
-            self.relay.error = ConnectionResetError(why)
-            self.relay.reset()
+            self.relay.reset(ConnectionResetError(why))
 
 
 def _fileno(leg: TcpLeg) -> int:
@@ -351,9 +337,7 @@ class Migration:
         try:
             await loop.connect_accepted_socket(lambda: up, up_sock)
         except BaseException:
-            assert down.transport is not None
-            down.done = True
-            down.transport.close()
+            down.release()
             raise
         # Add, do not assign: a transport may have delivered its first bytes (kept for the relay) already.
         down.received += record.bytes_recv
@@ -385,10 +369,10 @@ async def _adopt_stream(
     await asyncio.get_running_loop().connect_accepted_socket(lambda: app, sock)
     app.received += record.bytes_recv if outbound else record.bytes_sent
     stream_received = record.bytes_sent if outbound else record.bytes_recv
-    parked = Parked(pod, app, record, token, stream_received, client_side=outbound, authorized=policy_view(record))
+    parked = Parked(pod.key, app, record, token, stream_received, client_side=outbound, authorized=policy_view(record))
     pod.shared.telemetry.opened(record)
     if outbound:
-        spawn(resume_as_client(parked), "hbone-resume")
+        continue_as_client(pod, parked)
     else:
         pod.shared.resumes.park(parked)
     return True

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import logging
 import socket
 import struct
@@ -22,7 +21,9 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from pyztunnel import netns, reuseport
+from pyztunnel.aio import TaskGroup
 from pyztunnel.lifecycle.accept import AcceptLoop
+from pyztunnel.tcp import nodelay
 
 _log = logging.getLogger("pyztunnel.proxy.netsock")
 
@@ -49,13 +50,6 @@ def original_dst(sock: socket.socket) -> tuple[str, int] | None:
         return socket.inet_ntop(socket.AF_INET6, raw[8:24]), port
     except OSError:
         return None
-
-
-def nodelay(sock: socket.socket) -> None:
-    """TCP_NODELAY on every proxied socket (ztunnel sets it too): with Nagle, a small HBONE frame waits for the ACK
-    of the previous one whenever other streams keep data in flight, which caps request rates at the ACK clock."""
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def family_of(ip: str) -> socket.AddressFamily:
@@ -265,7 +259,13 @@ class Acceptor:
     the event loop's reader callback (lifecycle's `AcceptLoop`), so stopping can never drop a connection that was
     already accepted (a task cancelled in `loop.sock_accept()` can)."""
 
-    def __init__(self, sock: socket.socket, handle: Callable[[socket.socket], Awaitable[None] | None], name: str):
+    def __init__(
+        self,
+        sock: socket.socket,
+        handle: Callable[[socket.socket], Awaitable[None] | None],
+        name: str,
+        tasks: TaskGroup,
+    ) -> None:
         self.sock = sock
         self.name = name
 
@@ -273,7 +273,7 @@ class Acceptor:
             nodelay(conn)
             return handle(conn)
 
-        self._loop = AcceptLoop(sock, accepted, name)
+        self._loop = AcceptLoop(sock, accepted, name, tasks=tasks)
 
     @property
     def port(self) -> int:

@@ -1,5 +1,6 @@
 """Outbound (15001): original destination → service VIP (a healthy endpoint) or workload IP → HBONE when the
-destination is in the mesh, plain TCP otherwise (reference §3, DESIGN §4)."""
+destination is in the mesh, plain TCP otherwise (reference §3, DESIGN §4); and the client end of resumable streams
+(`continue_as_client`: a stopped stream continued by a new CONNECT)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,22 @@ from pyztunnel.identity.spiffe import Identity, try_parse
 from pyztunnel.observe.access import ConnectionRecord
 from pyztunnel.protocols import hbone, resume
 from pyztunnel.proxy import resumable
+from pyztunnel.proxy.config import hbone_limits
 from pyztunnel.proxy.h2conn import H2ClientConn
 from pyztunnel.proxy.netsock import family_of
+from pyztunnel.proxy.parking import Parked
 from pyztunnel.proxy.pod import PodProxy
-from pyztunnel.proxy.relay import Leg, Refused, Relay, StreamLeg, TcpLeg, connect_leg
-from pyztunnel.proxy.telemetry import OUTBOUND, describe_dst, describe_src, fail, identity_of, new_record
+from pyztunnel.proxy.relay import Leg, Refused, Relay, TcpLeg, connect_leg
+from pyztunnel.proxy.stream import StreamLeg
+from pyztunnel.proxy.telemetry import (
+    OUTBOUND,
+    baggage_for,
+    describe_dst,
+    describe_src,
+    fail,
+    identity_of,
+    new_record,
+)
 from pyztunnel.workloads.index import Upstream, WorkloadIndex
 from pyztunnel.workloads.model import Workload
 
@@ -35,22 +47,6 @@ class OutboundError(Exception):
 
 def addr(ip: str, port: int) -> str:
     return hbone.format_authority(ip, port)
-
-
-def baggage_for(workload: Workload, cluster: str) -> str:
-    """The `baggage` a workload's HBONE requests (and responses) carry (§3.2)."""
-    return hbone.baggage(
-        hbone.BaggageInfo(
-            cluster=workload.cluster_id or cluster,
-            namespace=workload.namespace,
-            workload_type=workload.workload_type or "pod",
-            workload_name=workload.workload_name or workload.name,
-            service_name=workload.canonical_name,
-            service_version=workload.canonical_revision,
-            region=workload.locality.region,
-            zone=workload.locality.zone,
-        )
-    )
 
 
 def resolve(index: WorkloadIndex, ip: str, port: int) -> Upstream:
@@ -121,7 +117,7 @@ async def handle(pod: PodProxy, sock: socket.socket) -> None:
     pod.track(relay)
     relay.start()
     if isinstance(up, StreamLeg) and up.token is not None:
-        resumable.watch(pod, relay, up, down)
+        resumable.watch(pod, relay, up, down, then=lambda parked: continue_as_client(pod, parked))
 
 
 def _finish_failed(pod: PodProxy, down: TcpLeg, record: ConnectionRecord, error: str, flags: str) -> None:
@@ -219,7 +215,7 @@ async def _connect_hbone(pod: PodProxy, src_id: Identity, expected: list[Identit
             await asyncio.wait_for(loop.sock_connect(sock, (dst_ip, hbone.HBONE_PORT)), shared.settings.connect_timeout)
         except TimeoutError:
             raise OutboundError(f"timed out connecting to {addr(dst_ip, hbone.HBONE_PORT)}", "NETWORK_POLICY") from None
-        conn = H2ClientConn(max_streams=shared.settings.pool_max_streams_per_connection)
+        conn = H2ClientConn(shared.settings.pool_max_streams_per_connection, hbone_limits(shared.settings))
         peer: list[Identity] = []
 
         def verify(transport: asyncio.Transport) -> None:
@@ -244,3 +240,46 @@ async def _connect_hbone(pod: PodProxy, src_id: Identity, expected: list[Identit
     conn.peer_identity = peer[0].uri
     conn.info = {"dst.addr": addr(dst_ip, hbone.HBONE_PORT), "dst.identity": peer[0].uri}
     return conn
+
+
+def continue_as_client(pod: PodProxy, parked: Parked) -> None:
+    """Continue a stopped stream from the client end, in the background (a task of the pod); until then the app
+    socket is a live connection of the pod's proxy."""
+    pod.shared.resumes.hold(parked)
+    pod.tasks.spawn(resume_as_client(pod, parked), "hbone-resume")
+
+
+async def resume_as_client(pod: PodProxy, parked: Parked) -> None:
+    """A new CONNECT naming the stopped stream, to the same destination; the app socket joins it."""
+    record, resumes = parked.record, pod.shared.resumes
+    try:
+        src_id, dst_id = try_parse(record.src_identity or ""), try_parse(record.dst_identity or "")
+        target = hbone.parse_authority(record.dst_hbone_addr or "")
+        if src_id is None or dst_id is None or target is None:
+            raise OutboundError("the stream's identities or destination are unknown")
+        src = hbone.parse_authority(record.src_addr)
+        headers = hbone.connect_headers(
+            record.dst_hbone_addr,
+            forwarded_for=hbone.forwarded(*src) if src is not None else "",
+            baggage_value="",
+            traceparent_value=hbone.traceparent(os.urandom(16), os.urandom(8)),
+        )
+        headers.append((resume.RESUME_HEADER, parked.token.encode()))
+        leg, response = await open_stream(pod, src_id, dst_id, [dst_id], target[0], headers)
+    except asyncio.CancelledError:  # the pod went away meanwhile
+        resumes.give_up(parked, "hbone resume cancelled: the pod's proxy stopped")
+        raise
+    except (OutboundError, OSError, TimeoutError) as exc:
+        resumes.give_up(parked, f"hbone resume failed: {exc or type(exc).__name__}")
+        return
+    except Exception as exc:
+        _log.exception("hbone resume failed")
+        resumes.give_up(parked, f"hbone resume failed: {exc!r}")
+        return
+    if parked.app.done:
+        leg.abort()
+        resumes.give_up(parked, "the app closed its connection while its hbone stream was resuming")
+        return
+    if resume.token_in(response, resume.STREAM_HEADER) == parked.token:
+        leg.token = parked.token
+    resumable.attach(pod, parked, leg, then=lambda again: continue_as_client(pod, again))

@@ -1,8 +1,9 @@
 """One pod's proxy: its listeners (outbound 15001, inbound plaintext 15006, inbound HBONE 15008), its pool of
-outbound HBONE connections, and its live connections.
+outbound HBONE connections, its live connections and its tasks.
 
 The network side comes from a `NetEnv` (the pod's netns in-pod, or loopback in direct mode), so the data path is the
-same code in both modes.
+same code in both modes. What serves each listener (`Handlers`) is handed in by the pod set: the pod is below the
+data path's entry points (inbound, outbound) and knows none of them.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ import contextlib
 import dataclasses
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from pyztunnel import authz
+from pyztunnel.aio import TaskGroup
 from pyztunnel.observe.access import ConnectionRecord
 from pyztunnel.protocols import hbone
 from pyztunnel.proxy.h2conn import H2ServerConn
@@ -29,6 +31,7 @@ from pyztunnel.workloads.model import Workload
 _log = logging.getLogger("pyztunnel.proxy.pod")
 
 WorkloadLookup = Callable[[WorkloadIndex], Workload | None]
+Handler = Callable[["PodProxy", socket.socket], Awaitable[None] | None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,15 +41,32 @@ class Ports:
     hbone: int | None = hbone.HBONE_PORT
 
 
+@dataclasses.dataclass(frozen=True)
+class Handlers:
+    """What serves each listener of a pod: the data path's entry points (proxy/podset.py hands in its `DATA_PATH`)."""
+
+    outbound: Handler
+    plaintext: Handler
+    hbone: Handler
+
+
 class PodProxy:
     def __init__(
-        self, shared: Shared, key: str, env: NetEnv, lookup: WorkloadLookup, ports: Ports | None = None
+        self,
+        shared: Shared,
+        key: str,
+        env: NetEnv,
+        lookup: WorkloadLookup,
+        handlers: Handlers,
+        ports: Ports | None = None,
     ) -> None:
         self.shared = shared
         self.key = key
         self.env = env
         self.lookup = lookup
+        self.handlers = handlers
         self.ports = ports or Ports()
+        self.tasks = TaskGroup(f"pod-{key}")  # connection setups, quiesce answers, resumes
         self.pool = Pool(
             idle_timeout=float(shared.settings.pool_unused_release_timeout),
             streams_per_connection=shared.settings.pool_max_streams_per_connection,
@@ -61,19 +81,17 @@ class PodProxy:
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         """Create (or adopt) every listener, then accept. Raises OSError if a port cannot be had."""
-        from pyztunnel.proxy import inbound, outbound
-
-        wanted: list[tuple[int | None, Callable[[socket.socket], object], str]] = [
-            (self.ports.outbound, lambda s: outbound.handle(self, s), "outbound"),
-            (self.ports.plaintext, lambda s: inbound.handle_plaintext(self, s), "inbound-plaintext"),
-            (self.ports.hbone, lambda s: inbound.handle_hbone(self, s), "inbound"),
+        wanted = [
+            (self.ports.outbound, self.handlers.outbound, "outbound"),
+            (self.ports.plaintext, self.handlers.plaintext, "inbound-plaintext"),
+            (self.ports.hbone, self.handlers.hbone, "inbound"),
         ]
         try:
             for port, handler, name in wanted:
                 if port is None:
                     continue
                 sock = await self.shared.listeners.listen(self.env, self.key, port)
-                self.acceptors.append(Acceptor(sock, handler, f"{name}-{self.env.name}"))  # type: ignore[arg-type]
+                self.acceptors.append(Acceptor(sock, _bound(handler, self), f"{name}-{self.env.name}", self.tasks))
         except BaseException:
             for acceptor in self.acceptors:
                 acceptor.sock.close()
@@ -109,6 +127,7 @@ class PodProxy:
         await self.close_listeners()
         self.goaway()
         self.pool.close()
+        await self.tasks.close()  # connections still being set up end here
         for relay in list(self.relays):
             relay.reset()
         for server in list(self.servers):
@@ -184,3 +203,10 @@ class PodProxy:
             # Accepted before the drain began, handshake done after: without this it would take new streams until
             # the deadline, on an instance about to go.
             conn.goaway()
+
+
+def _bound(handler: Handler, pod: PodProxy) -> Callable[[socket.socket], Awaitable[None] | None]:
+    def handle(sock: socket.socket) -> Awaitable[None] | None:
+        return handler(pod, sock)
+
+    return handle

@@ -1,5 +1,8 @@
 """The set of per-pod proxies of this node, driven by ZDS: start a pod's listeners inside its netns, drain a pod
-at once on DelWorkload, retry pods whose listeners could not be created (ztunnel's pending set, every 5 s)."""
+at once on DelWorkload, retry pods whose listeners could not be created (ztunnel's pending set, every 5 s).
+
+The top of the data path: every pod's listeners are served by `DATA_PATH` (outbound 15001, inbound plaintext 15006,
+inbound HBONE 15008), which goes down through resumable streams to the pod and its relays."""
 
 from __future__ import annotations
 
@@ -11,13 +14,15 @@ from collections.abc import Callable
 
 from pyztunnel.aio import cancel_and_wait, spawn
 from pyztunnel.protocols.zds import WorkloadInfo
+from pyztunnel.proxy import inbound, outbound
 from pyztunnel.proxy.netsock import PodNetns
-from pyztunnel.proxy.pod import PodProxy, Ports
+from pyztunnel.proxy.pod import Handlers, PodProxy, Ports
 from pyztunnel.proxy.shared import Shared
 
 _log = logging.getLogger("pyztunnel.proxy.podset")
 
 RETRY_INTERVAL = 5.0
+DATA_PATH = Handlers(outbound=outbound.handle, plaintext=inbound.handle_plaintext, hbone=inbound.handle_hbone)
 
 
 class PodSet:
@@ -55,7 +60,7 @@ class PodSet:
             migrate=self.shared.settings.tcp_migrate_req,
         )
         key = (info.namespace, info.name)
-        pod = PodProxy(self.shared, uid, env, lambda idx: idx.by_name.get(key), self.ports)
+        pod = PodProxy(self.shared, uid, env, lambda idx: idx.by_name.get(key), DATA_PATH, self.ports)
         try:
             await pod.start()
         except OSError as exc:

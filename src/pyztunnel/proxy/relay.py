@@ -1,35 +1,31 @@
-"""The hot path: byte relays between two legs, each a TCP socket or one HTTP/2 stream of an HBONE connection.
+"""The hot path: byte relays between two legs, each a TCP socket (`TcpLeg`, here) or one HTTP/2 stream of an HBONE
+connection (`StreamLeg`, proxy/stream.py).
 
 Everything is callback-driven asyncio Protocols (no coroutine per connection, no await per chunk): a chunk read on
 one leg is written to the other in the same callback. Backpressure is explicit:
 
-- a TCP leg whose write buffer fills pauses reading on its peer leg (`pause_writing` → `peer.pause_reading()`);
-- an HTTP/2 stream leg with no send window left keeps the remainder and pauses its peer until WINDOW_UPDATE;
-- an HTTP/2 stream leg whose peer is paused withholds its WINDOW_UPDATEs, so the remote sender stops (flow control).
+- a TCP leg whose write buffer fills holds its peer leg (`pause_writing` → `peer.pause_reading()`);
+- an HTTP/2 stream leg with no send window left keeps the remainder and holds its peer until WINDOW_UPDATE;
+- an HTTP/2 stream leg whose peer is held withholds its WINDOW_UPDATEs, so the remote sender stops (flow control).
 
 Half-close travels across: EOF on TCP → END_STREAM; END_STREAM → `shutdown(SHUT_WR)`. A reset on one side resets the
-other (RST_STREAM / TCP RST). All the state of one proxied connection lives in its `Relay` object and its two legs
-(DESIGN §5.5): nothing is held in the locals of a long-running coroutine, so drain can reset it and, later, export it.
+other (RST_STREAM / TCP RST). The state of a leg (directions, holds) is `protocols.legstate.LegState`; all the state
+of one proxied connection lives in its `Relay` and its two legs (DESIGN §5.5), never in a coroutine's locals, so that
+drain can reset it and an upgrade can hand it over: `Relay.detach()` ends a relay without a trace, and its legs go on
+with a new owner (a migration, a resumed HBONE stream).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import socket
-import struct
 import typing
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
-import h2.errors
-import h2.exceptions
-
-if TYPE_CHECKING:
-    from pyztunnel.proxy.h2conn import H2Conn
-
-_LINGER_RST = struct.pack("ii", 1, 0)
+from pyztunnel.observe.access import ConnectionRecord, opened_fields
+from pyztunnel.protocols.legstate import LegState
+from pyztunnel.tcp import nodelay, rst_abort
 
 
 class Reset(Exception):
@@ -41,18 +37,14 @@ class Refused(Reset):
     reached the other side, so it is safe to open again on another connection (RFC 9113 §8.7)."""
 
 
-class Leg:
-    """One side of a relay. Subclasses carry bytes; this base keeps the shared state and the relay bookkeeping."""
+class Leg(LegState):
+    """One side of a relay. Subclasses carry bytes; this base keeps the relay bookkeeping."""
 
     def __init__(self) -> None:
+        LegState.__init__(self)
         self.peer: Leg | None = None
         self.relay: Relay | None = None
-        self.received = 0  # bytes read from this leg's network peer
-        self.eof_in = False  # the network peer finished sending
-        self.eof_out = False  # we finished sending to the network peer
-        self.done = False  # nothing more will happen on this leg
-        self._early: list[bytes] = []  # bytes received before the relay started (no peer yet)
-        self._pauses = 0
+        self._early: list[bytes] | None = None  # bytes received before the relay started (no peer yet)
 
     # --- what the other leg calls
     def write(self, data: bytes) -> None:
@@ -62,75 +54,80 @@ class Leg:
         raise NotImplementedError
 
     def pause_reading(self) -> None:
-        self._pauses += 1
-        if self._pauses == 1:
+        if self.hold():
             self._set_reading(False)
 
     def resume_reading(self) -> None:
-        if self._pauses == 0:
-            return
-        self._pauses -= 1
-        if self._pauses == 0:
+        if self.let_go():
             self._set_reading(True)
 
     def _set_reading(self, on: bool) -> None:
         raise NotImplementedError
 
-    def read_again(self) -> None:
-        """Joining a new relay (a resumed HBONE stream): whatever paused us under the old one is over."""
-        if self._pauses:
-            self._pauses = 0
-            self._set_reading(True)
-
     def abort(self) -> None:
         """Reset this leg now (TCP RST / RST_STREAM)."""
         raise NotImplementedError
+
+    # --- what the relay (or a new owner) calls
+    @property
+    def steady(self) -> bool:
+        """Both directions open, nothing finished, nothing held back for a relay not started yet: the whole state is
+        in the kernel socket or the stream, what a hand-over needs."""
+        return self.open_both_ways and not self._early
+
+    def join(self, relay: Relay, peer: Leg) -> None:
+        self.relay, self.peer = relay, peer
+
+    def begin(self) -> None:
+        """The relay started: hand over what arrived before it; whatever held the leg until now (no peer yet, or the
+        stop of the stream it had before a resume) is over."""
+        assert self.peer is not None
+        early, self._early = self._early, None
+        for chunk in early or ():
+            self.peer.write(chunk)
+        if self.eof_in:
+            self.peer.write_eof()
+        if self.let_go_all():
+            self._set_reading(True)
+
+    def detach(self) -> None:
+        """Leave the relay: the leg keeps its connection, and whatever happens to it later is its next owner's."""
+        self.relay = None
+        self.peer = None
 
     # --- shared bookkeeping
     def _deliver(self, data: bytes) -> None:
         self.received += len(data)
         if self.peer is not None:
             self.peer.write(data)
+        elif self._early is None:
+            self._early = [data]
         else:
             self._early.append(data)
 
     def _deliver_eof(self) -> None:
-        self.eof_in = True
+        closed = self.ended_in()
         if self.peer is not None:
             self.peer.write_eof()
-        self._maybe_done()
-
-    def _flush_early(self) -> None:
-        """Called once the relay started: hand over what arrived before."""
-        assert self.peer is not None
-        early, self._early = self._early, []
-        for chunk in early:
-            self.peer.write(chunk)
-        if self.eof_in:
-            self.peer.write_eof()
-
-    def _maybe_done(self) -> None:
-        if self.eof_in and self.eof_out and not self.done:
+        if closed:
             self._close_clean()
 
     def _close_clean(self) -> None:
         raise NotImplementedError
 
     def _finished(self, error: BaseException | None) -> None:
-        if self.done:
-            return
-        self.done = True
-        if self.relay is not None:
+        if self.finish() and self.relay is not None:
             self.relay.leg_finished(self, error)
 
 
 class TcpLeg(asyncio.Protocol, Leg):
-    """A plain TCP socket (the app's side, or a passthrough upstream)."""
+    """A plain TCP socket (the app's side, or a passthrough upstream). `start_paused`: read nothing until the relay
+    starts (what arrives meanwhile waits in the kernel)."""
 
     def __init__(self, start_paused: bool = False) -> None:
         Leg.__init__(self)
         self.transport: asyncio.Transport | None = None
-        self._start_paused = start_paused
+        self._start_paused = start_paused  # a hold from connection_made until the relay begins
         self.lost = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -138,8 +135,7 @@ class TcpLeg(asyncio.Protocol, Leg):
         self.transport = typing.cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            nodelay(sock)
         if self._start_paused:
             self.pause_reading()
 
@@ -171,19 +167,25 @@ class TcpLeg(asyncio.Protocol, Leg):
             self.transport.write(data)
 
     def write_eof(self) -> None:
-        if self.eof_out:
+        if not self.end_out():
             return
-        self.eof_out = True
         if self.transport is not None and not self.transport.is_closing():
             try:
                 self.transport.write_eof()
             except OSError:
                 pass
-        self._maybe_done()
+        if self.closed_both_ways:
+            self._close_clean()
+
+    @property
+    def open(self) -> bool:
+        """The transport is there and not closing."""
+        return self.transport is not None and not self.transport.is_closing()
 
     def _set_reading(self, on: bool) -> None:
-        if self.transport is None or self.transport.is_closing():
+        if not self.open:
             return
+        assert self.transport is not None
         if on:
             self.transport.resume_reading()
         else:
@@ -197,16 +199,21 @@ class TcpLeg(asyncio.Protocol, Leg):
         if self.transport is None:
             self._finished(Reset("aborted"))
             return
-        sock = self.transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
-        self.transport.abort()
+        rst_abort(self.transport)
+
+    def release(self) -> None:
+        """Let go of the socket without a trace on the wire: another process holds it now (a migration). No
+        shutdown(), no SO_LINGER: closing our descriptor of a shared socket sends nothing, and the leg, already out of
+        its relay, finishes silently."""
+        self.detach()
+        self.done = True
+        if self.transport is not None:
+            self.transport.close()
 
 
 async def connect_leg(sock: socket.socket, address: tuple[str, int], within: float) -> TcpLeg:
     """Connect a prepared socket (marked, bound, in the right netns) and wrap it in a paused TcpLeg; the socket is
-    closed if that fails."""
+    closed if that fails (also when the caller is cancelled: a reset stream's app connect)."""
     loop = asyncio.get_running_loop()
     try:
         await asyncio.wait_for(loop.sock_connect(sock, address), within)
@@ -218,156 +225,10 @@ async def connect_leg(sock: socket.socket, address: tuple[str, int], within: flo
     return leg
 
 
-class StreamControl(Protocol):
-    def on_frame(self, frame_type: int, flags: int, body: bytes) -> None:
-        """An HTTP/2 extension frame arrived on this stream."""
-
-
-class StreamLeg(Leg):
-    """One HTTP/2 stream of an HBONE connection (its DATA frames are the tunnelled bytes)."""
-
-    def __init__(self, conn: H2Conn, stream_id: int) -> None:
-        super().__init__()
-        self.conn = conn
-        self.stream_id = stream_id
-        # Chunks to send once the peer's window opens (no copying: the head chunk is sent from an offset).
-        self._pending: collections.deque[bytes] = collections.deque()
-        self._offset = 0
-        self._pending_eof = False
-        self._blocked = False  # we paused our peer because the send window is exhausted
-        self._unacked = 0  # received flow-controlled bytes not yet handed back (peer paused / not started)
-        self.response: asyncio.Future[list[tuple[bytes, bytes]]] | None = None
-        self.token: str | None = None  # both ends agreed this stream is resumable under this name (proxy/resume.py)
-        self.control: StreamControl | None = None  # what handles extension frames on the stream
-        self._early_control: list[tuple[int, int, bytes]] | None = None  # made only if such a frame comes early
-
-    # --- events from the HTTP/2 connection
-    def on_data(self, data: bytes, flow_controlled: int) -> None:
-        self._deliver(data)
-        if self.peer is None or self._pauses:
-            self._unacked += flow_controlled
-        else:
-            self.conn.acknowledge(flow_controlled, self.stream_id)
-
-    def on_end(self) -> None:
-        self._deliver_eof()
-
-    @property
-    def has_pending(self) -> bool:
-        """Bytes (or an END_STREAM) waiting for the peer's window."""
-        return bool(self._pending) or self._pending_eof
-
-    def on_control(self, frame_type: int, flags: int, body: bytes) -> None:
-        if self.control is not None:
-            self.control.on_frame(frame_type, flags, body)
-        elif self._early_control is None:
-            self._early_control = [(frame_type, flags, body)]
-        elif len(self._early_control) < 4:
-            # A peer may stop the stream right after its 200: the frame can come in the same read as the response,
-            # before the CONNECT's caller has resumed and installed the handler. Kept for it (a few at most).
-            self._early_control.append((frame_type, flags, body))
-
-    def set_control(self, control: StreamControl) -> None:
-        """Install the handler of the stream's extension frames, and give it those that came first."""
-        self.control = control
-        early, self._early_control = self._early_control or [], None
-        for frame in early:
-            if self.control is control:
-                control.on_frame(*frame)
-
-    def detach(self) -> None:
-        """Stopped for a resume elsewhere: leave the relay and the connection without a trace on the wire; whatever
-        later happens to the stream (a reset, the connection's end) is no longer this relay's business."""
-        self.done = True
-        self.relay = None
-        self.peer = None
-        self.control = None
-        self.conn.forget(self.stream_id)
-
-    def on_reset(self, why: str, refused: bool = False) -> None:
-        error = Refused(why) if refused else Reset(why)
-        if self.response is not None and not self.response.done():
-            self.response.set_exception(error)
-        self.conn.forget(self.stream_id)
-        self._finished(error)
-
-    def window_opened(self) -> None:
-        if not self._pending and not self._pending_eof:
-            return
-        self._send_pending()
-
-    # --- what the other leg calls
-    def write(self, data: bytes) -> None:
-        if self.done or self.eof_out:
-            return
-        if self._pending:
-            self._pending.append(data)
-            return
-        sent = self.conn.send(self.stream_id, data)
-        if sent < len(data):
-            self._pending.append(data)
-            self._offset = sent
-            if not self._blocked and self.peer is not None:
-                self._blocked = True
-                self.peer.pause_reading()
-
-    def _send_pending(self) -> None:
-        if self.done:
-            return
-        pending = self._pending
-        while pending:
-            head = pending[0]
-            want = len(head) - self._offset
-            sent = self.conn.send(self.stream_id, memoryview(head)[self._offset :] if self._offset else head)
-            if sent < want:
-                self._offset += sent
-                return
-            pending.popleft()
-            self._offset = 0
-        if self._blocked and self.peer is not None:
-            self._blocked = False
-            self.peer.resume_reading()
-        if self._pending_eof:
-            self._pending_eof = False
-            self._end()
-
-    def write_eof(self) -> None:
-        if self.eof_out or self._pending_eof or self.done:
-            return
-        if self._pending:
-            self._pending_eof = True
-            return
-        self._end()
-
-    def _end(self) -> None:
-        self.eof_out = True
-        self.conn.end_stream(self.stream_id)
-        self._maybe_done()
-
-    def _set_reading(self, on: bool) -> None:
-        if on and self._unacked and self.peer is not None:
-            unacked, self._unacked = self._unacked, 0
-            self.conn.acknowledge(unacked, self.stream_id)
-
-    def start(self) -> None:
-        """The relay started: hand back the window withheld while there was no peer."""
-        if self._unacked and not self._pauses:
-            unacked, self._unacked = self._unacked, 0
-            self.conn.acknowledge(unacked, self.stream_id)
-
-    def _close_clean(self) -> None:
-        self.conn.forget(self.stream_id)
-        self._finished(None)
-
-    def abort(self) -> None:
-        if not self.done:
-            self.conn.reset_stream(self.stream_id, h2.errors.ErrorCodes.CANCEL)
-            self.conn.forget(self.stream_id)
-            self._finished(Reset("aborted"))
-
-
 class Relay:
-    """One proxied connection's data path: two legs, started once both exist; `on_done(relay, error)` once, at the end.
+    """One proxied connection's data path: two legs, started once both exist; `on_done(relay, error)` once, at the
+    end. It ends in one of three ways: both legs finished (cleanly or with the first error), `reset()` (drain deadline,
+    policy change, a refused resume), or `detach()` (handed over: no end at all, as far as the connection is concerned).
 
     `info` belongs to the owner (the access-log record); the relay does not look at it.
     """
@@ -379,24 +240,18 @@ class Relay:
         self._on_done = on_done
         self.error: BaseException | None = None
         self.finished = False
-        self.closed = asyncio.get_running_loop().create_future()
+        self.closed = asyncio.get_running_loop().create_future()  # resolved at the end, whichever it is
 
     def start(self) -> None:
-        self.down.peer, self.up.peer = self.up, self.down
-        self.down.relay = self.up.relay = self
-        for leg in (self.down, self.up):
+        down, up = self.down, self.up
+        down.join(self, up)
+        up.join(self, down)
+        for leg in (down, up):
             if leg.done:  # a leg that ended before the start (reset while connecting)
                 self.leg_finished(leg, Reset("closed before the relay started"))
                 return
-        for leg in (self.down, self.up):
-            leg._flush_early()
-            if isinstance(leg, StreamLeg):
-                leg.start()
-        # A leg that was paused only because it had no peer yet reads again now.
-        for leg in (self.down, self.up):
-            if isinstance(leg, TcpLeg) and leg._start_paused:
-                leg._start_paused = False
-                leg.resume_reading()
+        for leg in (down, up):
+            leg.begin()
 
     def leg_finished(self, leg: Leg, error: BaseException | None) -> None:
         if error is not None and self.error is None:
@@ -405,30 +260,32 @@ class Relay:
             if not other.done:
                 other.abort()
         if self.down.done and self.up.done:
-            self._finish()
+            self._end(report=True)
 
-    def reset(self) -> None:
-        """Reset both sides now (drain deadline, policy change)."""
+    def reset(self, error: BaseException | None = None) -> None:
+        """Reset both sides now (drain deadline, policy change); `error` is what the record will say."""
         if self.error is None:
-            self.error = Reset("connection reset by the proxy")
+            self.error = error or Reset("connection reset by the proxy")
         for leg in (self.down, self.up):
             if not leg.done:
                 leg.abort()
 
+    def detach(self) -> None:
+        """Hand the connection over: the relay ends here without resetting, closing or reporting anything; its legs
+        leave it (each keeps its socket or stream for its next owner, or is released by the caller)."""
+        self.down.detach()
+        self.up.detach()
+        self._end(report=False)
+
     def log_fields(self) -> dict[str, Any]:
         """What drain logs about this connection: its access-log fields."""
-        from pyztunnel.observe.access import ConnectionRecord, opened_fields
-
         return opened_fields(self.info) if isinstance(self.info, ConnectionRecord) else {}
 
-    def _finish(self) -> None:
+    def _end(self, report: bool) -> None:
         if self.finished:
             return
         self.finished = True
-        self._on_done(self, self.error)
+        if report:
+            self._on_done(self, self.error)
         if not self.closed.done():
             self.closed.set_result(None)
-
-
-def is_h2_stream_error(exc: BaseException) -> bool:
-    return isinstance(exc, h2.exceptions.StreamClosedError | h2.exceptions.ProtocolError)

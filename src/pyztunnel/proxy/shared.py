@@ -15,7 +15,7 @@ from pyztunnel.lifecycle.drainer import ConnectionSet
 from pyztunnel.proxy.certs import CertSource
 from pyztunnel.proxy.config import ProxySettings
 from pyztunnel.proxy.netsock import ListenerSource
-from pyztunnel.proxy.resumable import ResumeRegistry
+from pyztunnel.proxy.parking import ResumeRegistry
 from pyztunnel.proxy.telemetry import Telemetry
 from pyztunnel.workloads.index import WorkloadIndex
 
@@ -59,11 +59,12 @@ class Shared:
     key_dir: Path = dataclasses.field(default_factory=default_key_dir)
     cluster_id: str = "Kubernetes"
     contexts: ContextCache | None = None
-    resumes: ResumeRegistry = dataclasses.field(default_factory=ResumeRegistry)  # stopped HBONE streams, parked
+    resumes: ResumeRegistry = dataclasses.field(init=False)  # stopped HBONE streams' app sockets, parked
 
     def __post_init__(self) -> None:
         if self.contexts is None:
             self.contexts = ContextCache(self.key_dir)
+        self.resumes = ResumeRegistry(self.telemetry, self.connections)
 
     @property
     def tls(self) -> ContextCache:

@@ -17,6 +17,7 @@ from pyztunnel.identity.spiffe import Identity
 from pyztunnel.observe import access
 from pyztunnel.observe.access import FAILED_FLAGS, NO_FLAGS, ConnectionRecord, Direction
 from pyztunnel.observe.metrics import Metrics, labels_for
+from pyztunnel.protocols import hbone
 from pyztunnel.workloads.model import Service, Workload
 
 OUTBOUND: Direction = "outbound"
@@ -37,6 +38,22 @@ def fail(record: ConnectionRecord, error: str, flags: str = NO_FLAGS) -> None:
 
 def identity_of(workload: Workload) -> Identity:
     return Identity.for_workload(workload.namespace, workload.service_account, workload.trust_domain)
+
+
+def baggage_for(workload: Workload, cluster: str) -> str:
+    """The `baggage` a workload's HBONE requests (and responses) carry (§3.2): its telemetry identity."""
+    return hbone.baggage(
+        hbone.BaggageInfo(
+            cluster=workload.cluster_id or cluster,
+            namespace=workload.namespace,
+            workload_type=workload.workload_type or "pod",
+            workload_name=workload.workload_name or workload.name,
+            service_name=workload.canonical_name,
+            service_version=workload.canonical_revision,
+            region=workload.locality.region,
+            zone=workload.locality.zone,
+        )
+    )
 
 
 def describe_src(record: ConnectionRecord, workload: Workload | None) -> None:

@@ -22,6 +22,7 @@ from pyztunnel.proxy.certs import StaticCerts
 from pyztunnel.proxy.config import ProxySettings
 from pyztunnel.proxy.netsock import DirectNet
 from pyztunnel.proxy.pod import PodProxy, Ports
+from pyztunnel.proxy.podset import DATA_PATH
 from pyztunnel.proxy.shared import IndexHolder, Shared
 from pyztunnel.settings import load
 from pyztunnel.workloads import local
@@ -96,10 +97,16 @@ async def start_mesh(tmp: Path, policies: str = "", **overrides: str) -> Mesh:
         "a-1",
         DirectNet(a_ip, {out_port: (b_ip, app_port)}),
         lambda idx: idx.workload_by_ip(a_ip),
+        DATA_PATH,
         Ports(outbound=out_port, plaintext=None, hbone=None),
     )
     pod_b = PodProxy(
-        node_b, "b-1", DirectNet(b_ip), lambda idx: idx.workload_by_ip(b_ip), Ports(outbound=None, plaintext=None)
+        node_b,
+        "b-1",
+        DirectNet(b_ip),
+        lambda idx: idx.workload_by_ip(b_ip),
+        DATA_PATH,
+        Ports(outbound=None, plaintext=None),
     )
     await pod_a.start()
     await pod_b.start()

@@ -16,7 +16,7 @@ import pytest
 from pyztunnel.identity import tls
 from pyztunnel.identity.certs import WorkloadCert
 from pyztunnel.identity.spiffe import Identity
-from pyztunnel.protocols import hbone
+from pyztunnel.protocols import h2wire, hbone
 from pyztunnel.workloads import local
 from pyztunnel.workloads.index import WorkloadIndex
 from tests.integration.proxy.harness import CLIENT_ID, SERVER_ID, Mesh, config_text, roundtrip, start_mesh, stop_mesh
@@ -65,7 +65,7 @@ class RawHbone:
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
-        self.h2 = hbone.new_connection(client_side=True)
+        self.h2 = h2wire.new_connection(client_side=True)
         self.events: list[h2.events.Event] = []
         self.flush()
 
@@ -131,7 +131,7 @@ async def expect_tls_refused(mesh: Mesh, ctx: ssl.SSLContext) -> None:
     with pytest.raises((ssl.SSLError, ConnectionError, asyncio.IncompleteReadError, TimeoutError)):
         reader, writer = await asyncio.open_connection(mesh.b_ip, HBONE, ssl=ctx, server_hostname="")
         try:
-            writer.write(hbone.new_connection(True).data_to_send())
+            writer.write(h2wire.new_connection(True).data_to_send())
             await writer.drain()
             data = await asyncio.wait_for(reader.read(65536), 5)
             if not data:

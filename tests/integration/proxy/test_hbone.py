@@ -77,6 +77,7 @@ async def test_service_vip_and_passthrough(tmp_path: Path) -> None:
     passed through as plain TCP (no HBONE: proxy B sees nothing)."""
     from pyztunnel.proxy.netsock import DirectNet
     from pyztunnel.proxy.pod import PodProxy, Ports
+    from pyztunnel.proxy.podset import DATA_PATH
     from tests.integration.proxy.harness import config_text, free_port
 
     m = await start_mesh(tmp_path)
@@ -99,6 +100,7 @@ async def test_service_vip_and_passthrough(tmp_path: Path) -> None:
             "vip",
             DirectNet(m.a_ip, {vip_port: (vip, 80)}),
             lambda i: i.workload_by_ip(m.a_ip),
+            DATA_PATH,
             Ports(vip_port, None, None),
         ),
         PodProxy(
@@ -106,6 +108,7 @@ async def test_service_vip_and_passthrough(tmp_path: Path) -> None:
             "out",
             DirectNet(m.a_ip, {out_port: (outside, outside_port)}),
             lambda i: i.workload_by_ip(m.a_ip),
+            DATA_PATH,
             Ports(out_port, None, None),
         ),
     ]
@@ -194,14 +197,15 @@ async def test_a_connect_refused_by_a_peer_going_away_is_opened_again(mesh: Mesh
     pooled.transport.pause_reading()  # A does not see B's GOAWAY before it sends the CONNECT
     server.goaway()
     refused = asyncio.Event()
-    handle = server.handle_event
+    receive = server.h2.receive_data
 
-    def spy(event: h2.events.Event) -> None:
-        handle(event)  # B answers a CONNECT above its GOAWAY's last stream with REFUSED_STREAM
-        if isinstance(event, h2.events.RequestReceived):
+    def spy(data: bytes) -> list[h2.events.Event]:
+        events: list[h2.events.Event] = receive(data)  # B answers a CONNECT above its GOAWAY with REFUSED_STREAM
+        if any(isinstance(event, h2.events.RequestReceived) for event in events):
             refused.set()
+        return events
 
-    server.handle_event = spy  # type: ignore[method-assign]
+    server.h2.receive_data = spy
     client = asyncio.ensure_future(roundtrip(mesh, b"sent across a GOAWAY"))
     await asyncio.wait_for(refused.wait(), 10)
     pooled.transport.resume_reading()
