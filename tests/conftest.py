@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
+
+from tests.leaks import no_leaked_tasks as _leak_check
 
 
 def require(condition: bool, what: str) -> None:
@@ -43,3 +45,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.system)
         elif "/tests/integration/" in str(item.path):
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture
+async def no_leaked_tasks() -> AsyncIterator[None]:
+    """Fails the test if it leaves asyncio tasks running (autouse for the proxy's integration tests)."""
+    async with _leak_check():
+        yield

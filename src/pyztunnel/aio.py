@@ -4,7 +4,8 @@ Every background task has an owner. `spawn` is the only way the project starts a
 its failure; the caller owns what it returns (keeps it, cancels it, awaits it). A task with no natural holder goes
 into a `TaskGroup`, the owner of a set of tasks (the proxy app, each pod proxy, each HTTP/2 connection own one):
 the group keeps them referenced while they run, and shutting it down is stop accepting → a deadline → cancel the
-rest. There is no process-wide task set: a task nobody owns is a bug, and the tests' leak check names it.
+rest. There is no process-wide task set: a task nobody owns is a bug, and the tests' leak check names it. `Owners`
+closes what an object owns (its task groups, servers, pods) in the reverse order it took them.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -75,6 +76,29 @@ class TaskGroup:
         if within > 0 and self._tasks:
             await asyncio.wait(set(self._tasks), timeout=within)
         await cancel_and_wait(*self._tasks)
+
+
+class Owners:
+    """What an object owns and must close, closed in the reverse order it took them (as an AsyncExitStack): the newest
+    first, so nothing is closed while something that uses it still runs. A close that fails is logged and the rest
+    still close."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._closes: list[tuple[str, Callable[[], Awaitable[None] | None]]] = []
+
+    def add(self, what: str, close: Callable[[], Awaitable[None] | None]) -> None:
+        self._closes.append((what, close))
+
+    async def close(self) -> None:
+        closes, self._closes = self._closes, []
+        for what, close in reversed(closes):
+            try:
+                result = close()
+                if result is not None:
+                    await result
+            except Exception:
+                _log.exception("closing %s of %s failed", what, self.name)
 
 
 async def _never() -> None:

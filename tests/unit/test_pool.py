@@ -13,6 +13,9 @@ from pyztunnel.proxy.pool import Pool
 KEY = ("spiffe://a", "spiffe://b", "10.0.0.1")
 
 
+pytestmark = pytest.mark.usefixtures("no_leaked_tasks")
+
+
 class FakeConn:
     """What the pool looks at on a connection; `open_stream` is the caller's part, here a count."""
 

@@ -18,6 +18,9 @@ from pyztunnel.proxy.telemetry import Telemetry
 TOKEN = "0123456789abcdef0123456789abcdef"
 
 
+pytestmark = pytest.mark.usefixtures("no_leaked_tasks")
+
+
 def test_a_token_is_32_hex_digits_and_a_malformed_one_is_ignored() -> None:
     assert resume.new_token(bytes(range(16))) == "000102030405060708090a0b0c0d0e0f"
     with pytest.raises(ValueError):

@@ -98,14 +98,15 @@ class _GracefulGoawayStateMachine(H2ConnectionStateMachine):  # type: ignore[mis
     """h2 moves a connection to CLOSED on any GOAWAY, sent or received, after which even existing streams may not
     send or receive DATA. HTTP/2 (RFC 9113 §6.8) lets streams below the GOAWAY's last stream id run to completion,
     and drain depends on it (ztunnel sends GOAWAY when the drain starts, then serves open streams until the deadline).
-    Here a GOAWAY leaves an open connection open; the proxy itself stops opening or accepting new streams. A GOAWAY
-    with an error still ends the connection (h2 raises, the proxy closes the transport)."""
+    Here a GOAWAY leaves an open (or not yet used) connection open; the proxy itself stops opening or accepting new
+    streams, and closes after a PING round trip once no stream is left (proxy rules, protocols/hbone_conn.py). A
+    GOAWAY with an error still ends the connection (h2 raises, the proxy closes the transport)."""
 
     _transitions: ClassVar[dict[Any, Any]] = {
         **H2ConnectionStateMachine._transitions,
         **{
             (state, event): (None, state)
-            for state in (ConnectionState.CLIENT_OPEN, ConnectionState.SERVER_OPEN)
+            for state in (ConnectionState.IDLE, ConnectionState.CLIENT_OPEN, ConnectionState.SERVER_OPEN)
             for event in (ConnectionInputs.SEND_GOAWAY, ConnectionInputs.RECV_GOAWAY)
         },
     }

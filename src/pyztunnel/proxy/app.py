@@ -8,14 +8,13 @@ wait up to the deadline, reset what is left) through lifecycle's Drainer.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
 
-from pyztunnel.aio import cancel_and_wait, spawn
+from pyztunnel.aio import Owners, TaskGroup
 from pyztunnel.errors import UserError
 from pyztunnel.identity.config import CaClientSettings
 from pyztunnel.identity.spiffe import Identity
@@ -123,6 +122,10 @@ class ProxyApp:
         self.readiness = Readiness()
         self.metrics = Metrics(tag=settings.version)
         self.servers: list[HttpServer] = []
+        self.tasks = TaskGroup("proxy")  # the app's background work: config watch, ZDS, handoff, migration
+        # What the app closes at the end, newest first: handoff service, listener leases, servers, migration, pods,
+        # certificates.
+        self.owners = Owners("proxy")
         self._store: CertificateStore | None = None
         self._cert_wait: asyncio.Task[None] | None = None
         self.certs = certs or self._make_certs()
@@ -134,8 +137,12 @@ class ProxyApp:
             key_dir=ca_settings.key_dir,
             cluster_id=ca_settings.cluster_id,
         )
-        self.direct: list[PodProxy] = direct_pods(self.shared, settings)
+        self.owners.add("tls contexts", self.shared.tls.close)
         self.podset = PodSet(self.shared, on_change=self._pods_changed)
+        self.owners.add("pod proxies", self.podset.close)
+        self.direct: list[PodProxy] = direct_pods(self.shared, settings)
+        for pod in self.direct:
+            self.owners.add(f"direct pod {pod.key}", pod.drain_immediate)
         self.zds: ZdsClient | None = None
         self.watch: ConfigWatch | None = None
         self.drainer: Drainer | None = None
@@ -149,8 +156,8 @@ class ProxyApp:
             self.handoff_key = handoff_key.load_or_create(settings.handoff_key or handoff_key.beside(path))
             # Also with migration off: the registration is how this instance follows the previous one (the name).
             self.migration = Migration(self.pods, path, self.handoff_key, enabled=settings.connection_migration)
+            self.owners.add("connection migration", self.migration.close)
         self._succession: asyncio.Task[None] | None = None
-        self._tasks: list[asyncio.Task[None]] = []
         self.started = asyncio.Event()
 
     def _make_certs(self) -> CertSource:
@@ -159,9 +166,10 @@ class ProxyApp:
         from pyztunnel.identity.client import CaClient  # grpc: imported only when a CA is used
 
         client = CaClient(self.ca_settings, environ=self.environ)
+        self.owners.add("ca client", client.close)
         store = CertificateStore(client.fetch)
+        self.owners.add("certificate store", store.close)
         self._store = store
-        self._ca_client = client
         return store
 
     # ------------------------------------------------------------------ config
@@ -188,7 +196,7 @@ class ProxyApp:
         if self._cert_wait is not None and not self._cert_wait.done():
             self._cert_wait.cancel()
         self.readiness.block(CERTIFICATES)
-        self._cert_wait = spawn(self._await_certificates(store, sorted(wanted)), "cert-warmup")
+        self._cert_wait = self.tasks.spawn(self._await_certificates(store, sorted(wanted)), "cert-warmup")
 
     async def _await_certificates(self, store: CertificateStore, identities: list[Identity]) -> None:
         await asyncio.gather(*(store.wait_available(identity) for identity in identities))
@@ -229,6 +237,7 @@ class ProxyApp:
             server = make([sock])
             await server.start()
             self.servers.append(server)
+            self.owners.add(f"{what} server", server.close)
 
     def _quit(self) -> None:
         if self.drainer is not None:
@@ -285,7 +294,7 @@ class ProxyApp:
                 local.ConfigError
             ) as exc:  # as ztunnel: a config it cannot use at start is the one line it exits 2 with
                 raise UserError(str(exc)) from None
-            self._tasks.append(spawn(self.watch.run(float(self.settings.config_poll_interval)), "config-watch"))
+            self.tasks.spawn(self.watch.run(float(self.settings.config_poll_interval)), "config-watch")
         else:
             self._on_config(WorkloadIndex())
         for pod in self.direct:
@@ -302,10 +311,11 @@ class ProxyApp:
             if self.settings.listener_handoff and self.handoff_key is not None:
                 assert self.settings.handoff_socket is not None
                 self.adopter = Adopter(Path(self.settings.handoff_socket), self.handoff_key)
+                self.owners.add("listener leases", self.adopter.end_leases)
                 self.shared.listeners.adopter = self.adopter
             self.readiness.block(READINESS_TASK)
             self.zds = ZdsClient(Path(self.settings.inpod_uds), self.podset, self._zds_ready)
-            self._tasks.append(spawn(self.zds.run(), "zds-client"))
+            self.tasks.spawn(self.zds.run(), "zds-client")
         self.started.set()
 
     def _zds_ready(self, ready: bool) -> None:
@@ -314,7 +324,7 @@ class ProxyApp:
                 # Register for the previous instance's connections before we report ready (it may drain right after).
                 if not self.migration.attempted:
                     self.migration.attempted = True
-                    self._tasks.append(spawn(self._take_connections_then_ready(), "migrate-register"))
+                    self.tasks.spawn(self._take_connections_then_ready(), "migrate-register")
                 return
             self.readiness.unblock(READINESS_TASK)
             self._serve_handoff()
@@ -335,8 +345,7 @@ class ProxyApp:
             self.shared.listeners.adopter = None
         if self._succession is not None or self.migration is None:
             return
-        self._succession = spawn(self._take_the_name(self.migration), "handoff-succession")
-        self._tasks.append(self._succession)
+        self._succession = self.tasks.spawn(self._take_the_name(self.migration), "handoff-succession")
 
     async def _take_the_name(self, migration: Migration) -> None:
         """The handoff socket's name moves to us only when the previous instance (if any) has sent `done` or is gone:
@@ -348,6 +357,7 @@ class ProxyApp:
         self.handoff_service = HandoffService(
             migration.path, self.handoff_listeners, connections=migration.give.handle, key=self.handoff_key
         )
+        self.owners.add("handoff service", self.handoff_service.close)
         await self.handoff_service.start()
         after = "no previous instance" if migration.intake is None else "the previous instance is finished with us"
         _log.info("serving the handoff socket", extra={"fields": {"path": str(migration.path), "after": after}})
@@ -363,17 +373,17 @@ class ProxyApp:
             self.zds.stop()
         # ztunnel's readiness/admin/metrics servers stop accepting when the drain starts (§1.2)
         for server in self.servers:
-            self._tasks.append(spawn(server.stop_accepting(), f"{server.name}-stop"))
+            self.tasks.spawn(server.stop_accepting(), f"{server.name}-stop")
         # Stop accepting now, then close our listener fds as ztunnel drops its listeners: new connections are refused
         # instead of queueing on a socket nobody accepts from. A listener handed off to a newer instance lives on
         # through its copy (closing our descriptor does not touch the shared socket).
         # In-pod listeners shared with a live new instance stay open, paused (PodSetListeners.close_unshared).
         self.handoff_listeners.stop_accepting()
-        self._tasks.append(spawn(self.handoff_listeners.close_unshared(), "close-listeners"))
+        self.tasks.spawn(self.handoff_listeners.close_unshared(), "close-listeners")
         for pod in self.direct:
             for acceptor in pod.acceptors:
                 acceptor.pause()
-            self._tasks.append(spawn(pod.close_listeners(), f"close-listeners-{pod.key}"))
+            self.tasks.spawn(pod.close_listeners(), f"close-listeners-{pod.key}")
         if self.adopter is not None:
             # The previous instance, if it still runs (we are being removed before it), accepts on them again.
             self.adopter.end_leases()
@@ -381,7 +391,7 @@ class ProxyApp:
     def goaway(self) -> None:
         if self.migration is not None:
             # Established TCP↔TCP relays go to the new instance, if one registered for them (docs/migration.md).
-            self._tasks.append(spawn(self.migration.drain(), "migrate-give"))
+            self.tasks.spawn(self.migration.drain(), "migrate-give")
         for pod in self.pods():
             pod.goaway()
 
@@ -409,28 +419,7 @@ class ProxyApp:
             await self.close()
 
     async def close(self) -> None:
-        if self._cert_wait is not None:
-            await cancel_and_wait(self._cert_wait)
-        for server in self.servers:
-            with contextlib.suppress(Exception):
-                await server.close()
-        self.servers.clear()
-        await cancel_and_wait(*self._tasks)
-        self._tasks.clear()
-        if self.migration is not None:
-            await self.migration.close()
-        if self.handoff_service is not None:
-            await self.handoff_service.close()
-        if self.adopter is not None:
-            self.adopter.end_leases()
-        for pod in self.direct:
-            await pod.drain_immediate()
-        await self.podset.close()
-        if self._store is not None:
-            with contextlib.suppress(Exception):
-                await self._store.close()
-        client = getattr(self, "_ca_client", None)
-        if client is not None:
-            with contextlib.suppress(Exception):
-                await client.close()
-        self.shared.tls.close()
+        """The app's own tasks end (the drain already waited for what mattered), then everything it owns closes,
+        newest first."""
+        await self.tasks.close()
+        await self.owners.close()

@@ -1,4 +1,5 @@
-"""The proxy runs on uvloop in production, so its integration tests run on uvloop too."""
+"""The proxy runs on uvloop in production, so its integration tests run on uvloop too; and a test that leaves a
+task running fails (kopf's `_no_asyncio_pending_tasks`): every task the proxy starts has an owner that ends it."""
 
 from __future__ import annotations
 
@@ -10,3 +11,8 @@ import uvloop
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> Mapping[str, Callable[[], object]]:
     return {"uvloop": uvloop.new_event_loop}
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_tasks(no_leaked_tasks: None) -> None:
+    """Every test here runs under the leak check (tests/conftest.py)."""
