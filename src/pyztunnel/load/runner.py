@@ -14,7 +14,7 @@ import time
 from typing import Any, cast
 
 from pyztunnel import __version__
-from pyztunnel.aio import spawn
+from pyztunnel.aio import TaskGroup
 from pyztunnel.load.exchange import EchoExchange, Exchange, ExchangeError, HttpExchange, Outcome
 from pyztunnel.load.histogram import Histogram
 from pyztunnel.load.http1 import build_request, parse_url
@@ -57,6 +57,7 @@ class Worker:
         self.loop = asyncio.get_running_loop()
         self.stats = RunStats(options.resolution)
         self.stopping = False
+        self.tasks = TaskGroup("load")  # the callers' connects
         self.timing = False  # False during warmup
         self.end_time = float("inf")
         self.host, self.port = ("", 0)
@@ -134,6 +135,7 @@ class Worker:
             self.stats.conn_connect.append(caller.connect_times)
             if caller.peer:
                 self.stats.ip_counts[caller.peer] = self.stats.ip_counts.get(caller.peer, 0) + 1
+        await self.tasks.close()  # a connect still under way belongs to no call any more
         return self.stats
 
     def _end_reached(self) -> None:
@@ -252,7 +254,7 @@ class Caller:
         if self.proto is None or self.proto.transport is None or self.proto.transport.is_closing():
             self.proto = None
             self.connecting = True
-            spawn(self._connect(self.gen), name=f"load-connect-{self.id}")
+            self.worker.tasks.spawn(self._connect(self.gen), name=f"load-connect-{self.id}")
             return
         self._write(self.proto.transport)
 

@@ -13,7 +13,6 @@ import random
 import time
 from typing import Any, Protocol, cast
 
-from pyztunnel.aio import spawn
 from pyztunnel.load.histogram import Histogram
 from pyztunnel.load.options import LoadOptions
 from pyztunnel.load.stats import RunStats, error_kind
@@ -111,7 +110,7 @@ class StreamCaller:
         self.retry_timer = None
         if self.ending or self.worker.stopping:
             return self._finish()
-        spawn(self._connect(), name=f"load-stream-{self.id}")
+        self.worker.tasks.spawn(self._connect(), name=f"load-stream-{self.id}")
         return None
 
     async def _connect(self) -> None:
