@@ -49,19 +49,11 @@ class FrameFactory:
     @staticmethod
     def raw_headers(stream_id: int, block: bytes, end_headers: bool) -> bytes:
         """A HEADERS frame carrying `block` as is (a header block fragment)."""
-        frame = HeadersFrame(stream_id)
-        frame.data = block
-        if end_headers:
-            frame.flags.add("END_HEADERS")
-        return bytes(frame.serialize())
+        return _fragment(HeadersFrame(stream_id), block, end_headers)
 
     @staticmethod
     def continuation(stream_id: int, block: bytes, end_headers: bool = False) -> bytes:
-        frame = ContinuationFrame(stream_id)
-        frame.data = block
-        if end_headers:
-            frame.flags.add("END_HEADERS")
-        return bytes(frame.serialize())
+        return _fragment(ContinuationFrame(stream_id), block, end_headers)
 
     @staticmethod
     def frame_header(length: int, frame_type: int, flags: int, stream_id: int) -> bytes:
@@ -106,6 +98,13 @@ class FrameFactory:
     @classmethod
     def extension(cls, stream_id: int, frame_type: int, flags: int, body: bytes) -> bytes:
         return cls.frame_header(len(body), frame_type, flags, stream_id) + body
+
+
+def _fragment(frame: HeadersFrame | ContinuationFrame, block: bytes, end_headers: bool) -> bytes:
+    frame.data = block
+    if end_headers:
+        frame.flags.add("END_HEADERS")
+    return bytes(frame.serialize())
 
 
 def parse(data: bytes) -> list[Frame]:

@@ -140,6 +140,24 @@ async def echo_server(ip: str, port: int) -> AsyncIterator[asyncio.Server]:
         await server.wait_closed()
 
 
+class RecordingApp:
+    """An echo app that counts the connections it accepted (a proxy under attack must open none for it)."""
+
+    def __init__(self) -> None:
+        self.accepted = 0
+
+    async def echo(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+
 __all__ = ["cancel_and_wait"]
 
 

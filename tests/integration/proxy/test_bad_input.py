@@ -19,7 +19,16 @@ from pyztunnel.identity.spiffe import Identity
 from pyztunnel.protocols import h2wire, hbone
 from pyztunnel.workloads import local
 from pyztunnel.workloads.index import WorkloadIndex
-from tests.integration.proxy.harness import CLIENT_ID, SERVER_ID, Mesh, config_text, roundtrip, start_mesh, stop_mesh
+from tests.integration.proxy.harness import (
+    CLIENT_ID,
+    SERVER_ID,
+    Mesh,
+    RecordingApp,
+    config_text,
+    roundtrip,
+    start_mesh,
+    stop_mesh,
+)
 
 HBONE = hbone.HBONE_PORT
 
@@ -27,24 +36,7 @@ HBONE = hbone.HBONE_PORT
 @pytest.fixture
 async def mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
     m = await start_mesh(tmp_path, PYZTUNNEL_TLS_HANDSHAKE_TIMEOUT="0.5")
-    peers: list[object] = []
-    received = bytearray()
-
-    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peers.append(writer.get_extra_info("peername"))
-        try:
-            while data := await reader.read(65536):
-                received.extend(data)
-                writer.write(data)
-                await writer.drain()
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(echo, m.b_ip, m.app_port)
-    m.app_peers = peers  # type: ignore[attr-defined]
-    m.app_received = received  # type: ignore[attr-defined]
+    server = await asyncio.start_server(RecordingApp().echo, m.b_ip, m.app_port)
     try:
         yield m
     finally:

@@ -21,31 +21,13 @@ from pyztunnel.identity import tls
 from pyztunnel.lifecycle.testing import poll
 from pyztunnel.protocols import hbone
 from tests.h2frames import FrameFactory, FrameReader
-from tests.integration.proxy.harness import CLIENT_ID, Mesh, roundtrip, start_mesh, stop_mesh
-
-
-class App:
-    """The app behind pod B: an echo server that counts the connections it accepted."""
-
-    def __init__(self) -> None:
-        self.accepted = 0
-
-    async def echo(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.accepted += 1
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
+from tests.integration.proxy.harness import CLIENT_ID, Mesh, RecordingApp, roundtrip, start_mesh, stop_mesh
 
 
 @contextlib.asynccontextmanager
-async def mesh_with_app(tmp: Path, **settings: str) -> AsyncIterator[tuple[Mesh, App]]:
+async def mesh_with_app(tmp: Path, **settings: str) -> AsyncIterator[tuple[Mesh, RecordingApp]]:
     mesh = await start_mesh(tmp, **settings)
-    app = App()
+    app = RecordingApp()
     server = await asyncio.start_server(app.echo, mesh.b_ip, mesh.app_port)
     try:
         yield mesh, app
