@@ -39,7 +39,7 @@ from pyztunnel.protocols import hbone
 
 _DATA_HEADER = struct.Struct("!HBBBL")
 _END_STREAM = 0x1
-_HEADER_BLOCK_FRAMES = (HeadersFrame, ContinuationFrame, PushPromiseFrame)
+_HEADER_BLOCK_FRAMES = frozenset({HeadersFrame, ContinuationFrame, PushPromiseFrame})  # a set: one lookup per frame
 
 
 @dataclasses.dataclass

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import struct
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import h2.events
 from h2.errors import ErrorCodes
@@ -174,11 +174,20 @@ class HboneConn:
         if self.closed:
             return []
         try:
-            events = self.h2.receive_data(data)
+            events: list[Any] = self.h2.receive_data(data)  # h2's events (untyped)
         except ProtocolError as exc:
             # h2 queued a GOAWAY with the right error code (PROTOCOL_ERROR, ENHANCE_YOUR_CALM for an oversized
             # header block, FRAME_SIZE_ERROR): send it, then close.
             return self._close(f"http/2 protocol error: {exc}")
+        live = self._live
+        for event in events:
+            kind = type(event)
+            if (kind is not DataReceived and kind is not StreamEnded) or event.stream_id not in live:
+                return self._decide(events, now)
+        passed: list[Event] = events  # only data and ends for live streams (the hot path): h2's own events, as they are
+        return passed
+
+    def _decide(self, events: list[Any], now: float) -> list[Event]:
         out: list[Event] = []
         born: dict[int, StreamRequested] | None = None  # streams requested in this read
         for event in events:

@@ -20,6 +20,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import hyperframe.frame
+from h2.events import DataReceived
 
 from pyztunnel.aio import TaskGroup
 from pyztunnel.protocols import hbone, hbone_conn
@@ -117,8 +118,15 @@ class H2Conn(asyncio.Protocol):
     # ------------------------------------------------------------------ the rules' events
     def _handle(self, events: list[hbone_conn.Event]) -> None:
         handlers = self._HANDLERS
+        streams = self.streams
         for event in events:
-            handlers[type(event)](self, event)
+            if type(event) is DataReceived:  # the hot path, without a handler call
+                data: Any = event
+                leg = streams.get(data.stream_id)
+                if leg is not None:
+                    leg.on_data(data.data, data.flow_controlled_length)
+            else:
+                handlers[type(event)](self, event)
         self.flush()
         if self.rules.deadline != self._timer_at:
             self._arm()

@@ -68,7 +68,7 @@ class StreamLeg(Leg):
     # --- events from the HTTP/2 connection
     def on_data(self, data: bytes, flow_controlled: int) -> None:
         self._deliver(data)
-        if self.peer is None or self.held:
+        if self.peer is None or self._holds:  # (LegState.held, without a property call on the hot path)
             self._unacked += flow_controlled
         else:
             self.conn.acknowledge(flow_controlled, self.stream_id)
