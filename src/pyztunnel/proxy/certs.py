@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Protocol
 
 from pyztunnel.errors import UserError
-from pyztunnel.identity.certs import WorkloadCert
+from pyztunnel.identity.certs import WorkloadCert, split_pem_certs
 from pyztunnel.identity.spiffe import Identity
 
 
@@ -48,8 +48,6 @@ class StaticCerts:
                 roots = (sub / "root-cert.pem").read_text()
             except OSError as exc:
                 raise UserError(f"{sub}: cannot read certificate files: {exc.strerror}") from None
-            from pyztunnel.identity.certs import split_pem_certs
-
             leaf_only = WorkloadCert(Identity("x", "x", "x"), tuple(split_pem_certs(chain)), roots, key)
             identity = leaf_only.leaf_identity()
             if identity is None:
