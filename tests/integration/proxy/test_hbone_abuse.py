@@ -17,6 +17,7 @@ import pytest
 from h2.errors import ErrorCodes
 from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame, RstStreamFrame
 
+from pyztunnel.aio import TaskGroup
 from pyztunnel.identity import tls
 from pyztunnel.lifecycle.testing import poll
 from pyztunnel.protocols import hbone
@@ -38,14 +39,22 @@ async def mesh_with_app(tmp: Path, **settings: str) -> AsyncIterator[tuple[Mesh,
 
 
 class Wire:
-    """An HBONE client that writes frames by hand (what h2 as a client would refuse to send)."""
+    """An HBONE client that writes frames by hand (what h2 as a client would refuse to send). It reads all the time,
+    as an HTTP/2 client does: frames sent just before a reset are not lost behind the reset (a StreamReader raises a
+    connection error before it returns data still buffered), and header blocks are decoded in the order they came
+    (HPACK is stateful)."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
         self.frames = FrameFactory()
-        self._reader = FrameReader()
+        self._frames = FrameReader()
         self.decoder = hpack.Decoder()
         self.seen: list[Frame] = []
+        self.statuses: dict[int, int] = {}
+        self.ended: BaseException | None = None
+        self._arrived = asyncio.Event()
+        self._tasks = TaskGroup("wire")
+        self._tasks.spawn(self._read(), "wire-read")
 
     @classmethod
     async def open(cls, mesh: Mesh, tmp: Path, preface: bool = True) -> Wire:
@@ -55,6 +64,20 @@ class Wire:
         if preface:
             wire.send(wire.frames.preface())
         return wire
+
+    async def _read(self) -> None:
+        try:
+            while data := await self.reader.read(65536):
+                for frame in self._frames.feed(data):
+                    if isinstance(frame, HeadersFrame):
+                        headers = dict(self.decoder.decode(frame.data, raw=True))
+                        self.statuses[frame.stream_id] = int(headers.get(b":status", b"0"))
+                    self.seen.append(frame)
+                self._arrived.set()
+            self.ended = ConnectionError("closed by the proxy")
+        except (ConnectionError, ssl.SSLError) as exc:
+            self.ended = exc
+        self._arrived.set()
 
     def send(self, data: bytes) -> None:
         self.writer.write(data)
@@ -69,7 +92,7 @@ class Wire:
         return self.frames.headers(stream_id, headers)
 
     async def until(self, match: type, within: float = 10, **fields: object) -> Frame:
-        """Read until a frame of that type (with those fields) arrives; ConnectionError if the proxy closes first."""
+        """The next frame of that type (with those fields); ConnectionError if the proxy closed without one."""
 
         async def wait() -> Frame:
             while True:
@@ -77,21 +100,31 @@ class Wire:
                     if isinstance(frame, match) and all(getattr(frame, k) == v for k, v in fields.items()):
                         self.seen.remove(frame)
                         return frame
-                data = await self.reader.read(65536)
-                if not data:
-                    raise ConnectionError("closed by the proxy")
-                self.seen += self._reader.feed(data)
+                if self.ended is not None:
+                    raise ConnectionError(f"closed by the proxy: {self.ended}")
+                self._arrived.clear()
+                await self._arrived.wait()
 
         return await asyncio.wait_for(wait(), within)
 
     def status(self, frame: Frame) -> int:
-        assert isinstance(frame, HeadersFrame)
-        return int(dict(self.decoder.decode(frame.data, raw=True))[b":status"])
+        return self.statuses[frame.stream_id]
+
+    async def gone(self, within: float = 10) -> None:
+        """Until the proxy closed the connection."""
+
+        async def wait() -> None:
+            while self.ended is None:
+                self._arrived.clear()
+                await self._arrived.wait()
+
+        await asyncio.wait_for(wait(), within)
 
     async def close(self) -> None:
         self.writer.close()
         with contextlib.suppress(ConnectionError, ssl.SSLError):
             await self.writer.wait_closed()
+        await self._tasks.close()
 
 
 def open_fds() -> int:
@@ -246,9 +279,7 @@ async def test_a_connection_that_never_sends_the_preface_is_closed_at_its_own_de
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
-            with contextlib.suppress(ConnectionError, ssl.SSLError):
-                while await asyncio.wait_for(wire.reader.read(65536), 5):  # its SETTINGS, then the close
-                    pass
+            await wire.gone(within=5)  # its SETTINGS arrive, then the close
         finally:
             await wire.close()
         assert loop.time() - started < 5
