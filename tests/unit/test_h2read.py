@@ -11,7 +11,7 @@ import h2.exceptions
 import pytest
 from hyperframe.frame import DataFrame, HeadersFrame
 
-from pyztunnel.protocols import hbone
+from pyztunnel.protocols import h2wire, hbone
 from pyztunnel.protocols.h2read import FrameReader
 
 
@@ -49,8 +49,8 @@ def kinds(items: list[Any]) -> list[str]:
 def client_bytes(sizes: tuple[int, ...] = (1, 80, 250, 16384, 70000, 5, 262144, 3)) -> tuple[bytes, bytes]:
     """(the client's preamble + SETTINGS + two CONNECTs, the streams' traffic): DATA of every size across both streams,
     interleaved with PING, WINDOW_UPDATE and an unknown extension frame, ending one stream."""
-    client = hbone.new_connection(True)
-    client.receive_data(hbone.new_connection(False).data_to_send())  # a server's SETTINGS and window: 4/16 MiB
+    client = h2wire.new_connection(True)
+    client.receive_data(h2wire.new_connection(False).data_to_send())  # a server's SETTINGS and window: 4/16 MiB
     start = client.data_to_send()
     connect = hbone.connect_headers("10.0.0.2:80", forwarded_for="", baggage_value="", traceparent_value="x")
     for stream_id in (1, 3):
@@ -69,7 +69,7 @@ def client_bytes(sizes: tuple[int, ...] = (1, 80, 250, 16384, 70000, 5, 262144, 
 
 
 def server_pair() -> tuple[Any, FrameReader, Any]:
-    plain, ours = hbone.new_connection(False), hbone.new_connection(False)
+    plain, ours = h2wire.new_connection(False), h2wire.new_connection(False)
     return plain, FrameReader(ours), ours
 
 

@@ -13,6 +13,7 @@ import random
 import time
 from typing import Any, Protocol, cast
 
+from pyztunnel.aio import TaskGroup
 from pyztunnel.load.histogram import Histogram
 from pyztunnel.load.options import LoadOptions
 from pyztunnel.load.stats import RunStats, error_kind
@@ -31,6 +32,7 @@ class Worker(Protocol):
     loop: asyncio.AbstractEventLoop
     address: tuple[Any, ...]
     stopping: bool
+    tasks: TaskGroup  # owns the streams' connects
 
     def caller_done(self) -> None: ...
 
