@@ -13,6 +13,8 @@ from pathlib import Path
 from pyztunnel.protocols.hbone_conn import Limits
 from pyztunnel.settings import Duration, group, setting
 
+_HBONE = Limits()  # the sans-IO connection's own defaults: the settings below default to them (one place)
+
 
 @group("proxy")
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +94,7 @@ class ProxySettings:
     )
     connect_timeout: Duration = setting(Duration(10), "bound on a TCP connect", env="PYZTUNNEL_CONNECT_TIMEOUT", gt=0)
     hbone_preface_timeout: Duration = setting(
-        Duration(10),
+        Duration(_HBONE.preface_timeout),
         "an HBONE connection whose peer has not sent the HTTP/2 preface and SETTINGS this long after the TLS "
         "handshake is closed (one round trip is all it takes; 10 s, like the TLS handshake and connect bounds, "
         "covers a loaded node by far, instead of the 30 s until the keepalive PING would notice)",
@@ -100,21 +102,21 @@ class ProxySettings:
         gt=0,
     )
     hbone_max_pending_streams: int = setting(
-        200,
+        _HBONE.max_pending_streams,
         "CONNECTs one inbound HBONE connection may have in setup (policy check, app connect) at once; more are "
         "refused (REFUSED_STREAM). As Go's HTTP/2 server bounds running handlers: by the concurrent-stream limit",
         env="PYZTUNNEL_HBONE_MAX_PENDING_STREAMS",
         ge=1,
     )
     hbone_reset_burst: int = setting(
-        1000,
+        _HBONE.reset_burst,
         "stream resets (and refused streams) an inbound HBONE connection may cause at once before it gets "
         "GOAWAY(ENHANCE_YOUR_CALM) and is closed (rapid reset, CVE-2023-44487; nghttp2's default burst)",
         env="PYZTUNNEL_HBONE_RESET_BURST",
         ge=1,
     )
     hbone_reset_rate: float = setting(
-        33.0,
+        _HBONE.reset_rate,
         "stream resets per second that refill that allowance (nghttp2's default)",
         env="PYZTUNNEL_HBONE_RESET_RATE",
         ge=0,
