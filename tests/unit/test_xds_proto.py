@@ -6,8 +6,9 @@ accounts) and envoyproxy's envoy/service/discovery/v3/discovery.proto, envoy/con
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
-from google.protobuf.descriptor import Descriptor
 
 from pyztunnel.protocols._pb import (
     authorization_pb2,
@@ -17,7 +18,7 @@ from pyztunnel.protocols._pb import (
     workload_pb2,
 )
 
-PINNED: dict[str, tuple[Descriptor, dict[str, int]]] = {
+PINNED: dict[str, tuple[Any, dict[str, int]]] = {
     "envoy.service.discovery.v3.DeltaDiscoveryRequest": (
         discovery_pb2.DeltaDiscoveryRequest.DESCRIPTOR,
         {
