@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from pyztunnel.identity import certs
 from pyztunnel.identity.ca import CaStateError, CertificateAuthority, CsrError, check_csr, csr_identity
-from pyztunnel.identity.client import read_token, target_of
+from pyztunnel.identity.channel import read_token, target_of
 from pyztunnel.identity.node_authz import Grant, Refusal, WorkloadsError, decide, identities_by_node
 from pyztunnel.identity.spiffe import Identity
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pyztunnel.workloads import local
-from pyztunnel.workloads.index import WorkloadIndex
+from pyztunnel.workloads.index import LOCAL, WorkloadIndex
 
 _log = logging.getLogger("pyztunnel.workloads.watch")
 
@@ -34,12 +34,18 @@ def _signature(path: Path) -> Signature:
 
 
 class ConfigWatch:
-    """Holds the current index; `check()` reloads if the file changed. `run()` polls until cancelled."""
+    """Feeds the file into an index (its LOCAL source; the proxy's shared one, or its own); `check()` reloads if the
+    file changed. `run()` polls until cancelled."""
 
-    def __init__(self, path: Path, on_change: Callable[[WorkloadIndex], None] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        on_change: Callable[[WorkloadIndex], None] | None = None,
+        index: WorkloadIndex | None = None,
+    ) -> None:
         self.path = path
         self.on_change = on_change
-        self.index = WorkloadIndex()
+        self.index = index if index is not None else WorkloadIndex()
         self.loaded = False
         self.last_error: str | None = None
         self.reloads = 0
@@ -66,7 +72,7 @@ class ConfigWatch:
         data = local.read_bytes(self.path)
         config = local.parse(local.decode(data, self.path), str(self.path))
         self.last_error = None
-        self.index = WorkloadIndex(config)
+        self.index.replace(LOCAL, config)
         self.loaded = True
         self.version = config_version(data)
         self.reloads += 1
