@@ -89,6 +89,19 @@ def add_node_token(state_dir: Path, node: str) -> str:
     return token
 
 
+def authenticate(tokens: Mapping[str, str], metadata: Mapping[str, str]) -> str | node_authz.Refusal:
+    """The node whose bearer token the call carries (istiod authenticates both CA and XDS calls so), or an
+    UNAUTHENTICATED refusal."""
+    header = metadata.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return node_authz.Refusal(grpc.StatusCode.UNAUTHENTICATED, "missing 'authorization: Bearer <token>'")
+    node = tokens.get(token.strip())
+    if node is None:
+        return node_authz.Refusal(grpc.StatusCode.UNAUTHENTICATED, "unknown bearer token")
+    return node
+
+
 class CaService:
     """CreateCertificate: authenticate, authorize for the caller's node, sign."""
 
@@ -114,14 +127,7 @@ class CaService:
 
     def authenticate(self, metadata: Mapping[str, str]) -> str | node_authz.Refusal:
         """The caller's node, or an UNAUTHENTICATED refusal."""
-        header = metadata.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            return node_authz.Refusal(grpc.StatusCode.UNAUTHENTICATED, "missing 'authorization: Bearer <token>'")
-        node = self.tokens.get().get(token.strip())
-        if node is None:
-            return node_authz.Refusal(grpc.StatusCode.UNAUTHENTICATED, "unknown bearer token")
-        return node
+        return authenticate(self.tokens.get(), metadata)
 
     def handle(self, request: ca_pb2.IstioCertificateRequest, metadata: Mapping[str, str]) -> list[str]:
         """The chain for a request, or raises `Refused`. Synchronous and independent of gRPC's context."""
