@@ -72,7 +72,7 @@ class Proxy:
 async def _proxy(tmp: Path, name: str, role: list[str], mesh: list[str]) -> Proxy:
     args = ["--readiness-addr", "", "--stats-addr", "", "--admin-addr", "", "--workload-wait", "0s"]
     args += [*role, *mesh, "--connection-termination-deadline", "60s"]
-    env = {**os.environ, "PYZTUNNEL_KEY_DIR": str(tmp / f"keys-{name}"), "RUST_LOG": "info"}
+    env = {**os.environ, "PYZTUNNEL_KEY_DIR": str(tmp / f"keys-{name}"), "RUST_LOG": "info", "XDS_ADDRESS": ""}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "pyztunnel", "proxy", *args, env=env, stderr=asyncio.subprocess.PIPE
     )

@@ -154,6 +154,7 @@ def pyztunnel_pair(
             **os.environ,
             "PYZTUNNEL_KEY_DIR": str(tmp / f"keys-{name}"),
             "LOCAL_XDS_PATH": str(config),
+            "XDS_ADDRESS": "",  # the file only (ztunnel's local mode)
             "PYZTUNNEL_CERT_DIR": str(certs["pyz"]),
             "PYZTUNNEL_LISTENER_HANDOFF": "false",
             # Each proxy's own servers on its own loopback address: never the shared 0.0.0.0:1502x.

@@ -60,6 +60,7 @@ class SettingInfo:
     help: str
     env: str | None = None
     choices: tuple[str, ...] | None = None
+    empty_is_set: bool = False  # an empty environment value is a value (ztunnel's XDS_ADDRESS="": off), not "unset"
     ge: float | None = None  # numbers: at least
     gt: float | None = None  # numbers: more than
     le: float | None = None  # numbers: at most
@@ -84,13 +85,14 @@ def setting(
     *,
     env: str | None = None,
     choices: tuple[str, ...] | None = None,
+    empty_is_set: bool = False,
     ge: float | None = None,
     gt: float | None = None,
     le: float | None = None,
 ) -> T:
     """Declare one setting (a dataclass field). `env` is the environment variable that sets it; `choices` the values
     it takes; `ge`/`gt`/`le` the bounds of a number."""
-    info = SettingInfo(help=help, env=env, choices=choices, ge=ge, gt=gt, le=le)
+    info = SettingInfo(help=help, env=env, choices=choices, empty_is_set=empty_is_set, ge=ge, gt=gt, le=le)
     if isinstance(default, list | dict):
         factory: Any = lambda: type(default)(default)  # noqa: E731 - mutable defaults need a factory
         field: Any = dataclasses.field(default_factory=factory, metadata={_META_KEY: info})
@@ -243,7 +245,8 @@ def load(
         file_value = from_file.get(decl.yaml_key, from_file.get(decl.name))
         if file_value is not None:
             source, raw = f"{config_file}: {decl.yaml_key}", file_value
-        if decl.info.env and environ.get(decl.info.env) not in (None, ""):
+        env_value = environ.get(decl.info.env) if decl.info.env else None
+        if env_value is not None and (env_value != "" or decl.info.empty_is_set):
             source, raw = f"environment {decl.info.env}", environ[decl.info.env]
         if cli.get(decl.name) is not None:
             source, raw = decl.flag, cli[decl.name]

@@ -26,7 +26,9 @@ def wl(uid: str, ip: str, *, node: str = "n1", services: dict[str, dict[int, int
 
 
 def svc(vip: str = "10.96.0.10") -> Service:
-    return Service(name="web", namespace="default", hostname="web.default.svc.cluster.local", vips=(f"/{vip}",), ports={80: 80})
+    return Service(
+        name="web", namespace="default", hostname="web.default.svc.cluster.local", vips=(f"/{vip}",), ports={80: 80}
+    )
 
 
 def deny(name: str, namespace: str = "default") -> Authorization:

@@ -111,8 +111,9 @@ def _address(**fields: object) -> bytes:
         ("u", _address(uid="u", addresses=[b"\x0a\x00\x00\x01"], status=7), "unknown status 7"),
         (
             "n/h",
-            wpb.Address(service=wpb.Service(namespace="n", hostname="h", ports=[wpb.Port(service_port=70000)]))
-            .SerializeToString(),
+            wpb.Address(
+                service=wpb.Service(namespace="n", hostname="h", ports=[wpb.Port(service_port=70000)])
+            ).SerializeToString(),
             "invalid port 70000",
         ),
         ("n/h", wpb.Address(service=wpb.Service(namespace="n")).SerializeToString(), "service without hostname"),
@@ -131,7 +132,13 @@ def test_bad_addresses_give_the_nack_reason(name: str, payload: bytes, reason: s
             apb.Authorization(
                 name="p",
                 namespace="n",
-                rules=[apb.Rule(clauses=[apb.Clause(matches=[apb.Match(source_ips=[apb.Address(address=b"\x0a\0\0\0", length=40)])])])],
+                rules=[
+                    apb.Rule(
+                        clauses=[
+                            apb.Clause(matches=[apb.Match(source_ips=[apb.Address(address=b"\x0a\0\0\0", length=40)])])
+                        ]
+                    )
+                ],
             ),
             "invalid prefix length 40",
         ),

@@ -167,6 +167,7 @@ class Reconciler:
         env = {
             "INPOD_UDS": str(nd / "ztunnel.sock"),
             "LOCAL_XDS_PATH": str(layout.workloads),
+            "XDS_ADDRESS": "",  # until the controller serves ADS
             "CA_ADDRESS": f"https://{topology.FABRIC_IP}:{topology.CA_PORT}",
             "CA_ROOT_CA": str(layout.ca_dir / "root-cert.pem"),
             "AUTH_TOKEN": str(nd / "token"),

@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 
 from pyztunnel.observe.access import FAILED_FLAGS, NO_FLAGS, ConnectionRecord
 from pyztunnel.observe.exposition import encode
+from pyztunnel.protocols.xds import Stats as XdsStats
 
 UNKNOWN = "unknown"  # ztunnel's DefaultedUnknown: an empty label value is exported as `unknown`
 
@@ -130,6 +131,7 @@ class Metrics:
         self.pending_proxies = 0
         self.proxies_started = 0
         self.proxies_stopped = 0
+        self.xds: XdsStats | None = None  # the XDS client's counters, when XDS is on
         self.registry.register(_Collector(self))
         if process_metrics:
             # process_open_fds and process_max_fds are ztunnel's too; the other process_* series come for free.
@@ -222,6 +224,8 @@ class _Collector(Collector):
         for reporter, count in m.sockets_open.items():
             sockets.add_metric([reporter], count)
         yield sockets
+        if m.xds is not None:
+            yield from _xds(m.xds)
         build = GaugeMetricFamily("istio_build", "Istio component build info", labels=["component", "tag"])
         build.add_metric(["ztunnel", m.tag], 1)
         yield build
@@ -253,6 +257,24 @@ class _Collector(Collector):
                 ),
             )
         )
+
+
+def _xds(stats: XdsStats) -> Iterator[Metric]:
+    """ztunnel's src/xds/metrics.rs: names, help texts and labels (`reason`; `url` = the type URL)."""
+    for name, help_text, label, values in (
+        (
+            "istio_xds_connection_terminations",
+            "The total number of completed connections to xds server (unstable)",
+            "reason",
+            stats.terminations,
+        ),
+        ("istio_xds_message", "Total number of messages received (unstable)", "url", stats.messages),
+        ("istio_xds_message_bytes", "Total number of bytes received (unstable)", "url", stats.message_bytes),
+    ):
+        family = CounterMetricFamily(name, help_text, labels=[label])
+        for value, count in values.items():
+            family.add_metric([value], count)
+        yield family
 
 
 def _with_live(

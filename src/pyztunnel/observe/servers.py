@@ -40,6 +40,7 @@ class Readiness:
     def __init__(self, *blocking: str) -> None:
         self._pending: set[str] = set(blocking)
         self._ready_event = asyncio.Event()
+        self._unblocked = asyncio.Event()  # replaced after each unblock: wakes wait_unblocked
         if not self._pending:
             self._ready_event.set()
 
@@ -51,6 +52,8 @@ class Readiness:
         self._pending.discard(name)
         if not self._pending:
             self._ready_event.set()
+        self._unblocked.set()
+        self._unblocked = asyncio.Event()
 
     @contextlib.contextmanager
     def blocking(self, name: str) -> Iterator[None]:
@@ -71,6 +74,11 @@ class Readiness:
 
     async def wait_ready(self) -> None:
         await self._ready_event.wait()
+
+    async def wait_unblocked(self, name: str) -> None:
+        """Until `name` no longer blocks (other tasks may still)."""
+        while name in self._pending:
+            await self._unblocked.wait()
 
 
 def _empty(status: int) -> web.Response:

@@ -1,6 +1,6 @@
 """`pyztunnel proxy`: wires the pieces together.
 
-Config watch → index; certificates (the identity store fed by the CA, or static files); per-pod proxies from ZDS
+State manager (LOCAL_XDS_PATH and XDS) → index; certificates (the identity store fed by the CA, or static files); per-pod proxies from ZDS
 (in-pod) and/or direct loopback listeners; readiness/metrics/admin servers; drain on SIGTERM (stop accepting, GOAWAY,
 wait up to the deadline, reset what is left) through lifecycle's Drainer.
 """
@@ -39,13 +39,14 @@ from pyztunnel.proxy.migration import Migration
 from pyztunnel.proxy.pod import PodProxy
 from pyztunnel.proxy.podset import PodSet
 from pyztunnel.proxy.shared import IndexHolder, Shared
+from pyztunnel.proxy.state import StateManager
 from pyztunnel.proxy.telemetry import Telemetry
 from pyztunnel.proxy.zds_client import READINESS_TASK, ZdsClient
 from pyztunnel.settings import declared
 from pyztunnel.workloads import local
 from pyztunnel.workloads.index import WorkloadIndex
 from pyztunnel.workloads.model import Protocol
-from pyztunnel.workloads.watch import ConfigWatch
+from pyztunnel.xds.config import XdsSettings
 
 _log = logging.getLogger("pyztunnel.proxy.app")
 
@@ -60,6 +61,7 @@ class ProxyApp:
         ca_settings: CaClientSettings,
         certs: CertSource | None = None,
         environ: dict[str, str] | None = None,
+        xds_settings: XdsSettings | None = None,  # None: no XDS (the CLI loads ztunnel's default, localhost:15012)
     ) -> None:
         self.settings = settings
         self.ca_settings = ca_settings
@@ -90,7 +92,11 @@ class ProxyApp:
         for pod in self.direct:
             self.owners.add(f"direct pod {pod.key}", pod.drain_immediate)
         self.zds: ZdsClient | None = None
-        self.watch: ConfigWatch | None = None
+        self.state = StateManager(
+            settings, xds_settings, ca_settings, self.shared.indexes, self._on_config, self.environ
+        )
+        self.owners.add("state manager", self.state.close)
+        self.metrics.xds = self.state.xds.state.stats if self.state.xds is not None else None
         self.drainer: Drainer | None = None
         self.adopter: Adopter | None = None
         self.handoff_service: HandoffService | None = None
@@ -120,8 +126,6 @@ class ProxyApp:
 
     # ------------------------------------------------------------------ config
     def _on_config(self, index: WorkloadIndex) -> None:
-        self.shared.indexes.set(index)
-        self.readiness.unblock(STATE_MANAGER)
         self._prefetch(index)
 
     def _prefetch(self, index: WorkloadIndex) -> None:
@@ -129,20 +133,24 @@ class ProxyApp:
         store = self._store
         if store is None:
             return
+        node = self.settings.node_name
         wanted = {
             Identity.for_workload(w.namespace, w.service_account, w.trust_domain)
-            for w in index.config.workloads
-            if w.protocol is Protocol.HBONE and (not self.settings.node_name or w.node == self.settings.node_name)
+            for w in (index.workloads_on(node) if node else index.workloads())
+            if w.protocol is Protocol.HBONE
         }
         for identity in wanted:
             store.prefetch(identity)
         store.retain(wanted)
         # Ready only once every local identity has its certificate (DESIGN §5.1): the first connection of a pod
-        # must not wait for a CSR round trip.
+        # must not wait for a CSR round trip. An XDS delta that needs no new certificate leaves readiness alone.
         if self._cert_wait is not None and not self._cert_wait.done():
             self._cert_wait.cancel()
-        self.readiness.block(CERTIFICATES)
-        self._cert_wait = self.tasks.spawn(self._await_certificates(store, sorted(wanted)), "cert-warmup")
+        if self._cert_wait is None or any(store.current(i) is None for i in wanted):
+            self.readiness.block(CERTIFICATES)
+            self._cert_wait = self.tasks.spawn(self._await_certificates(store, sorted(wanted)), "cert-warmup")
+        else:
+            self.readiness.unblock(CERTIFICATES)
 
     async def _await_certificates(self, store: CertificateStore, identities: list[Identity]) -> None:
         await asyncio.gather(*(store.wait_available(identity) for identity in identities))
@@ -190,17 +198,17 @@ class ProxyApp:
             self.drainer.quitquitquit()
 
     def _config_version(self) -> str | None:
-        return self.watch.version if self.watch is not None else None
+        return self.state.version
 
     def config_dump(self) -> dict[str, object]:
         """ztunnel's /config_dump keys (§6.2)."""
         index = self.shared.indexes.index
-        config = index.config
         return {
-            "workloads": [w.model_dump(by_alias=True, mode="json") for w in config.workloads],
-            "services": [s.model_dump(by_alias=True, mode="json") for s in config.services],
-            "policies": [p.model_dump(by_alias=True, mode="json") for p in config.policies],
-            "stagedServices": {},
+            "workloads": [w.model_dump(by_alias=True, mode="json") for w in index.workloads()],
+            "services": [s.model_dump(by_alias=True, mode="json") for s in index.services()],
+            "policies": [p.model_dump(by_alias=True, mode="json") for p in index.policies()],
+            "stagedServices": {key: {} for key in index.staged_services()},
+            "xds": self.state.dump(),
             "staticConfig": self._static_config(),
             "version": self.settings.version,
             "config": {
@@ -232,17 +240,9 @@ class ProxyApp:
         if self._store is not None:
             self._store.start()
         self.readiness.block(STATE_MANAGER)
-        if self.settings.local_xds_path is not None:
-            self.watch = ConfigWatch(Path(self.settings.local_xds_path), on_change=self._on_config)
-            try:
-                self.watch.load()
-            except (
-                local.ConfigError
-            ) as exc:  # as ztunnel: a config it cannot use at start is the one line it exits 2 with
-                raise UserError(str(exc)) from None
-            self.tasks.spawn(self.watch.run(float(self.settings.config_poll_interval)), "config-watch")
-        else:
-            self._on_config(WorkloadIndex())
+        self.state.start()
+        if not self.state.sources:
+            self._on_config(self.shared.indexes.index)
         for pod in self.direct:
             try:
                 await pod.start()
@@ -261,8 +261,20 @@ class ProxyApp:
                 self.shared.listeners.adopter = self.adopter
             self.readiness.block(READINESS_TASK)
             self.zds = ZdsClient(Path(self.settings.inpod_uds), self.podset, self._zds_ready)
-            self.tasks.spawn(self.zds.run(), "zds-client")
+        self.tasks.spawn(self._when_synced(), "state-synced")
         self.started.set()
+
+    async def _when_synced(self) -> None:
+        """ztunnel's order: the in-pod manager connects to the node agent only after the first state load. And, for
+        an upgrade that loses nothing, only once this node's certificates are in: a new instance takes no listener
+        (adopted from its predecessor or its own) before it could serve it."""
+        await self.state.synced.wait()
+        self.readiness.unblock(STATE_MANAGER)
+        if self.zds is None:
+            return
+        await self.readiness.wait_unblocked(CERTIFICATES)
+        _log.info("state synced and certificates ready: connecting to the node agent")
+        self.tasks.spawn(self.zds.run(), "zds-client")
 
     def _zds_ready(self, ready: bool) -> None:
         if ready:

@@ -13,6 +13,7 @@ from pyztunnel.identity.config import CaClientSettings
 from pyztunnel.lifecycle import drain
 from pyztunnel.observe import logging as ztlog
 from pyztunnel.proxy.config import ProxySettings
+from pyztunnel.xds.config import XdsSettings
 
 
 @click.command("proxy")
@@ -20,6 +21,7 @@ from pyztunnel.proxy.config import ProxySettings
 @click.argument("mode", required=False, type=click.Choice(["ztunnel"]))
 @settings.cli_options(ProxySettings)
 @settings.cli_options(CaClientSettings)
+@settings.cli_options(XdsSettings)
 def proxy(mode: str | None, **values: Any) -> None:
     """The node proxy (ztunnel): in-pod listeners from ZDS, HBONE over mTLS, L4 authorization.
 
@@ -30,12 +32,13 @@ def proxy(mode: str | None, **values: Any) -> None:
     """
     proxy_settings = settings.load(ProxySettings, cli=values)
     ca_settings = settings.load(CaClientSettings, cli=values)
+    xds_settings = settings.load(XdsSettings, cli=values)
     ztlog.setup()
     install_uvloop()
     from pyztunnel.proxy.app import ProxyApp
 
     async def main() -> drain.Outcome:
-        app = ProxyApp(proxy_settings, ca_settings)
+        app = ProxyApp(proxy_settings, ca_settings, xds_settings=xds_settings)
         return await app.run()
 
     # Every outcome exits 0, as ztunnel does (a second signal is "exit now", not a failure).

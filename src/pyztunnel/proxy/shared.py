@@ -21,7 +21,8 @@ from pyztunnel.workloads.index import WorkloadIndex
 
 
 class IndexHolder:
-    """The current index; swapped whole on every config change. `wait_change()` wakes waiters on the next swap."""
+    """The current index, updated in place by the config sources (or swapped whole, in tests). `wait_change()` wakes
+    waiters on the next change."""
 
     def __init__(self, index: WorkloadIndex | None = None) -> None:
         self.index = index or WorkloadIndex()
@@ -38,6 +39,11 @@ class IndexHolder:
 
     def set(self, index: WorkloadIndex) -> None:
         self.index = index
+        self.changed()
+
+    def changed(self) -> None:
+        """The index was updated in place (an XDS delta, a reloaded file): wake waiters, tell subscribers."""
+        index = self.index
         self.version += 1
         self._changed.set()
         self._changed = asyncio.Event()

@@ -29,6 +29,7 @@ class XdsSettings:
         "https://localhost:15012",
         "istiod's delta ADS (gRPC over TLS); empty: no XDS, LOCAL_XDS_PATH only",
         env="XDS_ADDRESS",
+        empty_is_set=True,
     )
     xds_root_ca: str = setting(
         "./var/run/secrets/istio/root-cert.pem",

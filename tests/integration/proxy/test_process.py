@@ -88,7 +88,7 @@ async def http_get(host: str, port: int, path: str, method: str = "GET") -> tupl
 
 
 async def start_proxy(tmp: Path, name: str, *args: str) -> Proc:
-    env = {**os.environ, "PYZTUNNEL_KEY_DIR": str(tmp / f"keys-{name}"), "RUST_LOG": "info"}
+    env = {**os.environ, "PYZTUNNEL_KEY_DIR": str(tmp / f"keys-{name}"), "RUST_LOG": "info", "XDS_ADDRESS": ""}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "pyztunnel", "proxy", *args, env=env, stderr=asyncio.subprocess.PIPE
     )
