@@ -247,7 +247,7 @@ def load(
             source, raw = f"{config_file}: {decl.yaml_key}", file_value
         env_value = environ.get(decl.info.env) if decl.info.env else None
         if env_value is not None and (env_value != "" or decl.info.empty_is_set):
-            source, raw = f"environment {decl.info.env}", environ[decl.info.env]
+            source, raw = f"environment {decl.info.env}", env_value
         if cli.get(decl.name) is not None:
             source, raw = decl.flag, cli[decl.name]
         try:

@@ -81,7 +81,7 @@ def test_trusted_objects_behave_like_validated_ones() -> None:
     assert made == want and hash(made.key) == hash(want.key)
     assert made.model_copy(update={"name": "x"}).name == "x" and made.name == "cart-0"
     with pytest.raises(Exception, match="frozen"):
-        made.name = "y"  # type: ignore[misc]
+        made.name = "y"
 
 
 def test_replicas_share_their_services_map() -> None:
@@ -127,7 +127,7 @@ def test_bad_addresses_give_the_nack_reason(name: str, payload: bytes, reason: s
 @pytest.mark.parametrize(
     ("policy", "reason"),
     [
-        (apb.Authorization(name="p", namespace="n", scope=9), "unknown scope 9"),
+        (apb.Authorization(name="p", namespace="n", scope=9), "unknown scope 9"),  # type: ignore[arg-type]
         (
             apb.Authorization(
                 name="p",
