@@ -7,6 +7,7 @@ from. StringMatch is an externally tagged enum: `{Exact: v}` (the YAML loader tu
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Any, TypeVar
 
@@ -233,7 +234,9 @@ class LocalConfig(_Model):
 
 
 M = TypeVar("M", bound=BaseModel)
-_FIELDS: dict[type[BaseModel], tuple[tuple[str, Any], ...]] = {}
+# per model class: (name, shared default, default factory) of every field
+_FIELDS: dict[type[BaseModel], tuple[tuple[str, Any, Callable[[], Any] | None], ...]] = {}
+_FIELD_SETS: dict[type[BaseModel], set[str]] = {}
 
 
 def trusted(cls: type[M], values: dict[str, Any]) -> M:
@@ -241,26 +244,24 @@ def trusted(cls: type[M], values: dict[str, Any]) -> M:
     pydantic's validation. Besides the time, it saves memory: setting the fields one by one keeps CPython's compact
     per-instance attribute storage (≈0.6 KiB per Workload instead of ≈1.6 KiB with `model_construct`, which builds a
     `__dict__` and a fields set per instance); the fields set is one shared set (pydantic copies it before any
-    change). Missing fields get their defaults."""
+    change). A missing field gets its default, shared (defaults are immutable here; pydantic would deep-copy them) or
+    from its factory."""
     fields = _FIELDS.get(cls)
     if fields is None:
-        fields = tuple((name, info) for name, info in cls.model_fields.items())
+        fields = tuple(
+            (name, None if info.default_factory is not None else info.default, info.default_factory)  # type: ignore[misc]
+            for name, info in cls.model_fields.items()
+        )
         _FIELDS[cls] = fields
+        _FIELD_SETS[cls] = set(cls.model_fields)
     instance = cls.__new__(cls)
     put = object.__setattr__
-    for name, info in fields:
-        put(instance, name, values[name] if name in values else info.get_default(call_default_factory=True))
-    put(instance, "__pydantic_fields_set__", _all_fields(cls))
+    for name, default, factory in fields:
+        if name in values:
+            put(instance, name, values[name])
+        else:
+            put(instance, name, factory() if factory is not None else default)
+    put(instance, "__pydantic_fields_set__", _FIELD_SETS[cls])
     put(instance, "__pydantic_extra__", None)
     put(instance, "__pydantic_private__", None)
     return instance
-
-
-_FIELD_SETS: dict[type[BaseModel], set[str]] = {}
-
-
-def _all_fields(cls: type[BaseModel]) -> set[str]:
-    found = _FIELD_SETS.get(cls)
-    if found is None:
-        found = _FIELD_SETS[cls] = set(cls.model_fields)
-    return found

@@ -19,6 +19,7 @@ from typing import Any
 
 import grpc
 
+from pyztunnel import memory
 from pyztunnel.identity.channel import ChannelError, TlsChannel, call_metadata, prefixed_headers
 from pyztunnel.identity.config import CaClientSettings
 from pyztunnel.protocols import xds
@@ -26,6 +27,8 @@ from pyztunnel.protocols._pb import discovery_pb2
 from pyztunnel.xds.config import HEADER_PREFIX, XdsSettings
 
 _log = logging.getLogger("pyztunnel.xds")
+
+TRIM_AFTER_BYTES = 1 << 20
 
 Handler = Callable[[xds.Update], Awaitable[list[tuple[str, str]]]]
 
@@ -122,7 +125,11 @@ class XdsClient:
                     self.status = "connected"
                     self.last_error = ""
                     self._log_state("connected", logging.INFO, "XDS stream established", {"address": self.address})
+                large = len(data) >= TRIM_AFTER_BYTES
                 outgoing.put_nowait(await self._answer(data))
+                if large:
+                    del data
+                    memory.trim()  # the big response's transient objects are freed: give their pages back
             return xds.Termination.COMPLETE, "the server ended the stream"
         except asyncio.CancelledError:
             if not timed_out or _current_task_cancelling():
