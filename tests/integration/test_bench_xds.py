@@ -15,7 +15,7 @@ def _bench_proxies() -> list[str]:
 
 def test_bench_xds_smoke() -> None:
     result = bench_xds.run(["--workloads=300", "--services=10", "--churn-seconds=1", "--pushes-per-second=5"])
-    over_xds, from_file = result["300"]["xds"], result["300"]["file"]  # type: ignore[index]
+    over_xds, from_file = result["300"]["xds"], result["300"]["file"]
     assert over_xds["load_s"] > 0 and over_xds["load_cpu_s"] >= 0
     assert over_xds["churn_acked"] == over_xds["churn_pushes"] == 5
     assert over_xds["churn_ack_p99_ms"] >= over_xds["churn_ack_p50_ms"] > 0
