@@ -21,9 +21,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-import yaml
 
 from pyztunnel.cluster import manage, spec
+from pyztunnel.cluster.client import ApiFailed, Client
 from pyztunnel.cluster.layout import Layout
 from tests.conftest import require
 
@@ -85,10 +85,10 @@ def log_tail(lines: int = 30) -> str:
 
 def test_gateway_to_httpbin_via_vip_logged_with_identities(cluster: dict[str, Any]) -> None:
     gateway, httpbin = pod(cluster, "gateway"), service(cluster, "httpbin")
-    # `cluster up` returned once every proxy had loaded the last workloads.yaml (each says which in its readiness
-    # answer), so the first request must succeed.
-    written = cluster["workloadsVersion"]
-    assert written and [p["configVersion"] for p in cluster["proxies"]] == [written] * 3, cluster["proxies"]
+    # `cluster up` returned once every proxy had ACKed the control plane's current config over XDS, so the first
+    # request must succeed.
+    generation = cluster["controlPlane"]["generation"]
+    assert generation > 0 and [p["xds"] for p in cluster["proxies"]] == [{"current": True, "acked": generation}] * 3
     assert curl(gateway, f"http://{httpbin['vip']}:8000/status/418") == "418", log_tail()
     gw_identity = 'src.identity="spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway"'
     hb_identity = 'dst.identity="spiffe://cluster.local/ns/default/sa/httpbin"'
@@ -157,28 +157,21 @@ def test_100_mib_through_the_mesh_intact(cluster: dict[str, Any]) -> None:
     assert f"bytes_sent={100 * 1024 * 1024}" in line
 
 
-def test_deny_policy_blocks_and_is_logged(cluster: dict[str, Any]) -> None:
+def test_deny_policy_pushed_over_xds_blocks_and_is_logged(cluster: dict[str, Any]) -> None:
     gateway, httpbin = pod(cluster, "gateway"), service(cluster, "httpbin")
-    path = Layout.of(NAME).workloads
-    original = path.read_text()
-    doc = yaml.safe_load(original)
-    doc["policies"] = [
-        {
-            "name": "deny-gateway",
-            "namespace": "default",
-            "scope": "Namespace",
-            "action": "Deny",
-            "rules": [[[{"principals": [{"Exact": "cluster.local/ns/istio-system/sa/istio-ingressgateway"}]}]]],
-        }
-    ]
-    tmp = path.with_suffix(".test")
+    client = Client(Layout.of(NAME), NAME)
+    deny = {
+        "name": "deny-gateway",
+        "namespace": "default",
+        "scope": "Namespace",
+        "action": "Deny",
+        "rules": [[[{"principals": [{"Exact": "cluster.local/ns/istio-system/sa/istio-ingressgateway"}]}]]],
+    }
     try:
-        tmp.write_text(yaml.safe_dump(doc))
-        os.replace(tmp, path)  # the controller writes it the same way; the proxies reload it
-        wait_for_log(lambda line: "config loaded" in line and "policies=1" in line)
+        client.call("PUT", "/v1/policies", {"policies": [deny]})  # the control plane pushes it to every proxy
         deadline = time.monotonic() + 15
         code = ""
-        while time.monotonic() < deadline:  # every proxy reloads within its poll interval
+        while time.monotonic() < deadline:  # every proxy ACKs within a round trip
             code = curl(gateway, f"http://{httpbin['vip']}:8000/status/418")
             if code == "000":
                 break
@@ -187,6 +180,9 @@ def test_deny_policy_blocks_and_is_logged(cluster: dict[str, Any]) -> None:
         denied = wait_for_log(lambda line: "connection denied: explicitly denied by: default/deny-gateway" in line)
         assert 'direction="inbound"' in denied
         assert wait_for_log(lambda line: 'error="http status: 401"' in line and 'direction="outbound"' in line)
+        state = client.state()
+        assert all(p["xds"]["current"] for p in state["proxies"] if p["ready"])
     finally:
-        path.write_text(original)
-    assert re.search(r"policies=0", proxy_logs())
+        client.call("PUT", "/v1/policies", {"policies": []})
+    with pytest.raises(ApiFailed, match="unknown field .bogus."):
+        client.call("PUT", "/v1/policies", {"policies": [{"name": "x", "bogus": 1}]})

@@ -180,9 +180,15 @@ def not_ready(state: dict[str, Any] | None, layout: Layout) -> str:
             why = pod["message"] or tail(layout.log(pod["name"]))
             waiting.append(f"pod {pod['name']} {pod['phase']} ({why})")
     current = state.get("workloadsVersion")
+    generation = (state.get("controlPlane") or {}).get("generation")
     for proxy in state["proxies"]:
         loaded = proxy.get("configVersion")
-        if proxy["ready"] and loaded is not None and loaded != current:
+        acked = proxy.get("xds")
+        if proxy["ready"] and acked is not None and not acked["current"]:
+            waiting.append(
+                f"proxy {proxy['name']} has not ACKed the control plane's config ({acked['acked']}, not {generation})"
+            )
+        elif proxy["ready"] and acked is None and loaded is not None and loaded != current:
             waiting.append(f"proxy {proxy['name']} has not loaded the last workloads.yaml ({loaded}, not {current})")
     return "; ".join(waiting) or f"phase {state['phase']}"
 
