@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.system.cluster_fixtures import (
     Cluster,
@@ -251,32 +250,29 @@ def test_100_mib_stream_through_the_mesh_arrives_intact(mesh: Cluster) -> None:
 
 
 def test_deny_policy_blocks_gateway_to_httpbin(mesh: Cluster) -> None:
-    """The policy is added at run time, appended to the rendered workloads.yaml (the controller rewrites that file
-    only when the cluster changes, which it does not here), so the module's other tests run without it (a spec
-    `policies:` entry would apply from the start). Runs last in the module and puts the original file back."""
-    path = mesh.layout.workloads
-    original = path.read_text()
-    doc = yaml.safe_load(original)
-    doc["policies"] = [
-        {
-            "name": "deny-gateway",
-            "namespace": "default",
-            "scope": "Namespace",
-            "action": "Deny",
-            "rules": [[[{"principals": [{"Exact": GATEWAY_ID.removeprefix("spiffe://")}]}]]],
-        }
-    ]
+    """The policy is added at run time through the controller's API, which pushes it to every proxy over XDS, so the
+    module's other tests run without it (a spec `policies:` entry would apply from the start). Runs last in the
+    module and takes the policy away again."""
+    deny = {
+        "name": "deny-gateway",
+        "namespace": "default",
+        "scope": "Namespace",
+        "action": "Deny",
+        "rules": [[[{"principals": [{"Exact": GATEWAY_ID.removeprefix("spiffe://")}]}]]],
+    }
     proxies = [p["name"] for p in mesh.state()["proxies"] if p["phase"] == "Running"]
     gateway = mesh.pod("gateway")
     out_proxy = mesh.proxy(gateway["node"])
     httpbin_nodes = {p["node"] for p in mesh.pods("httpbin")}
     before = {p: len(mesh.log_lines(p)) for p in proxies}
-    tmp = path.with_suffix(".test")
-    tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
-    tmp.replace(path)
+
+    def all_acked() -> bool:
+        state = mesh.state()
+        return all(p["xds"]["current"] for p in state["proxies"] if p["name"] in proxies)
+
+    mesh.api.call("PUT", "/v1/policies", {"policies": [deny]})
     try:
-        for p in proxies:
-            mesh.wait_log(p, lambda line: "config loaded" in line and "policies=1" in line, LOG_TIMEOUT_S, "policies=1")
+        wait_for("every proxy to ACK the policy", all_acked, LOG_TIMEOUT_S)
         seen = len(access_lines(mesh.log_lines(out_proxy["name"]), direction="outbound"))
         answers = mesh.fetch(client_ns(mesh), gateway_url(mesh))
         assert answers == ["502"], answers  # nginx: the upstream connection failed
@@ -297,16 +293,8 @@ def test_deny_policy_blocks_gateway_to_httpbin(mesh: Cluster) -> None:
                 assert f["src.identity"] == GATEWAY_ID and f["dst.identity"] == HTTPBIN_ID, f
                 assert f["bytes_recv"] == "0" and f["bytes_sent"] == "0", f  # nothing reached httpbin
     finally:
-        start = time.monotonic()
-        tmp.write_text(original)
-        tmp.replace(path)
-        for p in proxies:
-            mesh.wait_log(
-                p,
-                lambda line: "config loaded" in line and "policies=0" in line and line > time_prefix(start),
-                LOG_TIMEOUT_S,
-                "policies=0",
-            )
+        mesh.api.call("PUT", "/v1/policies", {"policies": []})
+        wait_for("every proxy to ACK the policy's removal", all_acked, LOG_TIMEOUT_S)
 
 
 def inbound_since(mesh: Cluster, proxy: str, first_line: int, hbone_addr: str) -> list[dict[str, str]]:
