@@ -15,6 +15,7 @@ import click
 
 from pyztunnel.cluster import manage, spec
 from pyztunnel.cluster.client import Client, ControllerUnavailable
+from pyztunnel.cluster.control_plane import describe_config_source
 from pyztunnel.cluster.layout import Layout
 from pyztunnel.cluster.show import print_status
 from pyztunnel.errors import require_root
@@ -75,6 +76,7 @@ def demo(name: str, keep: bool, no_mesh: bool, count: int) -> None:
         click.echo(f"reusing the running cluster {name}")
     try:
         print_status(state)
+        click.echo(describe_config_source(state))
         click.echo(f"\nclient → gateway → httpbin: GET /status/418 ×{count}")
         for code, n in sorted(send(name, state, "/status/418", count).items()):
             click.echo(f"  {code}: {n}")

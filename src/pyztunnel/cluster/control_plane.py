@@ -102,3 +102,17 @@ class ControlPlane:
 
     async def close(self) -> None:
         await self.server.close()
+
+
+def describe_config_source(state: dict[str, Any]) -> str:
+    """Where the proxies' workloads, services and policies come from (the demo says it)."""
+    plane = state.get("controlPlane")
+    proxies = [p for p in state.get("proxies", []) if p.get("phase") == "Running"]
+    over_xds = [p for p in proxies if p.get("xds")]
+    if plane and over_xds:
+        acked = sum(1 for p in over_xds if p["xds"]["current"])
+        return (
+            f"config: delta XDS (istiod's protocol) from the cluster's control plane at {plane['address']}: "
+            f"generation {plane['generation']}, ACKed by {acked} of {len(proxies)} proxies"
+        )
+    return f"config: LOCAL_XDS_PATH file {state.get('stateDir', '')}/workloads.yaml (no control plane)"

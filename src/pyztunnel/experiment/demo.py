@@ -10,6 +10,9 @@ from typing import Any
 
 import click
 
+from pyztunnel.cluster.client import Client
+from pyztunnel.cluster.control_plane import describe_config_source
+from pyztunnel.cluster.layout import Layout
 from pyztunnel.experiment import report
 from pyztunnel.experiment.runner import LoadProcess, client_netns, gateway_upstream_errors, gateway_url, upgrade
 from pyztunnel.experiment.scenarios import Scenario
@@ -46,3 +49,5 @@ def run(cluster: str, state: dict[str, Any]) -> None:
         f"fresh socket: {run_.retried}; upstream errors the gateway retried (its error log): {hidden} "
         f"(target: all 0). Full output: {out}"
     )
+    after = Client(Layout.of(cluster), cluster).state()
+    click.echo(f"the new proxies' {describe_config_source(after)}")
