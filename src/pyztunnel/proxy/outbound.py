@@ -32,7 +32,7 @@ from pyztunnel.proxy.telemetry import (
     new_record,
 )
 from pyztunnel.workloads.index import Upstream, WorkloadIndex
-from pyztunnel.workloads.model import Workload
+from pyztunnel.workloads.model import GatewayAddress, Service, Workload
 
 _log = logging.getLogger("pyztunnel.proxy.outbound")
 
@@ -49,16 +49,44 @@ def addr(ip: str, port: int) -> str:
     return hbone.format_authority(ip, port)
 
 
-def resolve(index: WorkloadIndex, ip: str, port: int) -> Upstream:
-    """Where a connection to ip:port goes (a service VIP picks one healthy endpoint at random)."""
+def resolve(index: WorkloadIndex, ip: str, port: int, src: Workload | None = None) -> Upstream:
+    """Where a connection to ip:port goes (a service VIP picks one healthy endpoint at random). A service or
+    workload with a waypoint sends it to the waypoint instead, original destination as `:authority` (ztunnel;
+    not when the source is that waypoint)."""
     service = index.service_by_vip(ip)
     if service is not None:
+        via = _through_waypoint(index, service.waypoint, src, ip, port, service)
+        if via is not None:
+            return via
         endpoints = index.endpoints(service, port)
         if not endpoints:
             raise OutboundError(f"no healthy upstream for {service.hostname}:{port}", "-")
         chosen = random.choice(endpoints)
-        return Upstream(chosen.workload.workload_ips[0], chosen.target_port, chosen.workload, service)
-    return Upstream(ip, port, index.workload_by_ip(ip))
+        target, target_ip = chosen.workload, chosen.workload.workload_ips[0]
+        via = _through_waypoint(index, target.waypoint, src, target_ip, chosen.target_port, service)
+        return via or Upstream(target_ip, chosen.target_port, target, service)
+    workload = index.workload_by_ip(ip)
+    via = _through_waypoint(index, workload.waypoint if workload else None, src, ip, port, None)
+    return via or Upstream(ip, port, workload)
+
+
+def _through_waypoint(
+    index: WorkloadIndex,
+    gateway: GatewayAddress | None,
+    src: Workload | None,
+    ip: str,
+    port: int,
+    service: Service | None,
+) -> Upstream | None:
+    """The upstream through a waypoint, if there is one to go through (none for the waypoint's own traffic)."""
+    if gateway is None:
+        return None
+    waypoint = index.waypoint(gateway)
+    if waypoint is None:
+        raise OutboundError(f"waypoint {gateway.destination} has no healthy workload", "-")
+    if src is not None and src.key == waypoint.key:
+        return None
+    return Upstream(waypoint.workload_ips[0], port, waypoint, service, addr(ip, port), gateway.hbone_mtls_port)
 
 
 async def handle(pod: PodProxy, sock: socket.socket) -> None:
@@ -94,7 +122,7 @@ async def handle(pod: PodProxy, sock: socket.socket) -> None:
     src = await pod.workload()
     describe_src(record, src)
     try:
-        upstream = resolve(shared.indexes.index, dst_ip, dst_port)
+        upstream = resolve(shared.indexes.index, dst_ip, dst_port, src)
         describe_dst(record, upstream.workload, upstream.service)
         up: Leg
         if upstream.hbone:
@@ -142,13 +170,13 @@ async def _hbone(
     src_id = identity_of(src)
     dst_id = identity_of(upstream.workload)
     expected = [dst_id]
-    if upstream.service is not None:
+    if upstream.service is not None and upstream.authority is None:  # a waypoint is checked by its own identity
         expected += [i for san in upstream.service.subject_alt_names if (i := try_parse(san)) is not None]
     record.mtls = True
     record.src_identity = src_id.uri
     record.dst_identity = dst_id.uri
-    record.dst_addr = addr(upstream.ip, hbone.HBONE_PORT)
-    record.dst_hbone_addr = addr(upstream.ip, upstream.port)
+    record.dst_addr = addr(upstream.ip, upstream.hbone_port)
+    record.dst_hbone_addr = upstream.authority or addr(upstream.ip, upstream.port)
     shared.telemetry.opened(record)  # ztunnel counts it once the destination (and its identity) is known
 
     host = upstream.service.hostname if upstream.service is not None else None
@@ -161,20 +189,26 @@ async def _hbone(
     token = resume.new_token(os.urandom(16)) if shared.settings.hbone_resume else None
     if token is not None:
         headers.append((resume.STREAM_HEADER, token.encode()))
-    leg, response = await open_stream(pod, src_id, dst_id, expected, upstream.ip, headers)
+    leg, response = await open_stream(pod, src_id, dst_id, expected, upstream.ip, headers, upstream.hbone_port)
     if token is not None and resume.token_in(response, resume.STREAM_HEADER) == token:
         leg.token = token  # a pyztunnel peer: this stream can outlive either end's upgrade
     return leg
 
 
 async def open_stream(
-    pod: PodProxy, src_id: Identity, dst_id: Identity, expected: list[Identity], ip: str, headers: hbone.Headers
+    pod: PodProxy,
+    src_id: Identity,
+    dst_id: Identity,
+    expected: list[Identity],
+    ip: str,
+    headers: hbone.Headers,
+    port: int = hbone.HBONE_PORT,
 ) -> tuple[StreamLeg, hbone.Headers]:
     """A CONNECT on a pooled connection to `ip`; the stream and its 200 response, or OutboundError."""
     settings = pod.shared.settings
 
     async def connect() -> H2ClientConn:
-        return await _connect_hbone(pod, src_id, expected, ip)
+        return await _connect_hbone(pod, src_id, expected, ip, port)
 
     for attempt in range(1, OPEN_ATTEMPTS + 1):
         conn = await pod.pool.get((src_id.uri, dst_id.uri, ip), connect)
@@ -201,7 +235,9 @@ async def open_stream(
     return leg, response
 
 
-async def _connect_hbone(pod: PodProxy, src_id: Identity, expected: list[Identity], dst_ip: str) -> H2ClientConn:
+async def _connect_hbone(
+    pod: PodProxy, src_id: Identity, expected: list[Identity], dst_ip: str, port: int = hbone.HBONE_PORT
+) -> H2ClientConn:
     shared = pod.shared
     loop = asyncio.get_running_loop()
     try:
@@ -212,9 +248,9 @@ async def _connect_hbone(pod: PodProxy, src_id: Identity, expected: list[Identit
     sock = await pod.env.outgoing(family_of(dst_ip))
     try:
         try:
-            await asyncio.wait_for(loop.sock_connect(sock, (dst_ip, hbone.HBONE_PORT)), shared.settings.connect_timeout)
+            await asyncio.wait_for(loop.sock_connect(sock, (dst_ip, port)), shared.settings.connect_timeout)
         except TimeoutError:
-            raise OutboundError(f"timed out connecting to {addr(dst_ip, hbone.HBONE_PORT)}", "NETWORK_POLICY") from None
+            raise OutboundError(f"timed out connecting to {addr(dst_ip, port)}", "NETWORK_POLICY") from None
         conn = H2ClientConn(shared.settings.pool_max_streams_per_connection, hbone_limits(shared.settings))
         peer: list[Identity] = []
 
@@ -238,7 +274,7 @@ async def _connect_hbone(pod: PodProxy, src_id: Identity, expected: list[Identit
     if not peer:
         raise OutboundError(f"tls: {conn.error}", "TLS_FAILURE")
     conn.peer_identity = peer[0].uri
-    conn.info = {"dst.addr": addr(dst_ip, hbone.HBONE_PORT), "dst.identity": peer[0].uri}
+    conn.info = {"dst.addr": addr(dst_ip, port), "dst.identity": peer[0].uri}
     return conn
 
 

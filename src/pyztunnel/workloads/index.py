@@ -19,6 +19,7 @@ from typing import Generic, TypeVar
 
 from pyztunnel.workloads.model import (
     Authorization,
+    GatewayAddress,
     HealthStatus,
     LocalConfig,
     Protocol,
@@ -37,16 +38,19 @@ V = TypeVar("V")
 
 @dataclasses.dataclass(frozen=True)
 class Upstream:
-    """Where one outbound connection goes: a workload (or none, for passthrough) and the port on it."""
+    """Where one outbound connection goes: a workload (or none, for passthrough) and the port on it. Through a
+    waypoint, `workload` is the waypoint's, `authority` the original destination and `hbone_port` its HBONE port."""
 
     ip: str
     port: int
     workload: Workload | None = None
     service: Service | None = None
+    authority: str | None = None  # the CONNECT's :authority when it is not ip:port (a waypoint's)
+    hbone_port: int = 15008
 
     @property
     def hbone(self) -> bool:
-        return self.workload is not None and self.workload.protocol is Protocol.HBONE
+        return self.authority is not None or (self.workload is not None and self.workload.protocol is Protocol.HBONE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,6 +167,18 @@ class WorkloadIndex:
             target = ports.get(port) or service.ports[port] or port
             out.append(ServiceEndpoint(workload, target))
         return out
+
+    def waypoint(self, gateway: GatewayAddress) -> Workload | None:
+        """The workload that serves a waypoint address: `ns/hostname` names a service (one of its healthy
+        endpoints), `network/ip` a workload (or a service VIP)."""
+        first, _, last = gateway.destination.rpartition("/")
+        service = self.services_by_key.get(f"{first}/{last}")
+        if service is None:
+            service = self.service_by_vip(last)
+            if service is None:
+                return self.workload_by_ip(last)
+        ready = [e.workload for port in service.ports for e in self.endpoints(service, port)]
+        return ready[0] if ready else None
 
     def services_of(self, workload: Workload) -> list[Service]:
         return [s for key in workload.services if (s := self.services_by_key.get(key)) is not None]
