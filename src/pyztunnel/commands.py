@@ -32,5 +32,6 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "experiment": ("pyztunnel.experiment.cli", "experiment", "Reproduce the seeds' upgrade experiment and report."),
     "httpbin": ("pyztunnel.apps.httpbin", "httpbin", "Test backend: an httpbin-style HTTP server."),
     "tcp-echo": ("pyztunnel.apps.tcp_echo", "tcp_echo", "Test backend: a TCP server that echoes bytes."),
+    "waypoint": ("pyztunnel.apps.waypoint", "waypoint", "A minimal waypoint: HBONE in, one L7 rule, HBONE out."),
     "settings": ("pyztunnel.cli", "show_settings", "List every setting: flag, environment variable, default, help."),
 }

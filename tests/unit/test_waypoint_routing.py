@@ -51,5 +51,5 @@ def test_a_waypoint_without_a_healthy_workload_fails_the_connection() -> None:
     index = WorkloadIndex(
         local.parse(CONFIG.replace("workloadIps: [10.244.1.9]", "workloadIps: [10.244.1.9], status: Unhealthy"), "t")
     )
-    with pytest.raises(OutboundError, match="waypoint default/waypoint.default.svc.cluster.local has no healthy"):
+    with pytest.raises(OutboundError, match=r"waypoint default/waypoint\.default\.svc\.cluster\.local has no healthy"):
         resolve(index, "10.96.0.11", 8000)
