@@ -11,6 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from hyperframe.frame import GoAwayFrame
 
 from pyztunnel.aio import spawn
 from pyztunnel.apps.hbone_streams import H2Endpoint, Tunnel, TunnelClosed
@@ -142,6 +143,35 @@ async def test_requests_pass_the_waypoint_marked_and_the_rule_denies(tmp_path: P
             other.write(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
             with pytest.raises((TunnelClosed, asyncio.IncompleteReadError)):
                 await asyncio.wait_for(other.reader.readuntil(b"\r\n\r\n"), 20)
+    finally:
+        backend.close()
+        await backend.wait_closed()
+        await stop_mesh(mesh)
+
+
+async def test_draining_proxies_on_either_side_lose_no_request(tmp_path: Path) -> None:
+    """A GOAWAY from the client's proxy: the next response says Connection: close and the stream ends after it. A
+    GOAWAY from the destination's proxy: the next request goes on a new upstream connection."""
+    mesh = await start_mesh(tmp_path)
+    backend = await http_backend(mesh.b_ip, mesh.app_port)
+    try:
+        async with waypoint(tmp_path, mesh) as (_app, ip, port):
+            tunnel = await connect(mesh, ip, port, f"{VIP}:8000", tmp_path)
+            head, _ = await exchange(tunnel, "/one")
+            assert head.startswith(b"HTTP/1.1 200") and b"connection: close" not in head.lower()
+            first_upstreams = len(mesh.pod_b.servers)
+            mesh.pod_b.goaway()  # the destination's proxy starts draining
+            mesh.pod_b.going_away = False  # ...and a new instance serves (here: the same pod, taking streams again)
+            head, body = await exchange(tunnel, "/two")
+            assert head.startswith(b"HTTP/1.1 200") and body == b"you asked for /two"
+            assert len(mesh.pod_b.servers) >= first_upstreams  # a new upstream connection carried it
+            goaway = GoAwayFrame(0)  # the client's proxy starts draining: GOAWAY (its streams go on)
+            goaway.last_stream_id = 0
+            assert tunnel.conn.transport is not None
+            tunnel.conn.transport.write(goaway.serialize())
+            head, body = await exchange(tunnel, "/three")
+            assert b"connection: close" in head.lower() and body == b"you asked for /three"
+            assert await asyncio.wait_for(tunnel.reader.read(), 10) == b""  # the stream ended after the response
     finally:
         backend.close()
         await backend.wait_closed()

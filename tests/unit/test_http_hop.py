@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -50,7 +52,7 @@ def test_a_chunked_body_ends_exactly_at_its_last_byte_however_it_is_split(cuts: 
     points = sorted({0, *cuts, len(data)})
     body = http_hop.Body(head("HTTP/1.1 200 OK\ntransfer-encoding: chunked\n"), response=True)
     used = 0
-    for start, end in zip(points, points[1:], strict=False):
+    for start, end in itertools.pairwise(points):
         used += body.feed(data[start:end])
         if body.done:
             break

@@ -9,6 +9,7 @@ is bounded by HTTP/2's windows in both directions: received data is acknowledged
 from __future__ import annotations
 
 import asyncio
+import typing
 from collections.abc import Callable
 
 import h2.events
@@ -36,6 +37,7 @@ class Tunnel:
         self._window_open = asyncio.Event()
         self._window_open.set()
         self.closed = False
+        self.peer_ended = False  # END_STREAM came
 
     def write(self, data: bytes) -> None:
         if self.closed:
@@ -60,7 +62,7 @@ class Tunnel:
     def _ended(self, error: Exception | None = None) -> None:
         self.closed = True
         self._window_open.set()
-        if error is not None:
+        if error is not None and not self.peer_ended:  # a stream the peer finished keeps its data for the reader
             self.reader.set_exception(error)
         else:
             self.reader.feed_eof()
@@ -110,10 +112,13 @@ class H2Endpoint(asyncio.Protocol):
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.peer: object = None
         self.refused: Exception | None = None  # why `verify` refused the peer
+        # The peer sent GOAWAY (it is draining): streams in flight go on; an HTTP-aware user finishes its current
+        # message and moves on (a new upstream connection, or `Connection: close` to its client).
+        self.going_away = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = typing.cast(asyncio.Transport, transport)  # uvloop's TLS transport is no asyncio.Transport
+        transport = self.transport
         if self.verify is not None:
             try:
                 self.peer = self.verify(transport)
@@ -165,6 +170,7 @@ class H2Endpoint(asyncio.Protocol):
                 self.h2.acknowledge_received_data(padding, stream_id)
         elif isinstance(event, h2.events.StreamEnded):
             if tunnel is not None:
+                tunnel.peer_ended = True
                 tunnel.reader.feed_eof()
         elif isinstance(event, h2.events.StreamReset):
             if tunnel is not None:
@@ -174,8 +180,10 @@ class H2Endpoint(asyncio.Protocol):
             for each in list(self.tunnels.values()):
                 if stream_id in (0, each.stream_id):
                     self.flush(each)
-        elif isinstance(event, h2.events.ConnectionTerminated) and self.transport is not None:
-            self.transport.close()
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            self.going_away = True
+            if event.error_code or not self.tunnels:
+                self.close()
 
     # ------------------------------------------------------------------ used by tunnels
     def flush(self, tunnel: Tunnel) -> None:
@@ -204,6 +212,16 @@ class H2Endpoint(asyncio.Protocol):
             self.h2.reset_stream(tunnel.stream_id)
             self._send()
         tunnel._ended(TunnelClosed("reset"))
+        self._close_if_done()
+
+    def done(self, tunnel: Tunnel) -> None:
+        """The user has finished with a stream (both ways): forget it; a connection going away closes after its last."""
+        self.tunnels.pop(tunnel.stream_id, None)
+        self._close_if_done()
+
+    def _close_if_done(self) -> None:
+        if self.going_away and not self.tunnels:
+            self.close()
 
     def respond(self, tunnel: Tunnel, headers: Headers, end: bool = False) -> None:
         self.h2.send_headers(tunnel.stream_id, headers, end_stream=end)
@@ -214,7 +232,7 @@ class H2Endpoint(asyncio.Protocol):
 
     async def open(self, headers: Headers) -> Tunnel:
         """A CONNECT; returns the tunnel once a 200 came back (TunnelClosed otherwise)."""
-        if self.lost.done() or self.refused is not None:
+        if self.lost.done() or self.refused is not None or self.going_away:
             raise TunnelClosed(f"connection closed: {self.refused or 'lost'}")
         sid = self.h2.get_next_available_stream_id()
         tunnel = Tunnel(self, sid)

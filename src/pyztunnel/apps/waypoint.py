@@ -140,7 +140,7 @@ class Waypoint:
             return
         conn.respond(down, hbone.response_headers(200))
         forwarded = dict((k.decode(), v.decode()) for k, v in headers).get("forwarded", "")
-        hop = _Hop(self, down, request.ip, request.port, forwarded)
+        hop = _Hop(self, conn, down, request.ip, request.port, forwarded)
         try:
             await hop.run()
         except (TunnelClosed, http_hop.HttpError, OSError, TimeoutError) as exc:
@@ -148,6 +148,7 @@ class Waypoint:
             down.reset()
         finally:
             hop.close()
+            conn.done(down)
 
     # ------------------------------------------------------------------ HBONE out
     def upstream_of(self, ip: str, port: int) -> tuple[Workload, int]:
@@ -194,10 +195,15 @@ class Waypoint:
 
 
 class _Hop:
-    """One downstream stream: read each request, answer it (the rule) or forward it, relay and mark the response."""
+    """One downstream stream: read each request, answer it (the rule) or forward it, relay and mark the response.
 
-    def __init__(self, app: Waypoint, down: Tunnel, ip: str, port: int, forwarded: str) -> None:
-        self.app, self.down, self.ip, self.port, self.forwarded = app, down, ip, port, forwarded
+    Draining, HTTP-aware (as Envoy drains): when the client's proxy sends GOAWAY (it is being upgraded), the next
+    response says `Connection: close` and the stream ends after it, so the client opens a new connection (through
+    the new proxy) between requests instead of losing one; when the destination's proxy sends GOAWAY, the next
+    request goes on a new upstream connection."""
+
+    def __init__(self, app: Waypoint, conn: H2Endpoint, down: Tunnel, ip: str, port: int, forwarded: str) -> None:
+        self.app, self.conn, self.down, self.ip, self.port, self.forwarded = app, conn, down, ip, port, forwarded
         self.up: tuple[H2Endpoint, Tunnel] | None = None
 
     async def run(self) -> None:
@@ -217,21 +223,29 @@ class _Hop:
             if self.app.cfg.deny_path_prefix and path.startswith(self.app.cfg.deny_path_prefix):
                 await self._skip(body)
                 self.app.denied += 1
-                self._answer_403()
-                if not head.keep_alive:
+                closing = self.conn.going_away or not head.keep_alive
+                self._answer_403(closing)
+                if closing:
                     self.down.write_eof()
                     return
                 continue
+            if self.up is not None and self.up[0].going_away:  # the destination's proxy drains: a new connection
+                self.close()
+                self.up = None
             up = await self._upstream()
             up.write(raw)
             await self._copy(self.down, up, body)
             response_raw = await up.reader.readuntil(b"\r\n\r\n")
             response = http_hop.parse_head(response_raw)
             response.headers.append((WAYPOINT_HEADER, self.app.cfg.name))
+            closing = self.conn.going_away or not head.keep_alive
+            if closing:
+                response.headers = [(k, v) for k, v in response.headers if k.lower() != "connection"]
+                response.headers.append(("connection", "close"))
             self.down.write(response.encode())
             response_body = http_hop.Body(response, response=True, request_method=method)
             await self._copy(up, self.down, response_body)
-            if response_body.until_close or not (head.keep_alive and response.keep_alive):
+            if closing or response_body.until_close or not response.keep_alive:
                 self.down.write_eof()
                 return
 
@@ -261,12 +275,14 @@ class _Hop:
                 raise http_hop.HttpError("request body cut short")
             body.feed(data)
 
-    def _answer_403(self) -> None:
+    def _answer_403(self, closing: bool) -> None:
         text = b"denied by the waypoint\n"
         head = http_hop.Head(
             "HTTP/1.1 403 Forbidden",
             [("content-type", "text/plain"), ("content-length", str(len(text))), (WAYPOINT_HEADER, self.app.cfg.name)],
         )
+        if closing:
+            head.headers.append(("connection", "close"))
         self.down.write(head.encode() + text)
 
     def close(self) -> None:

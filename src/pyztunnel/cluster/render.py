@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pyztunnel.cluster import waypoints
 from pyztunnel.cluster.spec import Labels, matches
 
 
@@ -29,6 +30,8 @@ class ServiceView:
     vip: str
     ports: tuple[tuple[int, int], ...]  # (port, targetPort)
     selector: Labels
+    waypoint: str | None = None  # the name of the waypoint service in front of this one (cluster/waypoints.py)
+    waypoint_accounts: tuple[str, ...] = ()  # the waypoint pods' service accounts
 
     @property
     def hostname(self) -> str:
@@ -46,7 +49,9 @@ def render_workloads(
     policies: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     """The LOCAL_XDS_PATH document. A workload belongs to every service whose selector matches its labels; whether
-    it is an endpoint right now is its `status` (Healthy = ready), so proxies pick ready endpoints as kube-proxy does."""
+    it is an endpoint right now is its `status` (Healthy = ready), so proxies pick ready endpoints as kube-proxy does.
+    A service behind a waypoint names it, and its pods name the implicit policy admitting only the waypoint."""
+    implicit: dict[str, dict[str, Any]] = {}
     out_workloads = []
     for w in sorted(workloads, key=lambda w: (w.namespace, w.name)):
         member = {
@@ -54,6 +59,15 @@ def render_workloads(
             for s in services
             if s.namespace == w.namespace and matches(s.selector, w.labels)
         }
+        policies_of = []
+        for s in services:
+            if s.waypoint and s.namespace == w.namespace and matches(s.selector, w.labels):
+                policy = waypoints.implicit_policy(
+                    w.namespace, s.namespace, s.waypoint, s.waypoint_accounts, trust_domain
+                )
+                key = f"{w.namespace}/{policy['name']}"
+                implicit[key] = policy
+                policies_of.append(key)
         out_workloads.append(
             {
                 "uid": workload_uid(w.namespace, w.name),
@@ -66,6 +80,7 @@ def render_workloads(
                 "protocol": "HBONE" if w.mesh else "TCP",
                 "status": "Healthy" if w.ready else "Unhealthy",
                 "services": member,
+                **({"authorizationPolicies": sorted(set(policies_of))} if policies_of else {}),
             }
         )
     out_services = [
@@ -75,10 +90,20 @@ def render_workloads(
             "hostname": s.hostname,
             "vips": [f"/{s.vip}"],
             "ports": {port: target for port, target in s.ports},
+            **(
+                {
+                    "waypoint": {
+                        "destination": f"{s.namespace}/{s.waypoint}.{s.namespace}.svc.cluster.local",
+                        "hboneMtlsPort": 15008,
+                    }
+                }
+                if s.waypoint
+                else {}
+            ),
         }
         for s in sorted(services, key=lambda s: (s.namespace, s.name))
     ]
-    return {"workloads": out_workloads, "services": out_services, "policies": list(policies)}
+    return {"workloads": out_workloads, "services": out_services, "policies": [*policies, *implicit.values()]}
 
 
 def endpoints(service: ServiceView, workloads: Sequence[WorkloadView]) -> tuple[str, ...]:

@@ -98,6 +98,7 @@ class ServiceSpec(StrictModel):
     namespace: Name = "default"
     ports: list[ServicePort] = Field(min_length=1)
     selector: Labels = Field(min_length=1)
+    useWaypoint: Name | None = None  # a service in this namespace whose pods are its waypoint (cluster/waypoints.py)
 
     @property
     def hostname(self) -> str:
@@ -278,6 +279,7 @@ def _describe(loc: tuple[str | int, ...], err: Any) -> str:
 
 
 Problem = tuple[tuple[str | int, ...], str]
+WAYPOINT_HBONE_PORT = 15008
 
 
 def check(spec: ClusterSpec) -> tuple[list[Problem], list[Problem]]:
@@ -303,6 +305,7 @@ def check(spec: ClusterSpec) -> tuple[list[Problem], list[Problem]]:
     for i, svc in enumerate(spec.services):
         if not any(matches(svc.selector, d.pod_labels) for d in spec.deployments):
             warnings.append((("services", i, "selector"), "selects no deployment; the service has no endpoints"))
+    errors += _waypoint_problems(spec)
     for i, policy in enumerate(spec.policies):
         # The proxies' own loader is the judge of the format: one policy at a time, so the error names it.
         try:
@@ -318,6 +321,39 @@ def _unique(names: list[str], key: str, what: str, errors: list[Problem]) -> Non
         if name in seen:
             errors.append(((key, i, "name"), f"duplicate {what} name {name!r}"))
         seen.add(name)
+
+
+def _waypoint_problems(spec: ClusterSpec) -> list[Problem]:
+    """Errors in the spec's waypoint references, each with its path."""
+    errors: list[Problem] = []
+    services = {(s.namespace, s.name): s for s in spec.services}
+    for i, svc in enumerate(spec.services):
+        if svc.useWaypoint is None:
+            continue
+        where = ("services", i, "useWaypoint")
+        waypoint = services.get((svc.namespace, svc.useWaypoint))
+        if waypoint is None:
+            errors.append((where, f"no service {svc.useWaypoint!r} in namespace {svc.namespace!r}"))
+            continue
+        if waypoint is svc or waypoint.useWaypoint is not None:
+            errors.append((where, f"{svc.useWaypoint!r} cannot be a waypoint: it uses a waypoint itself"))
+        if not any(p.port == WAYPOINT_HBONE_PORT for p in waypoint.ports):
+            errors.append(
+                (where, f"the waypoint service {svc.useWaypoint!r} has no port {WAYPOINT_HBONE_PORT} (HBONE)")
+            )
+        pods = waypoint_deployments(spec, waypoint)
+        if not pods:
+            errors.append((where, f"the waypoint service {svc.useWaypoint!r} selects no deployment"))
+        if any(d.mesh for d in pods):
+            errors.append((where, f"the waypoint {svc.useWaypoint!r} must run outside the mesh (mesh: false)"))
+    return errors
+
+
+def waypoint_deployments(spec: ClusterSpec, waypoint: ServiceSpec) -> list[DeploymentSpec]:
+    """The deployments a waypoint service selects (its pods are the waypoint)."""
+    return [
+        d for d in spec.deployments if d.namespace == waypoint.namespace and matches(waypoint.selector, d.pod_labels)
+    ]
 
 
 def matches(selector: Labels, labels: Labels) -> bool:
