@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -225,38 +226,42 @@ async def test_a_reconnect_sends_versions_and_keeps_serving(plane: Plane, tmp_pa
         await proxy.close()
 
 
-async def test_garbage_from_the_server_ends_the_stream_and_keeps_the_state(tmp_path: Path) -> None:
-    """A server answering with bytes that are no DeltaDiscoveryResponse."""
+@contextlib.asynccontextmanager
+async def broken_server(tmp: Path, method: grpc.RpcMethodHandler) -> AsyncIterator[Plane]:
+    """A gRPC server at the ADS path whose handler misbehaves, with a CA root the proxy trusts."""
     ca = CertificateAuthority.create("cluster.local")
-    root = tmp_path / "root-cert.pem"
+    root = tmp / "root-cert.pem"
     root.write_text(ca.root_pem)
     cert, key = ca.issue_server(["localhost"], ["127.0.0.1"], timedelta(hours=1))
+    server = grpc.aio.server()
+    service = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service, {"DeltaAggregatedResources": method}),)
+    )
+    credentials = grpc.ssl_server_credentials([(key.encode(), (cert + ca.root_pem).encode())])
+    port = server.add_secure_port("127.0.0.1:0", credentials)
+    await server.start()
+    try:
+        yield Plane(XdsServer(), port, root, [], [], ca)
+    finally:
+        await server.stop(0)
+
+
+async def test_garbage_from_the_server_ends_the_stream_and_keeps_the_state(tmp_path: Path) -> None:
+    """A server answering with bytes that are no DeltaDiscoveryResponse."""
 
     async def garbage(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
         async for _ in requests:
             yield b"\xff\xff\xff\xff not protobuf"
 
-    method = grpc.stream_stream_rpc_method_handler(garbage)
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers(
-        (
-            grpc.method_handlers_generic_handler(
-                "envoy.service.discovery.v3.AggregatedDiscoveryService", {"DeltaAggregatedResources": method}
-            ),
-        )
-    )
-    port = server.add_secure_port(
-        "127.0.0.1:0", grpc.ssl_server_credentials([(key.encode(), (cert + ca.root_pem).encode())])
-    )
-    await server.start()
-    proxy = Proxy(Plane(XdsServer(), port, root, [], [], ca))
-    try:
-        await proxy.until(lambda: proxy.client.state.stats.terminations.get("Error", 0) >= 2)
-        assert "protocol error" in proxy.client.last_error
-        assert not proxy.client.state.ready
-    finally:
-        await proxy.close()
-        await server.stop(0)
+    async with broken_server(tmp_path, grpc.stream_stream_rpc_method_handler(garbage)) as plane:
+        proxy = Proxy(plane)
+        try:
+            await proxy.until(lambda: proxy.client.state.stats.terminations.get("Error", 0) >= 2)
+            assert "protocol error" in proxy.client.last_error
+            assert not proxy.client.state.ready
+        finally:
+            await proxy.close()
 
 
 async def test_a_wrong_token_is_refused(plane: Plane) -> None:
@@ -281,33 +286,15 @@ async def test_a_response_above_the_size_bound_is_refused_and_retried(plane: Pla
 
 
 async def test_a_server_that_never_answers_is_dropped_and_retried(tmp_path: Path) -> None:
-    ca = CertificateAuthority.create("cluster.local")
-    root = tmp_path / "root-cert.pem"
-    root.write_text(ca.root_pem)
-    cert, key = ca.issue_server(["localhost"], ["127.0.0.1"], timedelta(hours=1))
-
     async def silent(requests: AsyncIterator[bytes], context: Any) -> bytes:
         async for _ in requests:  # reads everything, answers nothing
             pass
         return b""
 
-    method = grpc.stream_unary_rpc_method_handler(silent)
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers(
-        (
-            grpc.method_handlers_generic_handler(
-                "envoy.service.discovery.v3.AggregatedDiscoveryService", {"DeltaAggregatedResources": method}
-            ),
-        )
-    )
-    port = server.add_secure_port(
-        "127.0.0.1:0", grpc.ssl_server_credentials([(key.encode(), (cert + ca.root_pem).encode())])
-    )
-    await server.start()
-    proxy = Proxy(Plane(XdsServer(), port, root, [], [], ca), xds_first_response_timeout=0.2)
-    try:
-        await proxy.until(lambda: proxy.client.state.stats.terminations.get("ConnectionError", 0) >= 2)
-        assert proxy.client.last_error == "no response from the server in time"
-    finally:
-        await proxy.close()
-        await server.stop(0)
+    async with broken_server(tmp_path, grpc.stream_unary_rpc_method_handler(silent)) as plane:
+        proxy = Proxy(plane, xds_first_response_timeout=0.2)
+        try:
+            await proxy.until(lambda: proxy.client.state.stats.terminations.get("ConnectionError", 0) >= 2)
+            assert proxy.client.last_error == "no response from the server in time"
+        finally:
+            await proxy.close()
