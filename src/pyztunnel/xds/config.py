@@ -48,17 +48,21 @@ class XdsSettings:
         MAX_MESSAGE_SIZE,
         "largest XDS response accepted, bytes (ztunnel's 200 MiB); a larger one ends the stream and is retried",
         env="PYZTUNNEL_XDS_MAX_MESSAGE_SIZE",
+        ge=1024,
     )
     xds_first_response_timeout: Duration = setting(
         Duration(10),
         "a stream that brings no response this long after it opened is dropped and retried (a server that accepts"
         " and never answers)",
         env="PYZTUNNEL_XDS_FIRST_RESPONSE_TIMEOUT",
+        gt=0,
     )
     xds_backoff_jitter: float = setting(
         0.0,
         "jitter fraction of the XDS reconnect backoff (10 ms doubling to 15 s); ztunnel's client has none (0)",
         env="PYZTUNNEL_XDS_BACKOFF_JITTER",
+        ge=0,
+        le=1,
     )
 
     @property
