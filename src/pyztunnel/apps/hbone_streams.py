@@ -1,5 +1,5 @@
 """HBONE as plain asyncio streams, for apps that terminate or originate HBONE themselves (the waypoint): one HTTP/2
-connection over mutual TLS with ztunnel's settings (`protocols.hbone.new_connection`), each CONNECT stream a
+connection over mutual TLS with ztunnel's settings (`protocols.h2wire.new_connection`), each CONNECT stream a
 `Tunnel` with a StreamReader and a write side that honours the stream's flow-control window.
 
 This is the simple, general shape (an app's data path, not the proxy's relay, which is written for speed). Memory
@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import h2.events
 
-from pyztunnel.protocols import hbone
+from pyztunnel.protocols import h2wire, hbone
 
 Headers = list[tuple[bytes, bytes]]
 READ_LIMIT = 4 * 1024 * 1024  # one stream window: what the peer may send before we acknowledge
@@ -104,7 +104,7 @@ class H2Endpoint(asyncio.Protocol):
         on_connect: Callable[[Tunnel, Headers], object] | None = None,
         verify: Callable[[asyncio.Transport], object] | None = None,
     ) -> None:
-        self.h2 = hbone.new_connection(client_side)
+        self.h2 = h2wire.new_connection(client_side)
         self.on_connect = on_connect
         self.verify = verify
         self.tunnels: dict[int, Tunnel] = {}
