@@ -27,7 +27,7 @@ from typing import Any
 import click
 
 from pyztunnel import settings
-from pyztunnel.aio import install_uvloop, spawn
+from pyztunnel.aio import TaskGroup, install_uvloop
 from pyztunnel.apps import http_hop
 from pyztunnel.apps.hbone_streams import H2Endpoint, Headers, Tunnel, TunnelClosed
 from pyztunnel.identity import tls
@@ -90,6 +90,7 @@ class Waypoint:
             xds_settings, ca, xds.node(node_id, metadata), self._apply, lambda: self.readiness.unblock(CONFIG), environ
         )
         self.requests = self.denied = 0
+        self.tasks = TaskGroup("waypoint")  # XDS, the certificate wait, one task per HBONE stream
 
     async def _apply(self, update: xds.Update) -> list[tuple[str, str]]:
         return apply.apply(self.index, update)[1]
@@ -97,7 +98,8 @@ class Waypoint:
     async def run(self, stop: asyncio.Event) -> None:
         self.store.start()
         self.store.prefetch(self.identity)
-        tasks = [spawn(self.xds.run(), "waypoint-xds"), spawn(self._certificate(), "waypoint-cert")]
+        self.tasks.spawn(self.xds.run(), "waypoint-xds")
+        self.tasks.spawn(self._certificate(), "waypoint-cert")
         ready = readiness_server(self.readiness, [listening_socket(*_host_port(self.cfg.ready_addr))], lambda: None)
         await ready.start()
         host, port = _host_port(self.cfg.listen)
@@ -112,9 +114,7 @@ class Waypoint:
         finally:
             server.close()
             await ready.close()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.tasks.close()
             await self.store.close()
             await self.xds.close()
             await self.ca.close()
@@ -130,7 +130,9 @@ class Waypoint:
             return tls.check_client_peer(transport.get_extra_info("ssl_object"), self.identity.trust_domain)
 
         endpoint = H2Endpoint(False, verify=verify)
-        endpoint.on_connect = lambda tunnel, headers: spawn(self._serve(endpoint, tunnel, headers), "waypoint-stream")
+        endpoint.on_connect = lambda tunnel, headers: self.tasks.spawn(
+            self._serve(endpoint, tunnel, headers), "waypoint-stream"
+        )
         return endpoint
 
     async def _serve(self, conn: H2Endpoint, down: Tunnel, headers: Headers) -> None:
