@@ -14,10 +14,12 @@ import socket
 from pathlib import Path
 from typing import Any, Protocol
 
+import yaml
 from aiohttp import web
 
 from pyztunnel.cluster.objects import Node, Pod, TerminationStuck
 from pyztunnel.localsock import listen_unix
+from pyztunnel.workloads import local
 
 
 class ClusterOps(Protocol):
@@ -50,6 +52,10 @@ class ClusterOps(Protocol):
     def update_daemonset(self, patch: dict[str, Any], replace: bool) -> dict[str, Any]:
         """Merge `patch` into the template (or with `replace` make it the whole template): the template after it;
         ValueError naming the field when the update is refused."""
+        ...
+
+    async def set_policies(self, policies: list[dict[str, Any]]) -> None:
+        """Replace the cluster's L4 policies (validated already); returns once published."""
         ...
 
     def request_stop(self) -> None: ...
@@ -187,6 +193,22 @@ async def get_daemonset(request: web.Request) -> web.Response:
     return web.json_response({"daemonset": _ops(request).daemonset()})
 
 
+async def put_policies(request: web.Request) -> web.Response:
+    """Replace the cluster's L4 policies (`{"policies": [...]}`, ztunnel's LOCAL_XDS format, validated as in the
+    spec); they reach every proxy over XDS (and workloads.yaml)."""
+    body = await _body(request)
+    policies = body.get("policies")
+    if not isinstance(policies, list):
+        return _error(400, 'body must be {"policies": [...]}')
+    for i, policy in enumerate(policies):
+        try:
+            local.parse(yaml.safe_dump({"policies": [policy]}), f"policies[{i}]")
+        except (local.ConfigError, yaml.YAMLError) as exc:
+            return _error(400, str(exc))
+    await _ops(request).set_policies(policies)
+    return web.json_response({"ok": True, "policies": len(policies)})
+
+
 async def shutdown(request: web.Request) -> web.Response:
     _ops(request).request_stop()
     return web.json_response({"ok": True})
@@ -206,6 +228,7 @@ def make_app(ops: ClusterOps) -> web.Application:
             web.delete("/v1/proxies/{name}", delete_proxy),
             web.get("/v1/daemonset", get_daemonset),
             web.put("/v1/daemonset", put_daemonset),
+            web.put("/v1/policies", put_policies),
             web.post("/v1/shutdown", shutdown),
         ]
     )

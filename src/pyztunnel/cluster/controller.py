@@ -21,9 +21,10 @@ import signal
 from typing import Any
 
 from pyztunnel.aio import cancel_and_wait
-from pyztunnel.cluster import api, podnet
+from pyztunnel.cluster import api, podnet, topology
 from pyztunnel.cluster.bootstrap import Bootstrap
-from pyztunnel.cluster.kubelet import Kubelet
+from pyztunnel.cluster.control_plane import ControlPlane
+from pyztunnel.cluster.kubelet import PUBLISH_TIMEOUT, Kubelet
 from pyztunnel.cluster.layout import Layout
 from pyztunnel.cluster.objects import Node, Pod, Store
 from pyztunnel.cluster.publisher import Publisher
@@ -89,13 +90,32 @@ class Controller:
         finally:
             if ca_ready is not None:
                 await cancel_and_wait(ca_ready)
+        await self._start_control_plane()
         self.reconciler.allow_proxies()
+
+    async def _start_control_plane(self) -> None:
+        """After the CA (the ADS's certificate comes from its root), before any proxy (they take their config here)."""
+        store = self.store
+        if not store.daemonset.enabled:
+            return
+        plane = ControlPlane(
+            store.layout.ca_dir,
+            store.spec.ca.trustDomain,
+            topology.FABRIC_IP,
+            topology.fabric_ns(store.name),
+            self.publisher.changed,
+        )
+        await plane.start()
+        store.control_plane = plane
+        await self.publisher.published(self.publisher.changed(), PUBLISH_TIMEOUT)
 
     async def _shutdown(self) -> None:
         pods = list(self.store.pods.values())
         await asyncio.gather(*(self.kubelet.terminate(p, p.grace) for p in pods), return_exceptions=True)
         await self.bootstrap.stop()
         await self.network.close()
+        if self.store.control_plane is not None:
+            await self.store.control_plane.close()
 
     def _pod_gone(self) -> None:
         self.reconciler.reconcile()  # a deleted pod's owner replaces it
@@ -134,6 +154,10 @@ class Controller:
 
     def update_daemonset(self, patch: dict[str, Any], replace: bool) -> dict[str, Any]:
         return self.reconciler.update_daemonset(patch, replace=replace).model_dump()
+
+    async def set_policies(self, policies: list[dict[str, Any]]) -> None:
+        self.store.spec.policies[:] = policies
+        await self.publisher.published(self.publisher.changed(), PUBLISH_TIMEOUT)
 
     def request_stop(self) -> None:
         self.store.stop_requested.set()

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pyztunnel.aio import spawn
-from pyztunnel.cluster import podnet, probe, render, topology
+from pyztunnel.cluster import podnet, probe, render, topology, waypoints
 from pyztunnel.cluster.objects import Pod, PublishStuck, Store, TerminationStuck
 from pyztunnel.cluster.process import Supervised, pyztunnel_argv
 from pyztunnel.cluster.publisher import Publisher, atomic_write
@@ -67,6 +67,12 @@ class Kubelet:
             "PYZTUNNEL_CLUSTER": self.store.name,
             "PYZTUNNEL_CLUSTER_DIR": str(layout.root),
         }
+        spec = self.store.spec
+        dep = next((d for d in spec.deployments if d.name == pod.owner and pod.owner_kind == "Deployment"), None)
+        plane = self.store.control_plane
+        if dep is not None and plane is not None and waypoints.is_waypoint(spec, dep):
+            ca = f"https://{topology.FABRIC_IP}:{topology.CA_PORT}"
+            base |= waypoints.pod_env(plane.proxy_env(), ca, layout.ca_dir, pod.node.run_dir)
         for key, value in pod.env.items():
             base[key] = render.expand(value, base)
         return base

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pyztunnel.cluster import podnet, render, topology
+from pyztunnel.cluster import podnet, render, topology, waypoints
+from pyztunnel.cluster.control_plane import ControlPlane
 from pyztunnel.cluster.ipam import NodeIpam
 from pyztunnel.cluster.layout import Layout
 from pyztunnel.cluster.process import Supervised
@@ -164,6 +165,7 @@ class Store:
                 vip=topology.vip(i),
                 ports=tuple((p.port, p.target) for p in s.ports),
                 selector=dict(s.selector),
+                **waypoints.view_fields(spec, s),
             )
             for i, s in enumerate(spec.services)
         ]
@@ -172,6 +174,7 @@ class Store:
         self.error: str | None = None
         self.ca: Supervised | None = None
         self.ca_ready = False
+        self.control_plane: ControlPlane | None = None  # the proxies' delta ADS (cluster/control_plane.py)
         self.stop_requested = asyncio.Event()
 
     @property

@@ -1,15 +1,17 @@
 """The state publisher: on every change, the cluster's files — each node's service DNAT (`ip pzt-svc`),
-`workloads.yaml` (the proxies' and the CA's LOCAL_XDS_PATH) and `state.json` — and whether the cluster is `ready`.
+`workloads.yaml` (the CA's node authorization; LOCAL_XDS_PATH form) and `state.json` — and whether the cluster is `ready`.
 
 Every part of the controller notes a change with `changed()`, which returns its generation; `published(generation)`
 waits until the files reflect it (a mesh pod is published before it is plumbed; a deleted pod leaves the endpoints
 before it is signalled). One writer task does the writing, so an older nft ruleset never lands after a newer one.
 
-Ready means the proxies route what the cluster reports: the last workloads.yaml written says of every pod what the
-store says now (a pod that just became ready is not an endpoint anywhere until the file says Healthy), and every
-ready proxy has loaded that file (its readiness answer names the version it loaded, `X-Pyztunnel-Config`); a proxy
-that does not name it (ztunnel) is given its poll interval plus a margin after the last write instead
-(docs/cluster.md, "How it works").
+The same document goes to the control plane (`store.control_plane`, the proxies' delta ADS), which pushes what changed.
+
+Ready means the proxies route what the cluster reports: the last document published says of every pod what the store
+says now (a pod that just became ready is not an endpoint anywhere until it says Healthy), and every ready proxy holds
+it: its XDS stream ACKed the control plane's current generation; a proxy on the file instead names the version it
+loaded in its readiness answer (`X-Pyztunnel-Config`), and one that does not (ztunnel on the file) is given its poll
+interval plus a margin after the last write (docs/cluster.md, "How it works").
 """
 
 from __future__ import annotations
@@ -123,10 +125,10 @@ class Publisher:
                 if self._published_nft.get(node.name) != ruleset:
                     await topology.apply_nft(node.netns, ruleset)
                     self._published_nft[node.name] = ruleset
-        workloads = yaml.safe_dump(
-            render.render_workloads(views, store.services, store.spec.ca.trustDomain, store.spec.policies),
-            sort_keys=False,
-        )
+        document = render.render_workloads(views, store.services, store.spec.ca.trustDomain, store.spec.policies)
+        if store.control_plane is not None:
+            store.control_plane.publish(document)  # pushes what changed to every proxy
+        workloads = yaml.safe_dump(document, sort_keys=False)
         if workloads != self._published_workloads:
             atomic_write(store.layout.workloads, workloads)
             self._published_workloads = workloads
@@ -203,6 +205,7 @@ class Publisher:
             "error": store.error,
             "ready": self.is_ready(),
             "workloadsVersion": self._workloads_version,
+            "controlPlane": store.control_plane.status() if store.control_plane is not None else None,
             "controllerPid": os.getpid(),
             "ca": {
                 "enabled": ca is not None,
@@ -213,10 +216,18 @@ class Publisher:
             "nodes": nodes,
             "deployments": deployments,
             "pods": [p.record() for p in store.app_pods()],
-            "proxies": [p.record() for p in store.proxies()],
+            "proxies": [self._proxy_record(p) for p in store.proxies()],
             "services": services,
             "daemonset": store.daemonset.model_dump(),
         }
+
+    def _proxy_record(self, proxy: Pod) -> dict[str, Any]:
+        record = proxy.record()
+        plane = self.store.control_plane
+        stream = plane.stream_of(proxy.name, proxy.node.name) if plane is not None else None
+        if stream is not None:  # what it ACKed over XDS (cluster/control_plane.py)
+            record["xds"] = {"current": stream.current(), "acked": min(stream.synced(t) for t in stream.catalog.types)}
+        return record
 
     # ----- readiness -------------------------------------------------------------------------------------------
 
@@ -230,8 +241,13 @@ class Publisher:
         return float(poll) + SETTLE_MARGIN
 
     def has_current_config(self, proxy: Pod) -> bool:
-        """The proxy has loaded the last workloads.yaml: it says so in its readiness header; a proxy without that
-        header (ztunnel itself) is given its poll interval plus a margin to have seen the last change."""
+        """The proxy holds the latest config: it ACKed the control plane's current generation over XDS; or, a proxy
+        configured with workloads.yaml instead, it says it loaded the last one in its readiness header; a proxy without
+        that header (ztunnel itself on the file) is given its poll interval plus a margin to have seen the change."""
+        plane = self.store.control_plane
+        acked = plane.proxy_current(proxy.name, proxy.node.name) if plane is not None else None
+        if acked is not None:
+            return acked
         if proxy.config_version is not None:
             return proxy.config_version == self._workloads_version
         return self.clock() - self._workloads_written_at >= self.settle

@@ -159,6 +159,13 @@ class Reconciler:
             files=dict(dep.files),
         )
 
+    def _config_source_env(self) -> dict[str, str]:
+        """A proxy's config: the control plane's delta ADS (or, with none, workloads.yaml)."""
+        plane = self.store.control_plane
+        if plane is None:
+            return {"LOCAL_XDS_PATH": str(self.store.layout.workloads), "XDS_ADDRESS": ""}
+        return {**plane.proxy_env(), "INSTANCE_IP": "$(POD_IP)"}  # ztunnel's XDS node id
+
     def create_proxy(self, node: Node, version: str) -> Pod:
         """A proxy pod on `node` from the DaemonSet template, with this version (a surge when one runs already)."""
         ds = self.store.daemonset
@@ -166,8 +173,7 @@ class Reconciler:
         nd = node.run_dir
         env = {
             "INPOD_UDS": str(nd / "ztunnel.sock"),
-            "LOCAL_XDS_PATH": str(layout.workloads),
-            "XDS_ADDRESS": "",  # until the controller serves ADS
+            **self._config_source_env(),
             "CA_ADDRESS": f"https://{topology.FABRIC_IP}:{topology.CA_PORT}",
             "CA_ROOT_CA": str(layout.ca_dir / "root-cert.pem"),
             "AUTH_TOKEN": str(nd / "token"),
