@@ -109,9 +109,11 @@ async def test_a_connection_opened_after_close_is_not_kept() -> None:
     assert not pool.connections and [c.closing for c in connect.made] == [True]
 
 
-async def test_a_draining_pool_still_serves_and_lets_its_idle_connections_go() -> None:
+async def test_a_draining_pool_still_serves_and_tells_every_connection_it_goes_away() -> None:
     """The proxy's drain: a connection accepted as it began still gets its stream (a closed pool reset it: the e2e
-    502); idle connections go away now, busy ones once their streams end (tests/integration/proxy/test_hbone.py)."""
+    502; tests/integration/proxy/test_hbone.py), on a new connection (it goes away once idle); every pooled
+    connection, busy ones too, gets its GOAWAY at once (without it a waypoint never learnt its upstream was going
+    away and its streams met the reset at the drain deadline: 502s in test_waypoint_cluster)."""
     pool = Pool()
     connect = Connector(max_streams=100)
     connect.release.set()
@@ -119,5 +121,6 @@ async def test_a_draining_pool_still_serves_and_lets_its_idle_connections_go() -
     busy.streams[1] = object()
     idle = typing.cast(FakeConn, await pool.get(("spiffe://a", "spiffe://c", "10.0.0.2"), connect))
     pool.drain()
-    assert idle.closing and not busy.closing
-    assert typing.cast(FakeConn, await take_stream(pool, connect)) is busy
+    assert idle.closing and busy.closing and list(busy.streams) == [1]  # its stream goes on
+    fresh = typing.cast(FakeConn, await take_stream(pool, connect))
+    assert fresh not in (busy, idle) and not fresh.closing

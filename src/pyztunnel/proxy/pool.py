@@ -142,13 +142,14 @@ class Pool:
         return [c for conns in self._conns.values() for c in conns]
 
     def drain(self) -> None:
-        """The proxy drains: requests are still served (a connection accepted just before the drain began still
-        needs its stream; refusing it would reset an app's connection), but no pooled connection outlives its
-        streams: idle ones go away now, the others once their streams end, as do ones opened from now on."""
+        """The proxy drains: GOAWAY every pooled connection (streams in flight go on, and the peer learns that the
+        connection is going away: a waypoint ends its HTTP exchanges on it gracefully instead of meeting the reset at
+        the drain deadline), but requests are still served (a connection accepted just before the drain began still
+        needs its stream; refusing it would reset an app's connection): on a new connection, which goes away once
+        its streams end."""
         self._draining = True
         for conn in self.connections:
-            if not conn.streams:
-                conn.goaway()
+            conn.goaway()
         for handle in self._idle.values():
             handle.cancel()
         self._idle.clear()
