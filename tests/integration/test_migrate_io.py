@@ -12,7 +12,7 @@ from pyztunnel.aio import spawn
 from pyztunnel.lifecycle import handoff, migrate
 from pyztunnel.lifecycle.handoff import Netns
 from pyztunnel.lifecycle.handoff_io import recv_msg, send_msg
-from pyztunnel.lifecycle.migrate import ConnHeader, Ends
+from pyztunnel.lifecycle.migrate_header import ConnHeader, Ends
 from pyztunnel.lifecycle.migrate_io import Exportable, Exported, GiveService
 from pyztunnel.lifecycle.migrate_take import Intake
 from pyztunnel.netns import netns_inode

@@ -13,7 +13,7 @@ from typing import Any, cast
 import pytest
 import uvloop
 
-from pyztunnel.lifecycle import migrate, migrate_take
+from pyztunnel.lifecycle import migrate_header, migrate_take
 from pyztunnel.netns import netns_inode
 from pyztunnel.observe.access import ConnectionRecord
 from pyztunnel.proxy.migration import RelayExport, movable
@@ -124,7 +124,7 @@ def test_release_sends_nothing_and_the_socket_lives_on(loop_name: str) -> None:
     assert facts["client_quiet"] and facts["server_quiet"], facts
     assert not facts["relay_done_called"] and facts["untracked"]
     assert facts["received"] == (7, 8)
-    assert facts["linger"] == 0 and facts["state"] == migrate.TCP_ESTABLISHED
+    assert facts["linger"] == 0 and facts["state"] == migrate_header.TCP_ESTABLISHED
     assert facts["paused_bytes"] == b"while paused"
     assert facts["server_got"] == b"after"
 
@@ -140,7 +140,7 @@ def test_without_cap_net_admin_a_socket_of_our_own_namespace_is_recognised(monke
         assert sock is not None
         sock.close()
         assert facts.netns == netns_inode("/proc/self/ns/net") and facts.error is None
-        assert facts.tcp_state == migrate.TCP_ESTABLISHED and facts.peer == outer.getsockname()
+        assert facts.tcp_state == migrate_header.TCP_ESTABLISHED and facts.peer == outer.getsockname()
         # Not in our namespace's TCP table (as a socket of another namespace would not be): unknown, refused.
         sock, facts = migrate_take.probe_conn(os.dup(inner.fileno()), own_inodes=set)
         assert sock is not None

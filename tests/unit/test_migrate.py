@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
-from pyztunnel.lifecycle import migrate
+from pyztunnel.lifecycle import migrate, migrate_header
 from pyztunnel.lifecycle.handoff import ProtocolError, decode, encode
-from pyztunnel.lifecycle.migrate import ConnFacts, ConnHeader, Ends, Giver, Taker
+from pyztunnel.lifecycle.migrate import Giver, Taker
+from pyztunnel.lifecycle.migrate_header import ConnFacts, ConnHeader, Ends
 from pyztunnel.lifecycle.peerauth import Handshake
 
 NODE_KEY = bytes(range(32))
@@ -25,7 +26,7 @@ def facts(ends: Ends, **over: Any) -> ConnFacts:
         "family": socket.AF_INET,
         "type": socket.SOCK_STREAM,
         "accepting": False,
-        "tcp_state": migrate.TCP_ESTABLISHED,
+        "tcp_state": migrate_header.TCP_ESTABLISHED,
         "local": ends.local,
         "peer": ends.peer,
         "netns": NS,

@@ -31,7 +31,7 @@ from pyztunnel.lifecycle.handoff_io import (
     recv_msg,
     send_msg,
 )
-from pyztunnel.lifecycle.migrate import ConnHeader, Ends
+from pyztunnel.lifecycle.migrate_header import ConnHeader, Ends
 
 _log = logging.getLogger("pyztunnel.lifecycle.migrate")
 
@@ -52,7 +52,7 @@ class Exported:
 
     uid: str
     kind: str
-    down: Ends | None  # None (and no fd): an HBONE leg, which stays (migrate.LEGS_OF)
+    down: Ends | None  # None (and no fd): an HBONE leg, which stays (migrate_header.LEGS_OF)
     up: Ends | None
     elapsed: float
     context: dict[str, object]

@@ -2,7 +2,7 @@
 migrate_io.py).
 
 `take(path, sink)` registers with the old instance and, in the background (`Intake`), validates every received
-connection (`probe_conn` + `migrate.validate_leg`) and resumes the committed ones through `sink.adopt`; `Intake.done`
+connection (`probe_conn` + `migrate_header.validate_leg`) and resumes the committed ones through `sink.adopt`; `Intake.done`
 is set when the old instance is finished with us (it sent `done`, or went away): the new instance then takes over the
 name. A batch the old instance left undecided when it died is ours (`Taker.orphaned`).
 """
@@ -22,7 +22,7 @@ from typing import Protocol
 
 from pyztunnel import unixfd
 from pyztunnel.aio import cancel_and_wait, spawn
-from pyztunnel.lifecycle import faults, migrate
+from pyztunnel.lifecycle import faults, migrate, migrate_header
 from pyztunnel.lifecycle.handoff import Netns, ProtocolError
 from pyztunnel.lifecycle.handoff_io import (
     PeerGone,
@@ -35,7 +35,7 @@ from pyztunnel.lifecycle.handoff_io import (
     socket_netns,
     wrap_fd,
 )
-from pyztunnel.lifecycle.migrate import ConnFacts, ConnHeader
+from pyztunnel.lifecycle.migrate_header import ConnFacts, ConnHeader
 from pyztunnel.lifecycle.migrate_io import REGISTER_TIMEOUT
 from pyztunnel.netns import netns_inode
 
@@ -45,7 +45,7 @@ _log = logging.getLogger("pyztunnel.lifecycle.migrate")
 # Probing a received connection --------------------------------------------------------------------------------------
 
 
-def _norm(addr: object) -> migrate.Addr | None:
+def _norm(addr: object) -> migrate_header.Addr | None:
     if isinstance(addr, tuple) and len(addr) >= 2:
         return str(addr[0]), int(addr[1])
     return None

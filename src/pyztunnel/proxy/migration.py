@@ -27,7 +27,7 @@ from pyztunnel import authz
 from pyztunnel.aio import poll_until
 from pyztunnel.lifecycle import faults, migrate_take
 from pyztunnel.lifecycle.handoff import Netns
-from pyztunnel.lifecycle.migrate import ConnHeader, Ends
+from pyztunnel.lifecycle.migrate_header import ConnHeader, Ends
 from pyztunnel.lifecycle.migrate_io import Exported, GiveService
 from pyztunnel.lifecycle.migrate_take import Intake
 from pyztunnel.netns import netns_inode
@@ -328,7 +328,7 @@ class Migration:
         record = record_from(header)
         if header.kind in HBONE_KIND_OF.values():
             return await _adopt_stream(pod, header, record, down_sock or up_sock)
-        assert down_sock is not None and up_sock is not None  # migrate.LEGS_OF
+        assert down_sock is not None and up_sock is not None  # migrate_header.LEGS_OF
         loop = asyncio.get_running_loop()
         down, up = TcpLeg(start_paused=True), TcpLeg(start_paused=True)
         for sock in (down_sock, up_sock):
