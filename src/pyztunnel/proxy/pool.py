@@ -148,15 +148,14 @@ class Pool:
         needs its stream; refusing it would reset an app's connection): on a new connection, which goes away once
         its streams end."""
         self._draining = True
-        for conn in self.connections:
-            conn.goaway()
-        for handle in self._idle.values():
-            handle.cancel()
-        self._idle.clear()
+        self._goaway_all()
 
     def close(self) -> None:
         """GOAWAY every pooled connection (streams in flight go on) and refuse new requests."""
         self._closed = True
+        self._goaway_all()
+
+    def _goaway_all(self) -> None:
         for conn in self.connections:
             conn.goaway()
         for handle in self._idle.values():
