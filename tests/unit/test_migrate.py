@@ -240,7 +240,7 @@ def test_fds_with_a_control_message_are_refused() -> None:
 
 def test_the_access_log_record_travels_whole() -> None:
     from pyztunnel.observe.access import ConnectionRecord
-    from pyztunnel.proxy.migration import record_context, record_from
+    from pyztunnel.proxy.migrated import record_context, record_from
 
     record = ConnectionRecord("10.0.0.9:40000", "10.244.1.5:8080", "inbound", start=100.0)
     record.dst_workload, record.dst_namespace, record.src_identity = "gateway-1", "istio-system", "spiffe://x/y"
@@ -257,7 +257,7 @@ def test_the_access_log_record_travels_whole() -> None:
 
 
 def test_a_record_with_wrong_types_keeps_its_defaults() -> None:
-    from pyztunnel.proxy.migration import record_from
+    from pyztunnel.proxy.migrated import record_from
 
     rebuilt = record_from(header(1, kind="outbound-passthrough", context={"bytes_sent": "many", "mtls": 1}), now=5.0)
     assert rebuilt.bytes_sent == 0 and rebuilt.mtls is False and rebuilt.direction == "outbound"

@@ -159,6 +159,23 @@ async def test_a_claim_waits_for_a_stream_still_on_its_way() -> None:
     parked.timer.cancel()
 
 
+async def test_a_parked_stream_offered_to_a_taker_is_out_of_reach_of_claims_until_restored() -> None:
+    registry, _, connections = _registry(park_timeout=30)
+    parked, _ = _parked()
+    registry.park(parked)
+    assert registry.waiting("pod-b") == [parked] and registry.waiting("pod-x") == []
+    assert registry.withdraw(parked) and not registry.withdraw(parked)  # once
+    assert parked in list(connections)  # still a live connection for the drain while it is offered
+    who = ("pod-b", "spiffe://cluster.local/ns/a/sa/client", "10.0.0.2:8080")
+    assert await registry.claim(TOKEN, *who, wait=0) is None  # offered elsewhere: not claimable here
+    claim = asyncio.ensure_future(registry.claim(TOKEN, *who, wait=5))
+    await asyncio.sleep(0)  # [noqa: sleep-ok: the claim starts waiting before the stream is restored]
+    registry.restore(parked)  # the taker did not take it
+    assert await asyncio.wait_for(claim, 5) is parked
+    registry.release(parked)
+    assert parked not in list(connections) and registry.waiting("pod-b") == []
+
+
 async def test_a_park_that_expires_resets_the_app_and_logs_the_connection() -> None:
     registry, telemetry, connections = _registry(park_timeout=0.01)
     parked, app = _parked()
@@ -172,7 +189,7 @@ async def test_a_park_that_expires_resets_the_app_and_logs_the_connection() -> N
 
 def test_a_moved_inbound_connection_keeps_what_its_policy_check_saw() -> None:
     from pyztunnel import authz
-    from pyztunnel.proxy.migration import policy_view
+    from pyztunnel.proxy.migrated import policy_view
 
     hbone_in = ConnectionRecord(src_addr="10.0.0.1:5000", dst_addr="10.0.0.2:15008", direction="inbound")
     hbone_in.dst_hbone_addr, hbone_in.src_identity = "10.0.0.2:8080", "spiffe://cluster.local/ns/a/sa/client"

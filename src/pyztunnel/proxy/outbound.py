@@ -18,7 +18,7 @@ from pyztunnel.proxy import resumable
 from pyztunnel.proxy.config import hbone_limits
 from pyztunnel.proxy.h2conn import H2ClientConn
 from pyztunnel.proxy.netsock import family_of
-from pyztunnel.proxy.parking import Parked
+from pyztunnel.proxy.parking import PARK_TIMEOUT, Parked
 from pyztunnel.proxy.pod import PodProxy
 from pyztunnel.proxy.relay import Leg, Refused, Relay, TcpLeg, connect_leg
 from pyztunnel.proxy.stream import StreamLeg
@@ -37,12 +37,17 @@ from pyztunnel.workloads.model import GatewayAddress, Service, Workload
 _log = logging.getLogger("pyztunnel.proxy.outbound")
 
 OPEN_ATTEMPTS = 3  # a CONNECT refused by a peer going away is opened again, on another connection
+# A resume CONNECT that finds no one (the peer's new instance died with our stream, its listeners wait for the next
+# one) is tried again while the peer may still hold the app socket: it parks it for parking.PARK_TIMEOUT.
+RESUME_WITHIN = PARK_TIMEOUT
+RESUME_BACKOFF = (0.1, 1.0)  # first and longest wait between attempts
 
 
 class OutboundError(Exception):
-    def __init__(self, message: str, flags: str = "-") -> None:
+    def __init__(self, message: str, flags: str = "-", answered: bool = False) -> None:
         super().__init__(message)
         self.flags = flags
+        self.answered = answered  # the peer answered the CONNECT (a status other than 200): asking again is futile
 
 
 def addr(ip: str, port: int) -> str:
@@ -231,7 +236,7 @@ async def open_stream(
     if status != 200:
         leg.abort()
         flags = "DENY" if status == 401 else "CONNECT"
-        raise OutboundError(f"http status: {status}", flags)
+        raise OutboundError(f"http status: {status}", flags, answered=True)
     return leg, response
 
 
@@ -301,7 +306,7 @@ async def resume_as_client(pod: PodProxy, parked: Parked) -> None:
             traceparent_value=hbone.traceparent(os.urandom(16), os.urandom(8)),
         )
         headers.append((resume.RESUME_HEADER, parked.token.encode()))
-        leg, response = await open_stream(pod, src_id, dst_id, [dst_id], target[0], headers)
+        leg, response = await _open_resume(pod, parked, src_id, dst_id, target[0], headers)
     except asyncio.CancelledError:  # the pod went away meanwhile
         resumes.give_up(parked, "hbone resume cancelled: the pod's proxy stopped")
         raise
@@ -319,3 +324,22 @@ async def resume_as_client(pod: PodProxy, parked: Parked) -> None:
     if resume.token_in(response, resume.STREAM_HEADER) == parked.token:
         leg.token = parked.token
     resumable.attach(pod, parked, leg, then=lambda again: continue_as_client(pod, again))
+
+
+async def _open_resume(
+    pod: PodProxy, parked: Parked, src_id: Identity, dst_id: Identity, ip: str, headers: hbone.Headers
+) -> tuple[StreamLeg, hbone.Headers]:
+    """The resume CONNECT, asked again (backing off) while it fails without an answer and the peer may still hold
+    the stream: the instance it reached may have died with it, and the next one takes over its listeners."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + RESUME_WITHIN
+    wait, longest = RESUME_BACKOFF
+    while True:
+        try:
+            return await open_stream(pod, src_id, dst_id, [dst_id], ip, headers)
+        except (OutboundError, OSError, TimeoutError) as exc:
+            if getattr(exc, "answered", False) or parked.app.done or loop.time() + wait >= deadline:
+                raise
+            _log.info("hbone resume failed; trying again", extra={"fields": {"error": str(exc), "wait": wait}})
+        await asyncio.sleep(wait)
+        wait = min(2 * wait, longest)

@@ -72,14 +72,33 @@ class ResumeRegistry:
         """Server end: wait for the client end's resume CONNECT, up to `park_timeout`."""
         self.hold(parked)
         parked.timer = asyncio.get_running_loop().call_later(self.park_timeout, self._expire, parked)
+        self.restore(parked)
+
+    def release(self, parked: Parked) -> None:
+        """It goes on, on a new stream (or in another process): no longer ours."""
+        self._drop(parked)
+
+    def waiting(self, pod_key: str) -> list[Parked]:
+        """The server-side app sockets of pod `pod_key` still waiting for their resume CONNECT (a migration moves
+        them with the rest: the resume may reach the next instance)."""
+        return [p for p in self._parked.values() if p.pod_key == pod_key]
+
+    def withdraw(self, parked: Parked) -> bool:
+        """Out of reach of claims while it is offered to another process (a resume arriving meanwhile waits for it,
+        as for one not parked yet); it stays held, its timer runs. False if it is no longer waiting."""
+        if self._parked.get(parked.token) is not parked:
+            return False
+        del self._parked[parked.token]
+        return True
+
+    def restore(self, parked: Parked) -> None:
+        """Withdrawn and not taken: claimable again (by a claim already waiting, too)."""
+        if parked.registry is not self or parked.ended:
+            return
         self._parked[parked.token] = parked
         event = self._arrived.pop(parked.token, None)
         if event is not None:
             event.set()
-
-    def release(self, parked: Parked) -> None:
-        """It goes on, on a new stream: no longer ours."""
-        self._drop(parked)
 
     def give_up(self, parked: Parked, why: str) -> None:
         """The connection ends here: the app socket is reset (unless the app already closed it) and the record

@@ -1,7 +1,7 @@
 """The proxy's side of resumable HBONE streams (the protocol: protocols/resume.py; docs/migration.md).
 
 A relay between an app's TCP socket and a resumable HBONE stream gets a `ResumeState`. Either end may stop the
-stream: the proxy that is upgrading does (`stop`, from `migration.StreamExport`), the other end answers. Once both
+stream: the proxy that is upgrading does (`stop`, from `migration_hbone.StreamExport`), the other end answers. Once both
 marks are exchanged every byte is in an app socket's kernel queue or on its way into one, and the stream is left
 without a reset. The app socket is then parked (proxy/parking.py) and goes where the relay's owner said when it
 made the stream resumable (`watch(..., then)`):

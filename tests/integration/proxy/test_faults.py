@@ -5,13 +5,17 @@ connection it still holds, and a restarted new instance finds it and takes them 
 - killed after it registered to take connections, before the old one drains: the old one notices at once, stops
   nothing at its drain (no HBONE stream is stopped for a taker that cannot take it) and relays on;
 - killed after it registered (and reported ready): the name `handoff.sock` still leads to the old instance, so the
-  restarted one registers there and the upgrade goes on with nothing lost.
+  restarted one registers there and the upgrade goes on with nothing lost;
+- killed with a batch undecided: the plain-TCP relays of the batch run on in the old instance, and its HBONE streams,
+  stopped with their peer for that batch, are continued from the old instance (a resume CONNECT of its own at the
+  client end; at the server end the app socket waits for the peer's, which the restart gets with the next round).
 """
 
 from __future__ import annotations
 
+import functools
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -105,30 +109,59 @@ async def test_a_new_instance_killed_after_it_registered_leaves_the_name_with_th
     assert await name_holder(setup.handoff) == restarted.proc.pid
 
 
-async def test_a_new_instance_killed_in_the_middle_of_the_migration_is_replaced_by_its_restart(setup: Setup) -> None:
-    """The old instance drains and sends its first batch; the new one dies before it answers (SIGKILL, injected
-    at that point). The batch stays with the old instance, which goes on relaying; the restarted new instance
-    registers during the drain and takes everything in another round."""
-    old = await setup.proxy("old")
-    clients = await setup.clients()
-    fault = ("--fault", "new-migration-batch", "--fault-marker", str(setup.tmp / "fired"))
-    first = await setup.proxy("new", *fault)
+async def flows_on(clients: list[Endpoint], more: int) -> None:
+    before = [c.dir.received for c in clients]
+    for client, seen in zip(clients, before, strict=True):
+        await client.wait_received(seen + more)
+
+
+async def taker_dies_mid_batch(
+    start: Callable[..., Awaitable[Proc]], old: Proc, clients: list[Endpoint], tmp: Path, flowing: bool = True
+) -> Proc:
+    """The old instance drains and sends its first batch; the new one dies before it answers (SIGKILL, injected at
+    that point); its restart registers during the drain and takes everything in another round. The restart.
+    `flowing`: the clients' streams flow through the old instance before the restart starts."""
+    fault = ("--fault", "new-migration-batch", "--fault-marker", str(tmp / "fired"))
+    first = await start("new", *fault)
     await old.wait_for_line("a new instance will take established connections")
     old.proc.send_signal(signal.SIGTERM)
     await first.wait_for_line("fault injected: killing this process")
     await first.proc.wait()
     kept = await old.wait_for_line("migrated established connections")
-    assert f"connections=0 kept={len(clients)}" in kept
-    restarted = await setup.proxy("restarted", *fault)  # the marker is there: it does not die again
+    assert f"connections=0 kept={len(clients)}" in kept  # never answered: everything stayed with the old one
+    if flowing:
+        await flows_on(clients, 200_000)  # through the old instance, meanwhile
+    restarted = await start("restarted", *fault)  # the marker is there: it does not die again
     await old.wait_for_line("a new instance registered during our drain")
     moved = await old.wait_for_lines("migrated established connections", 2)
     assert f"connections={len(clients)}" in moved[1]
     await old.wait_for_line("shutdown complete")
     await restarted.wait_for_line("took over established connections")
-    before = [c.dir.received for c in clients]
-    for client, seen in zip(clients, before, strict=True):
-        await client.wait_received(seen + 500_000)
+    await flows_on(clients, 500_000)  # through the restarted instance
     for client in clients:
         await client.finish()
+    return restarted
+
+
+async def test_a_new_instance_killed_in_the_middle_of_the_migration_is_replaced_by_its_restart(setup: Setup) -> None:
+    """The plain-TCP relays of the unanswered batch go on relaying at the old instance, then move to the restart."""
+    old = await setup.proxy("old")
+    clients = await setup.clients()
+    restarted = await taker_dies_mid_batch(setup.proxy, old, clients, setup.tmp)
     assert_intact(clients, setup.server)
     assert not any("reset" in line for line in old.lines + restarted.lines)
+
+
+@pytest.mark.parametrize("moving", ["a", "b"])
+async def test_hbone_streams_stopped_for_a_taker_that_dies_mid_batch_go_on(nodes: Nodes, moving: str) -> None:
+    """They were stopped with their peer for the batch: at the client end (`a`) the old instance continues them with
+    its own resume CONNECTs; at the server end (`b`) the peer's resume CONNECTs are refused until the restart
+    listens, and then find the app sockets that the old instance handed to the restart."""
+    staying = await nodes.proxy("b" if moving == "a" else "a", "staying")
+    old = await nodes.proxy(moving, "old")
+    clients = await nodes.clients()
+    start = functools.partial(nodes.proxy, moving)
+    restarted = await taker_dies_mid_batch(start, old, clients, nodes.tmp, flowing=moving == "a")
+    assert_intact(clients, nodes.server)
+    logs = old.lines + restarted.lines + staying.lines
+    assert not any("reset" in line or "cannot be resumed" in line for line in logs)
