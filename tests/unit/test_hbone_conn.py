@@ -200,6 +200,36 @@ def test_resets_at_the_refill_rate_are_a_busy_client_not_an_attack() -> None:
         assert of(Close, conn.receive(f.headers(i, CONNECT) + f.rst_stream(i), now)) == []
 
 
+@pytest.mark.parametrize("flood", ["ping", "settings", "priority"])
+def test_a_control_frame_flood_gets_enhance_your_calm_and_is_closed(flood: str) -> None:
+    conn, f = server(Limits(control_burst=10, control_rate=1.0))
+
+    def frame(i: int) -> bytes:
+        if flood == "ping":
+            return f.ping(i.to_bytes(8, "big"))
+        if flood == "settings":
+            return f.settings()
+        return f.frame_header(5, 0x2, 0, 2 * i + 1) + bytes([0, 0, 0, 0, 15])  # PRIORITY of an idle stream
+
+    # The preface's SETTINGS took one token of the burst; nine more are still a peer's right.
+    assert of(Close, conn.receive(b"".join(frame(i) for i in range(9)), 0.0)) == []
+    conn.h2.data_to_send()
+    (close,) = conn.receive(frame(9), 0.0)
+    assert isinstance(close, Close) and close.abort and "too many control frames (11)" in (close.error or "")
+    goaway = sent(conn)[-1]  # after h2's own ACK of that last frame, if it has one
+    assert isinstance(goaway, GoAwayFrame) and goaway.error_code == ErrorCodes.ENHANCE_YOUR_CALM
+
+
+def test_pings_at_the_refill_rate_are_a_live_peer_not_an_attack() -> None:
+    conn, f = server(Limits(control_burst=10, control_rate=10.0))
+    now = 0.0
+    for i in range(200):  # 200 pings over 20 s, each answered
+        now += 0.1
+        assert of(Close, conn.receive(f.ping(i.to_bytes(8, "big")), now)) == []
+        (ack,) = sent(conn)
+        assert isinstance(ack, PingFrame) and "ACK" in ack.flags
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.booleans(), st.integers(1, 4)), min_size=1, max_size=40), st.integers(1, 8))
 def test_whatever_is_read_setups_stay_bounded_and_a_reset_stream_is_never_set_up(

@@ -19,6 +19,8 @@ The rules (ztunnel reference §3.3, issue 11):
   (not answered yet) are bounded (`max_pending_streams`; more are refused); resets and refusals draw from a token
   bucket (`reset_burst` tokens, `reset_rate` per second, nghttp2's defaults), and a peer that empties it gets
   GOAWAY(ENHANCE_YOUR_CALM) and is closed;
+- control-frame floods (CVE-2019-9512 ping, -9515 settings, -9513 priority): PING, SETTINGS and PRIORITY frames draw
+  from a second bucket (`control_burst`, `control_rate`; a healthy peer sends a few a minute), with the same end;
 - too many streams: only the streams beyond our SETTINGS_MAX_CONCURRENT_STREAMS are refused (h2wire);
 - a header block past the header-list limit ends the connection before it is buffered (h2wire).
 """
@@ -52,6 +54,10 @@ class Limits:
     max_pending_streams: int = hbone.SERVER_MAX_CONCURRENT_STREAMS
     reset_burst: int = 1000
     reset_rate: float = 33.0
+    # Frames the peer sends that make us answer or work without a stream (PING, SETTINGS, PRIORITY): a peer that
+    # floods them and does not read our ACKs (CVE-2019-9512, -9515, -9513) would grow our write buffer and take CPU.
+    control_burst: int = 1000
+    control_rate: float = 100.0
 
 
 # --- events for the shell (h2's DataReceived and StreamEnded pass through as they are: the hot path)
@@ -149,6 +155,8 @@ class HboneConn:
         self._live: set[int] = set()
         self._pending: set[int] = set()
         self._bucket = _Bucket(self.limits.reset_burst, self.limits.reset_rate, 0.0)
+        self._control = _Bucket(self.limits.control_burst, self.limits.control_rate, 0.0)
+        self.control_frames = 0  # PING, SETTINGS and PRIORITY frames counted against their bucket
         self._preface_deadline: float | None = None
         self._next_ping: float | None = None
         self._ping_deadline: float | None = None
@@ -159,7 +167,7 @@ class HboneConn:
 
     # ------------------------------------------------------------------ inputs
     def start(self, now: float) -> None:
-        self._bucket.last = now
+        self._bucket.last = self._control.last = now
         self._preface_deadline = now + self.limits.preface_timeout
         if self.limits.ping_interval > 0:
             self._next_ping = now + self.limits.ping_interval
@@ -209,7 +217,7 @@ class HboneConn:
                 elif len(self._pending) >= self.limits.max_pending_streams:
                     self._refuse(stream_id)
                     if not self._count_reset(now):
-                        return self._abuse()
+                        return self._abuse("stream resets")
                 else:
                     requested = StreamRequested(stream_id, list(event.headers or []))
                     self._live.add(stream_id)
@@ -229,10 +237,10 @@ class HboneConn:
                         StreamGone(event.stream_id, f"stream reset by peer (error code {event.error_code})", refused)
                     )
                 if not self.client_side and not self._count_reset(now):
-                    return self._abuse()
+                    return self._abuse("stream resets")
             elif kind is h2wire.StreamRefused:
                 if not self._count_reset(now):
-                    return self._abuse()
+                    return self._abuse("stream resets")
             elif kind is h2.events.ResponseReceived:
                 if event.stream_id in self._live:
                     out.append(Answered(event.stream_id, list(event.headers or [])))
@@ -240,6 +248,8 @@ class HboneConn:
                 if not event.stream_id or event.stream_id in self._live:
                     out.append(WindowOpened(event.stream_id or 0))
             elif kind is h2.events.RemoteSettingsChanged:
+                if not self._count_control(now):
+                    return self._abuse("control frames")
                 if self._preface_deadline is not None:  # the peer's preface and first SETTINGS are in
                     self._preface_deadline = None
                     self._timers_changed()
@@ -250,6 +260,9 @@ class HboneConn:
                     out.append(StreamFrame(frame.stream_id, frame.type, frame.flag_byte, frame.body))
             elif kind is h2.events.PingAckReceived:
                 out += self._ping_acked(event.ping_data or b"", now)
+            elif kind is h2.events.PingReceived or kind is h2.events.PriorityUpdated:
+                if not self._count_control(now):
+                    return self._abuse("control frames")
             elif kind is h2.events.ConnectionTerminated:
                 if event.error_code:
                     return out + self._close(f"GOAWAY from peer with error code {event.error_code}")
@@ -331,9 +344,14 @@ class HboneConn:
         self.resets += 1
         return self._bucket.take(now)
 
-    def _abuse(self) -> list[Event]:
+    def _count_control(self, now: float) -> bool:
+        self.control_frames += 1
+        return self._control.take(now)
+
+    def _abuse(self, what: str) -> list[Event]:
+        count = self.resets if what == "stream resets" else self.control_frames
         self._close_connection(ErrorCodes.ENHANCE_YOUR_CALM)
-        return self._close(f"too many stream resets ({self.resets}): GOAWAY(ENHANCE_YOUR_CALM)", abort=True, warn=True)
+        return self._close(f"too many {what} ({count}): GOAWAY(ENHANCE_YOUR_CALM)", abort=True, warn=True)
 
     def _ping_acked(self, data: bytes, now: float) -> list[Event]:
         if data == CLOSING_PING:

@@ -121,6 +121,19 @@ class ProxySettings:
         env="PYZTUNNEL_HBONE_RESET_RATE",
         ge=0,
     )
+    hbone_control_burst: int = setting(
+        _HBONE.control_burst,
+        "PING, SETTINGS and PRIORITY frames an HBONE connection's peer may send at once before it gets "
+        "GOAWAY(ENHANCE_YOUR_CALM) and is closed (ping/settings/priority floods, CVE-2019-9512/-9515/-9513)",
+        env="PYZTUNNEL_HBONE_CONTROL_BURST",
+        ge=1,
+    )
+    hbone_control_rate: float = setting(
+        _HBONE.control_rate,
+        "control frames per second that refill that allowance (a healthy peer sends a few a minute)",
+        env="PYZTUNNEL_HBONE_CONTROL_RATE",
+        ge=0,
+    )
     workload_wait: Duration = setting(
         Duration(5),
         "how long a connection waits for its workload to appear in the config",
@@ -154,4 +167,6 @@ def hbone_limits(settings: ProxySettings) -> Limits:
         max_pending_streams=settings.hbone_max_pending_streams,
         reset_burst=settings.hbone_reset_burst,
         reset_rate=float(settings.hbone_reset_rate),
+        control_burst=settings.hbone_control_burst,
+        control_rate=float(settings.hbone_control_rate),
     )
