@@ -19,7 +19,7 @@ from pyztunnel.errors import UserError
 from pyztunnel.identity.config import CaClientSettings
 from pyztunnel.identity.spiffe import Identity
 from pyztunnel.identity.store import CertificateStore
-from pyztunnel.lifecycle import drain, faults, handoff_key
+from pyztunnel.lifecycle import drain, faults, handoff_key, handoff_name
 from pyztunnel.lifecycle.drainer import Drainer
 from pyztunnel.lifecycle.handoff_io import HandoffService
 from pyztunnel.observe.metrics import Metrics
@@ -308,15 +308,22 @@ class ProxyApp:
     async def _take_the_name(self, migration: Migration) -> None:
         """The handoff socket's name moves to us only when the previous instance (if any) has sent `done` or is gone:
         until then it holds the listeners, and a restarted new instance must find it there. The move is atomic (a
-        rename); the previous instance keeps its own, now unnamed, socket."""
-        if migration.intake is not None:
-            await migration.intake.done.wait()
+        rename); the previous instance keeps its own, now unnamed, socket. Another instance that took the name since
+        we looked becomes our predecessor instead (handoff_name.claim)."""
         assert self.handoff_key is not None
-        self.handoff_service = HandoffService(
-            migration.path, self.handoff_listeners, connections=migration.give.handle, key=self.handoff_key
-        )
-        self.owners.add("handoff service", self.handoff_service.close)
-        await self.handoff_service.start()
+        while True:
+            if migration.intake is not None:
+                await migration.intake.done.wait()
+            async with handoff_name.claim(migration.path, migration.name_seen) as ours:
+                if ours:
+                    self.handoff_service = HandoffService(
+                        migration.path, self.handoff_listeners, connections=migration.give.handle, key=self.handoff_key
+                    )
+                    self.owners.add("handoff service", self.handoff_service.close)
+                    await self.handoff_service.start()
+                    break
+            _log.info("another instance took the handoff socket meanwhile; registering with it as its successor")
+            await migration.register()
         after = "no previous instance" if migration.intake is None else "the previous instance is finished with us"
         _log.info("serving the handoff socket", extra={"fields": {"path": str(migration.path), "after": after}})
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pyztunnel.lifecycle import migrate_take
+from pyztunnel.lifecycle import handoff_name, migrate_take
 from pyztunnel.lifecycle.handoff import Netns
 from pyztunnel.lifecycle.migrate_header import ConnHeader
 from pyztunnel.lifecycle.migrate_io import Exported, GiveService
@@ -112,6 +112,7 @@ class Migration:
         self.intake: Intake | None = None
         self.attempted = False  # registration started (the app sets it before spawning it)
         self.settled = False  # registration over, whatever its outcome: the app may report ready
+        self.name_seen = 0  # the handoff socket's inode when we registered (0: none)
         self._own_netns = netns_inode("/proc/self/ns/net")
         # Offered once: what stays is not offered again.
         self._listed: weakref.WeakSet[Relay | Parked] = weakref.WeakSet()
@@ -155,7 +156,9 @@ class Migration:
 
     # --- new instance
     async def register(self) -> None:
-        """Ask the previous instance (if any) for its established connections, once, before we report ready."""
+        """Ask the previous instance (if any) for its established connections, before we report ready (and again if
+        another instance took the handoff socket's name before we could: handoff_name.claim)."""
+        self.name_seen = handoff_name.name_inode(self.path)  # where the name led when we looked
         try:
             self.intake = await migrate_take.take(self.path, self, key=self.key)
         finally:

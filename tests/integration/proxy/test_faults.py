@@ -13,6 +13,7 @@ connection it still holds, and a restarted new instance finds it and takes them 
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -107,6 +108,30 @@ async def test_a_new_instance_killed_after_it_registered_leaves_the_name_with_th
     # Once the old instance was done with it, the name moved to the restarted one (for the next upgrade).
     await restarted.wait_for_line("serving the handoff socket")
     assert await name_holder(setup.handoff) == restarted.proc.pid
+
+
+async def test_two_instances_started_at_once_do_not_both_take_the_name(setup: Setup) -> None:
+    """Both find no predecessor at the same moment (an old instance restarted by its kubelet while the new one starts):
+    one takes the name, the other registers with it as its successor, and an upgrade from the first to the second
+    loses nothing (before: both renamed, the loser was reachable by no one)."""
+    procs = await asyncio.gather(setup.proxy("one"), setup.proxy("two"))
+    holder = await name_holder(setup.handoff)
+    (old,) = [p for p in procs if p.proc.pid == holder]
+    (new,) = [p for p in procs if p.proc.pid != holder]
+    await new.wait_for_line("registered to take established connections")
+    await old.wait_for_line("a new instance will take established connections")
+    clients = await setup.clients()  # both accept (SO_REUSEPORT): the old one holds some of them
+    old.proc.send_signal(signal.SIGTERM)
+    moved = await old.wait_for_line("migrated established connections")
+    assert "kept=0" in moved
+    await old.wait_for_line("shutdown complete")
+    await flows_on(clients, 500_000)  # every stream through the new one
+    for client in clients:
+        await client.finish()
+    assert_intact(clients, setup.server)
+    await new.wait_for_line("serving the handoff socket")
+    assert await name_holder(setup.handoff) == new.proc.pid
+    assert not any("reset" in line for line in old.lines + new.lines)
 
 
 async def flows_on(clients: list[Endpoint], more: int) -> None:
