@@ -30,11 +30,11 @@ from pyztunnel.experiment.cli import write_report
 from pyztunnel.experiment.runner import Plan, run_scenario
 from pyztunnel.experiment.scenarios import seed_scenarios, select
 
-DEFAULTS = {"connections": "1000", "steady": "10", "grace": "10", "name": "tdip"}
+DEFAULTS = {"connections": "1000", "steady": "10", "grace": "10", "name": "tdip", "startup_nice": "0"}
 QUICK = {"connections": "100", "steady": "3"}
 RAMP_S = 2  # the load's first seconds (connections warming up) are not part of the steady state
-FLAGS = ("connections", "steady", "grace", "name", "quick")
-USAGE = "--connections=N --steady=SECONDS --grace=SECONDS --name=CLUSTER --quick"
+FLAGS = ("connections", "steady", "grace", "name", "startup_nice", "quick")
+USAGE = "--connections=N --steady=SECONDS --grace=SECONDS --name=CLUSTER --startup-nice=N --quick"
 
 
 def options(args: list[str]) -> dict[str, str]:
@@ -59,10 +59,12 @@ def run(args: list[str]) -> dict[str, Any]:
     # The runner keeps a quarter of the nominal duration of steady load before the upgrade, and as much after it.
     duration = 4.0 * (steady + RAMP_S)
     grace = float(opts["grace"])
+    nice = int(opts["startup_nice"])
     scenario = dataclasses.replace(
         select(seed_scenarios(duration), "pyztunnel")[0],
-        title=f"pyztunnel's defaults (every mechanism on, grace {grace:g} s)",
+        title=f"pyztunnel's defaults (every mechanism on, grace {grace:g} s, startup nice {nice})",
         grace_s=grace,
+        startup_nice=nice,
     )
     out = Path("bench-results/upgrade_dip")
     (out / "runs").mkdir(parents=True, exist_ok=True)

@@ -45,8 +45,9 @@ def test_a_second_without_calls_is_a_full_stall() -> None:
 
 
 def test_flags() -> None:
-    assert options([]) == {"connections": "1000", "steady": "10", "grace": "10", "name": "tdip"}
-    chosen = options(["--quick", "--name=x1"])
+    assert options([]) == {"connections": "1000", "steady": "10", "grace": "10", "name": "tdip", "startup_nice": "0"}
+    chosen = options(["--quick", "--name=x1", "--startup-nice=10"])
     assert chosen["connections"] == "100" and chosen["steady"] == "3" and chosen["name"] == "x1"
+    assert chosen["startup_nice"] == "10"
     with pytest.raises(SystemExit, match="unknown flag"):
         options(["--stedy=3"])

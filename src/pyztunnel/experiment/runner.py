@@ -53,6 +53,7 @@ def scenario_spec(base: spec.LoadedSpec, scenario: Scenario, gateway_retry: bool
     proxy["env"]["PYZTUNNEL_CONNECTION_MIGRATION"] = "true" if scenario.connection_migration else "false"
     # A proxy without the setting ignores the variable (settings.load reads only the variables it declares).
     proxy["env"]["PYZTUNNEL_HBONE_RESUME"] = "true" if scenario.hbone_resume else "false"
+    proxy["env"]["PYZTUNNEL_STARTUP_NICE"] = str(scenario.startup_nice)
     if scenario.strategy == "drain":
         proxy["updateStrategy"] = {"type": "OnDelete"}
     doc.setdefault("agent", {})["tcpMigrateReq"] = 1 if scenario.tcp_migrate_req else 0

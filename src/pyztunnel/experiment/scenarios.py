@@ -31,6 +31,7 @@ class Scenario:
     duration_factor: float = 1.0  # the seeds ran scenario 2 for 200 s instead of 60 s
     connection_migration: bool = False  # established TCP↔TCP relays move to the new proxy (docs/migration.md)
     hbone_resume: bool = False  # HBONE streams between pyztunnel peers re-attach after an upgrade
+    startup_nice: int = 0  # a new proxy starts this much lower in CPU priority, full once ready (proxy/priority.py)
 
     @property
     def mechanisms(self) -> list[str]:

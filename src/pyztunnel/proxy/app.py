@@ -38,6 +38,7 @@ from pyztunnel.proxy.handoff import Adopter, PodSetListeners
 from pyztunnel.proxy.migration import Migration
 from pyztunnel.proxy.pod import PodProxy
 from pyztunnel.proxy.podset import PodSet
+from pyztunnel.proxy.priority import StartupPriority
 from pyztunnel.proxy.shared import IndexHolder, Shared
 from pyztunnel.proxy.state import StateManager
 from pyztunnel.proxy.telemetry import Telemetry
@@ -62,8 +63,10 @@ class ProxyApp:
         certs: CertSource | None = None,
         environ: dict[str, str] | None = None,
         xds_settings: XdsSettings | None = None,  # None: no XDS (the CLI loads ztunnel's default, localhost:15012)
+        priority: StartupPriority | None = None,
     ) -> None:
         self.settings = settings
+        self.priority = priority or StartupPriority(0)
         self.ca_settings = ca_settings
         self.environ = dict(os.environ if environ is None else environ)
         faults.configure(settings.fault, settings.fault_marker)
@@ -262,7 +265,14 @@ class ProxyApp:
             self.readiness.block(READINESS_TASK)
             self.zds = ZdsClient(Path(self.settings.inpod_uds), self.podset, self._zds_ready)
         self.tasks.spawn(self._when_synced(), "state-synced")
+        if self.priority.lowered:
+            self.tasks.spawn(self._full_priority_when_ready(), "startup-priority")
         self.started.set()
+
+    async def _full_priority_when_ready(self) -> None:
+        # Ready: the previous instance may hand over its connections right after, and they must not wait for CPU.
+        await self.readiness.wait_ready()
+        self.priority.restore()
 
     async def _when_synced(self) -> None:
         """ztunnel's order: the in-pod manager connects to the node agent only after the first state load. And, for

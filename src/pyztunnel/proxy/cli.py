@@ -13,6 +13,7 @@ from pyztunnel.identity.config import CaClientSettings
 from pyztunnel.lifecycle import drain
 from pyztunnel.observe import logging as ztlog
 from pyztunnel.proxy.config import ProxySettings
+from pyztunnel.proxy.priority import StartupPriority
 from pyztunnel.xds.config import XdsSettings
 
 
@@ -34,11 +35,12 @@ def proxy(mode: str | None, **values: Any) -> None:
     ca_settings = settings.load(CaClientSettings, cli=values)
     xds_settings = settings.load(XdsSettings, cli=values)
     ztlog.setup()
+    priority = StartupPriority(proxy_settings.startup_nice)  # before the imports: they are much of the start-up
     install_uvloop()
     from pyztunnel.proxy.app import ProxyApp
 
     async def main() -> drain.Outcome:
-        app = ProxyApp(proxy_settings, ca_settings, xds_settings=xds_settings)
+        app = ProxyApp(proxy_settings, ca_settings, xds_settings=xds_settings, priority=priority)
         return await app.run()
 
     # Every outcome exits 0, as ztunnel does (a second signal is "exit now", not a failure).

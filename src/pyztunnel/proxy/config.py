@@ -65,6 +65,15 @@ class ProxySettings:
         "upgrade of either end (protocols/resume.py); off: ztunnel's HBONE, reset at the drain deadline",
         env="PYZTUNNEL_HBONE_RESUME",
     )
+    startup_nice: int = setting(
+        0,
+        "start at this much lower CPU priority (nice value added) and return to full priority once ready, so that "
+        "a new instance's start-up takes idle CPU rather than the traffic's during an upgrade (proxy/priority.py; "
+        "needs CAP_SYS_NICE, else ignored); 0: ztunnel's behaviour",
+        env="PYZTUNNEL_STARTUP_NICE",
+        ge=0,
+        le=19,
+    )
     version: str = setting("dev", "version tag reported as istio_build{tag}", env="PYZTUNNEL_VERSION")
     fault: str = setting(
         "",
