@@ -5,7 +5,8 @@ its failure; the caller owns what it returns (keeps it, cancels it, awaits it). 
 into a `TaskGroup`, the owner of a set of tasks (the proxy app, each pod proxy, each HTTP/2 connection own one):
 the group keeps them referenced while they run, and shutting it down is stop accepting → a deadline → cancel the
 rest. There is no process-wide task set: a task nobody owns is a bug, and the tests' leak check names it. `Owners`
-closes what an object owns (its task groups, servers, pods) in the reverse order it took them.
+closes what an object owns (its task groups, servers, pods) in the reverse order it took them. `in_thread` runs a
+long CPU-bound step (parsing a big config file) beside the loop, so the loop keeps serving.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
@@ -127,6 +129,36 @@ async def poll_until(ready: Callable[[], bool], within: float, alive: Callable[[
             return False
         await asyncio.sleep(0.002)  # a bounded poll of a condition, not a synchronisation
     return False
+
+
+async def in_thread(work: Callable[[], T], name: str) -> T:
+    """`work()` in a thread of its own; the loop goes on meanwhile. Not `asyncio.to_thread`: the end of `asyncio.run`
+    and the process's exit join the default executor's threads, so a proxy told to stop while it parses a big file
+    would stay until the parse ends; this thread is a daemon, and a cancelled caller's result is dropped."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[T] = loop.create_future()
+
+    def run() -> None:
+        try:
+            result = work()
+        except BaseException as exc:  # the caller's to handle, as if it had called `work()` itself
+            _settle_from_thread(loop, done, done.set_exception, exc)
+        else:
+            _settle_from_thread(loop, done, done.set_result, result)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return await done
+
+
+def _settle_from_thread(
+    loop: asyncio.AbstractEventLoop, future: asyncio.Future[T], setter: Callable[[Any], None], value: Any
+) -> None:
+    def settle() -> None:
+        if not future.done():  # the caller was cancelled meanwhile: nobody wants the result
+            setter(value)
+
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+        loop.call_soon_threadsafe(settle)
 
 
 def install_uvloop() -> None:

@@ -91,14 +91,14 @@ def test_the_spec_loader_raises_spec_error(tmp_path: Path, case: str) -> None:
 
 
 @CASES
-def test_local_xds_file_errors_name_file_and_line(tmp_path: Path, case: str) -> None:
+async def test_local_xds_file_errors_name_file_and_line(tmp_path: Path, case: str) -> None:
     data, line, words = BAD[case]
     path = write(tmp_path / "workloads.yaml", data)
     with pytest.raises(local.ConfigError) as info:
         local.load(path)
     assert str(info.value).startswith(f"{path}:{line}: ") and words in str(info.value), info.value
     watch = ConfigWatch(path)
-    assert watch.check() is False
+    assert await watch.check() is False
     assert watch.last_error == str(info.value)
 
 
@@ -106,7 +106,7 @@ def test_local_xds_file_errors_name_file_and_line(tmp_path: Path, case: str) -> 
 async def test_the_watch_keeps_the_last_good_config_and_goes_on(tmp_path: Path, case: str) -> None:
     path = write(tmp_path / "workloads.yaml", GOOD.encode())
     watch = ConfigWatch(path)
-    assert watch.check()
+    assert await watch.check()
     task = spawn(watch.run(0.01), "test-config-watch")
     try:
         write(path, BAD[case][0])

@@ -20,37 +20,37 @@ def replace(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def test_reload_and_keep_last_good(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+async def test_reload_and_keep_last_good(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "workloads.yaml"
     replace(path, GOOD)
     seen: list[int] = []
     watch = ConfigWatch(path, on_change=lambda index: seen.append(len(index.by_ip)))
-    assert watch.check() is True
+    assert await watch.check() is True
     assert watch.index.workload_by_ip("10.0.0.1") is not None
-    assert watch.check() is False  # unchanged
+    assert await watch.check() is False  # unchanged
     with caplog.at_level(logging.ERROR):
         replace(path, "workloads: [{name: a, namespace: n, workloadIps: ['10.0.0.1'], bogus: 1}]\n")
-        assert watch.check() is False
+        assert await watch.check() is False
     assert watch.index.workload_by_ip("10.0.0.1") is not None  # last good kept
     assert watch.last_error is not None and f"{path}:1: unknown field 'bogus'" in watch.last_error
     assert any("keeping the last good one" in r.getMessage() for r in caplog.records)
     replace(path, GOOD2)
-    assert watch.check() is True
+    assert await watch.check() is True
     assert watch.index.workload_by_ip("10.0.0.1") is None
     assert watch.index.workload_by_ip("10.0.0.2") is not None
     assert seen == [1, 1]
 
 
-def test_version_names_the_bytes_in_force(tmp_path: Path) -> None:
+async def test_version_names_the_bytes_in_force(tmp_path: Path) -> None:
     path = tmp_path / "workloads.yaml"
     replace(path, GOOD)
     assert ConfigWatch(path).version is None  # nothing loaded yet
     watch = ConfigWatch(path)
-    watch.check()
+    await watch.check()
     assert watch.version == config_version(GOOD.encode()) and len(GOOD) > 16
     replace(path, "workloads: [{bogus: 1}]\n")
-    watch.check()
+    await watch.check()
     assert watch.version == config_version(GOOD.encode())  # a bad file changes nothing, the version neither
     replace(path, GOOD2)
-    watch.check()
+    await watch.check()
     assert watch.version == config_version(GOOD2.encode()) != config_version(GOOD.encode())

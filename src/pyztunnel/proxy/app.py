@@ -234,7 +234,7 @@ class ProxyApp:
         if path is None:
             return ""
         try:
-            return local.read(Path(path))
+            return local.read(Path(path), self.settings.local_xds_max_bytes)
         except local.ConfigError:
             return ""
 
@@ -243,7 +243,7 @@ class ProxyApp:
         if self._store is not None:
             self._store.start()
         self.readiness.block(STATE_MANAGER)
-        self.state.start()
+        await self.state.start()  # readiness (503) and admin answer while a big LOCAL_XDS_PATH file is parsed
         if not self.state.sources:
             self._on_config(self.shared.indexes.index)
         for pod in self.direct:

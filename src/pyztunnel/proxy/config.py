@@ -12,7 +12,10 @@ from pathlib import Path
 
 from pyztunnel.protocols.hbone_conn import Limits
 from pyztunnel.settings import Duration, group, setting
+from pyztunnel.xds.config import MAX_MESSAGE_SIZE
 
+# ztunnel's largest XDS response: the same state fits either source (100 000 workloads are ~40-50 MiB of YAML)
+LOCAL_XDS_MAX_BYTES = MAX_MESSAGE_SIZE
 _HBONE = Limits()  # the sans-IO connection's own defaults: the settings below default to them (one place)
 
 
@@ -24,6 +27,13 @@ class ProxySettings:
     )
     local_xds_path: Path | None = setting(
         None, "workloads/services/policies YAML (ztunnel's LOCAL_XDS_PATH)", env="LOCAL_XDS_PATH"
+    )
+    local_xds_max_bytes: int = setting(
+        LOCAL_XDS_MAX_BYTES,
+        "largest LOCAL_XDS_PATH file read, bytes (ztunnel reads any size; this is its largest XDS response, 200 MiB: "
+        "the same state fits either source); a larger file is refused as a bad one",
+        env="PYZTUNNEL_LOCAL_XDS_MAX_BYTES",
+        ge=1 << 20,
     )
     node_name: str = setting("", "this node's name (certificates are prefetched for its workloads)", env="NODE_NAME")
     pod_name: str = setting("", "this proxy's pod name", env="POD_NAME")

@@ -50,7 +50,12 @@ class StateManager:
         self.tasks = TaskGroup("state manager")  # the file watch and the XDS client
         self._xds_ready = xds_settings is None or not xds_settings.enabled
         if settings.local_xds_path is not None:
-            self.watch = ConfigWatch(Path(settings.local_xds_path), on_change=self._file_loaded, index=holder.index)
+            self.watch = ConfigWatch(
+                Path(settings.local_xds_path),
+                on_change=self._file_loaded,
+                index=holder.index,
+                max_bytes=settings.local_xds_max_bytes,
+            )
         if xds_settings is not None and xds_settings.enabled:
             if xds_settings.xds_on_demand:
                 raise UserError("XDS_ON_DEMAND=true: on-demand XDS is not supported; unset it (ztunnel's default)")
@@ -65,10 +70,10 @@ class StateManager:
     def sources(self) -> list[str]:
         return [s for s, on in (("LOCAL_XDS_PATH", self.watch is not None), ("XDS", self.xds is not None)) if on]
 
-    def start(self) -> None:
+    async def start(self) -> None:
         if self.watch is not None:
             try:
-                self.watch.load()  # at once, as ztunnel reads the file at start-up
+                await self.watch.load()  # at once, as ztunnel reads the file at start-up (parsed beside the loop)
             except local.ConfigError as exc:  # as ztunnel: a file it cannot use at start is one line, exit 2
                 raise UserError(str(exc)) from None
             self.tasks.spawn(self.watch.run(float(self.settings.config_poll_interval)), "config-watch")

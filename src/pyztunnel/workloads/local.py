@@ -64,19 +64,19 @@ def parse(text: str, source: str) -> LocalConfig:
         raise ConfigError(f"{source}:{line}: {what}{more}") from None
 
 
-def load(path: Path) -> LocalConfig:
+def load(path: Path, max_bytes: int = yamlfile.MAX_BYTES) -> LocalConfig:
     """Read and validate a LOCAL_XDS_PATH file. Raises ConfigError (also for an unreadable file)."""
-    return parse(read(path), str(path))
+    return parse(read(path, max_bytes), str(path))
 
 
-def read(path: Path) -> str:
+def read(path: Path, max_bytes: int = yamlfile.MAX_BYTES) -> str:
     """A LOCAL_XDS_PATH file's text (bounded, strict UTF-8). Raises ConfigError."""
-    return decode(read_bytes(path), path)
+    return decode(read_bytes(path, max_bytes), path)
 
 
-def read_bytes(path: Path) -> bytes:
+def read_bytes(path: Path, max_bytes: int = yamlfile.MAX_BYTES) -> bytes:
     try:
-        return yamlfile.read_bytes(path)
+        return yamlfile.read_bytes(path, max_bytes)
     except OSError as exc:
         raise ConfigError(f"{path}:0: cannot read: {exc.strerror}") from None
     except yamlfile.YamlError as exc:

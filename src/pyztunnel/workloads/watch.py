@@ -4,6 +4,10 @@ and the watch goes on (whatever goes wrong in one check never ends it), so a lat
 The file is replaced atomically by its writer (rename), so a change shows as a new (inode, mtime, size); polling that
 stat is cheap and needs no inotify dependency.
 
+Reading, parsing and validating happen in a thread (`aio.in_thread`): a 10 000-workload file is seconds of CPU, and
+the loop must keep serving traffic and readiness meanwhile. The result is applied on the loop, in one step (the
+index changes between two awaits, as an XDS response does), so a connection never sees half a file.
+
 `version` names the config in force: the first 16 hex digits of the SHA-256 of the file's bytes as loaded. The proxy
 shows it on its readiness endpoint, so whoever wrote the file (the cluster controller) can tell that it is in force.
 """
@@ -17,8 +21,11 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from pyztunnel import yamlfile
+from pyztunnel.aio import in_thread
 from pyztunnel.workloads import local
 from pyztunnel.workloads.index import LOCAL, WorkloadIndex
+from pyztunnel.workloads.model import LocalConfig
 
 _log = logging.getLogger("pyztunnel.workloads.watch")
 
@@ -42,8 +49,10 @@ class ConfigWatch:
         path: Path,
         on_change: Callable[[WorkloadIndex], None] | None = None,
         index: WorkloadIndex | None = None,
+        max_bytes: int = yamlfile.MAX_BYTES,
     ) -> None:
         self.path = path
+        self.max_bytes = max_bytes
         self.on_change = on_change
         self.index = index if index is not None else WorkloadIndex()
         self.loaded = False
@@ -53,28 +62,27 @@ class ConfigWatch:
         self._signature: Signature = None
         self.changed = asyncio.Event()
 
-    def check(self) -> bool:
+    async def check(self) -> bool:
         """Reload if the file changed; True if a new config is in force. A bad file is logged (once) and changes
         nothing."""
         if _signature(self.path) == self._signature and self.loaded:
             return False
         try:
-            self.load()
+            await self.load()
         except local.ConfigError as exc:
             self._failed(str(exc))
             return False
         return True
 
-    def load(self) -> None:
+    async def load(self) -> None:
         """Load the file now (the proxy's start: a file it cannot use is the one line it exits with). ConfigError
         if it cannot be used; the config in force is then unchanged."""
         self._signature = _signature(self.path)  # before reading: a change while we read is seen next time
-        data = local.read_bytes(self.path)
-        config = local.parse(local.decode(data, self.path), str(self.path))
+        config, version = await in_thread(lambda: read_config(self.path, self.max_bytes), "config-parse")
         self.last_error = None
         self.index.replace(LOCAL, config)
         self.loaded = True
-        self.version = config_version(data)
+        self.version = version
         self.reloads += 1
         _log.info(
             "config loaded",
@@ -101,7 +109,7 @@ class ConfigWatch:
     async def run(self, interval: float) -> None:
         while True:
             try:
-                self.check()
+                await self.check()
             except Exception as exc:  # a bug in one check must not end the watch: later files are still loaded
                 self._failed(f"{self.path}: cannot check the config: {type(exc).__name__}: {exc}")
             await asyncio.sleep(interval)  # the poll interval
@@ -110,3 +118,9 @@ class ConfigWatch:
 def config_version(data: bytes) -> str:
     """The version a LOCAL_XDS_PATH file's bytes are known by (the proxy's readiness header; the controller's)."""
     return hashlib.sha256(data).hexdigest()[:16]
+
+
+def read_config(path: Path, max_bytes: int = yamlfile.MAX_BYTES) -> tuple[LocalConfig, str]:
+    """The file's config and version (blocking: seconds of CPU for a big file). Raises ConfigError."""
+    data = local.read_bytes(path, max_bytes)
+    return local.parse(local.decode(data, path), str(path)), config_version(data)

@@ -47,7 +47,7 @@ async def test_a_deny_pushed_over_xds_closes_a_live_connection(tmp_path: Path) -
         on_change=lambda index: None,
         environ={},
     )
-    state.start()
+    await state.start()
     try:
         await asyncio.wait_for(state.synced.wait(), 20)
         index = mesh.node_b.indexes.index
