@@ -6,7 +6,8 @@ Measured (the server side sees the proxy's ACKs, so "applied" means decoded, val
 - push → ACK of the one big response (time from response to applied); target 100 k ≤ 5 s;
 - ACK latency p50/p99 of the churn pushes (10 a second, 0.1 % each); target p99 ≤ 100 ms;
 - the proxy's RSS growth per 1 000 workloads (VmRSS after the load minus before); target ≤ 2 KiB per workload;
-- the file: write → the proxy's readiness names the new version (polled every 20 ms), and RSS the same way.
+- the file: write → the proxy's readiness names the new version (polled every 20 ms), and RSS the same way; and the
+  slowest readiness poll meanwhile (the file is parsed beside the proxy's event loop: a slow answer is a blocked loop).
 
 `python -m benchmarks xds [--workloads=10000,100000] [--services=1000] [--churn-seconds=30] [--pushes-per-second=10]
 [--no-file]`
@@ -28,10 +29,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from pyztunnel import yamlfile
 from pyztunnel.identity.ca import CertificateAuthority
 from pyztunnel.protocols import xds, xds_server
 from pyztunnel.protocols._pb import workload_pb2 as wpb
+from pyztunnel.proxy.config import LOCAL_XDS_MAX_BYTES
 from pyztunnel.workloads.watch import config_version
 from pyztunnel.xds.server import XdsServer
 
@@ -156,7 +157,7 @@ async def readiness(port: int) -> tuple[int, str]:
         writer.write(b"GET /healthz/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         raw = await asyncio.wait_for(reader.read(), 10)
     except TimeoutError:
-        return 0, ""  # busy (a big LOCAL_XDS_PATH file is parsed on the proxy's event loop): not ready yet
+        return 0, ""  # a blocked event loop: not ready
     finally:
         writer.close()
     head = raw.partition(b"\r\n\r\n")[0].decode(errors="replace").split("\r\n")
@@ -194,13 +195,22 @@ async def proxy(tmp: Path, env: dict[str, str]) -> AsyncIterator[tuple[asyncio.s
         log.close()
 
 
-async def until_ready(port: int, proc: asyncio.subprocess.Process, within: float, version: str = "") -> float:
+class Polls:
+    slowest_s = 0.0  # the longest a readiness poll waited for its answer
+
+
+async def until_ready(
+    port: int, proc: asyncio.subprocess.Process, within: float, version: str = "", polls: Polls | None = None
+) -> float:
     """Poll readiness (every 20 ms) until 200 (and the version, if given); returns when it happened."""
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         if proc.returncode is not None:
             raise RuntimeError(f"the proxy exited with {proc.returncode}")
+        asked = time.monotonic()
         status, got = await readiness(port)
+        if polls is not None:
+            polls.slowest_s = max(polls.slowest_s, time.monotonic() - asked)
         if status == 200 and (not version or got == version):
             return time.monotonic()
         await asyncio.sleep(0.02)  # a benchmark's polling interval
@@ -300,18 +310,19 @@ async def bench_file(tmp: Path, count: int, services: int, churn_s: float) -> di
         return config_version(text.encode())
 
     text = file_text(count, services)
-    if len(text.encode()) > yamlfile.MAX_BYTES:  # the proxy refuses it (bounded input): nothing to time
+    if len(text.encode()) > LOCAL_XDS_MAX_BYTES:  # the proxy refuses it (bounded input): nothing to time
         return {
-            "skipped": f"{len(text.encode()) / 2**20:.0f} MiB, over LOCAL_XDS_PATH's {yamlfile.MAX_BYTES >> 20} MiB bound"
+            "skipped": f"{len(text.encode()) / 2**20:.0f} MiB, over LOCAL_XDS_PATH's {LOCAL_XDS_MAX_BYTES >> 20} MiB bound"
         }
     version = write("workloads: []\n")
     env = {"XDS_ADDRESS": "", "LOCAL_XDS_PATH": str(path), "PYZTUNNEL_CONFIG_POLL": "0.02s"}
     async with proxy(tmp, env) as (proc, ready_port):
         await until_ready(ready_port, proc, 60, version)
         rss0 = rss_kib(proc.pid)
+        polls = Polls()
         started = time.monotonic()
         version = write(text)
-        load_s = await until_ready(ready_port, proc, 600, version) - started
+        load_s = await until_ready(ready_port, proc, 600, version, polls) - started
         rss1 = rss_kib(proc.pid)
         rng = random.Random(7)
         unhealthy: set[int] = set()
@@ -321,9 +332,10 @@ async def bench_file(tmp: Path, count: int, services: int, churn_s: float) -> di
             unhealthy ^= set(rng.sample(range(count), max(1, count // 100)))
             started = time.monotonic()
             version = write(file_text(count, services, unhealthy))
-            reloads.append(await until_ready(ready_port, proc, 600, version) - started)
+            reloads.append(await until_ready(ready_port, proc, 600, version, polls) - started)
         return {
             "load_s": round(load_s, 3),
+            "slowest_poll_ms": round(polls.slowest_s * 1000, 1),
             "reloads": len(reloads),
             "reload_p50_ms": round(percentile(reloads, 50) * 1000, 1),
             "reload_p99_ms": round(percentile(reloads, 99) * 1000, 1),
@@ -338,7 +350,7 @@ def run(args: list[str]) -> dict[str, Any]:
         with tempfile.TemporaryDirectory(prefix="pzt-bench-xds-") as tmp:
             over_xds = asyncio.run(bench_xds(Path(tmp), count, opts["services"], opts["churn_seconds"], opts["pps"]))
         from_file: dict[str, Any] = {"load_s": float("nan"), "reloads": 0, "rss_kib_per_1000": float("nan")}
-        from_file |= {"reload_p50_ms": float("nan"), "reload_p99_ms": float("nan")}
+        from_file |= {"reload_p50_ms": float("nan"), "reload_p99_ms": float("nan"), "slowest_poll_ms": float("nan")}
         if opts["file"]:
             with tempfile.TemporaryDirectory(prefix="pzt-bench-xds-") as tmp:
                 from_file = asyncio.run(bench_file(Path(tmp), count, opts["services"], opts["churn_seconds"]))
@@ -355,7 +367,8 @@ def run(args: list[str]) -> dict[str, Any]:
                 if "skipped" in from_file
                 else f"  file: loaded (write → readiness names it) {from_file['load_s']:.2f} s; rewritten once a "
                 f"second: p50 {from_file['reload_p50_ms']} ms, p99 {from_file['reload_p99_ms']} ms "
-                f"({from_file['reloads']} reloads); RSS {from_file['rss_kib_per_1000']} KiB per 1000 workloads"
+                f"({from_file['reloads']} reloads); RSS {from_file['rss_kib_per_1000']} KiB per 1000 workloads; "
+                f"slowest readiness answer meanwhile {from_file['slowest_poll_ms']} ms"
             ),
             flush=True,
         )

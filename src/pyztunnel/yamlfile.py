@@ -52,7 +52,7 @@ def read_bytes(path: Path, limit: int = MAX_BYTES) -> bytes:
     with path.open("rb") as f:
         data = f.read(limit + 1)
     if len(data) > limit:
-        raise YamlError(1, f"larger than {limit // (1024 * 1024)} MiB")
+        raise YamlError(1, f"larger than {f'{limit >> 20} MiB' if limit % (1 << 20) == 0 else f'{limit} bytes'}")
     return data
 
 

@@ -33,9 +33,13 @@ BAD: dict[str, tuple[bytes, int, str]] = {
     "recursive alias": (b"nodes:\n  - &n {name: node-1, labels: *n}\n", 2, "recursive"),
     "deep flow nesting": (b"nodes:\n  - " + b"[" * 5000 + b"]" * 5000 + b"\n", 2, "nested deeper than 64"),
     "deep block nesting": (b"nodes:\n" + b"- " * 5000 + b"x\n", 2, "nested deeper than 64"),
+    # libyaml's own composer recurses in C: this crashes a process that lets it compose (yaml.CSafeLoader)
+    "nesting libyaml cannot compose": (b"nodes:\n  - " + b"[" * 1_000_000 + b"\n", 2, "nested deeper than 64"),
     "billion laughs": (LAUGHS.encode(), 6, "expands to more than"),  # f: the first to expand to 10**6 values
     "not UTF-8": (b"nodes:\n  - name: node-\xff\n", 2, "not UTF-8"),
     "a NUL": (b"nodes:\n  - name: a\x00b\n", 2, "character #x0000"),
+    # libyaml counts bytes, not characters, to the NUL: the line must still be the NUL's
+    "a NUL after multibyte text": (b"nodes:\n" + "  - é\n".encode() * 5000 + b"  - a\x00b\n", 5002, "character #x0000"),
     "an unconstructible value": (b"nodes:\n  - name: !!int abc\n", 2, "invalid literal"),
 }
 CASES = pytest.mark.parametrize("case", sorted(BAD))

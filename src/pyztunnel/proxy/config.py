@@ -12,10 +12,10 @@ from pathlib import Path
 
 from pyztunnel.protocols.hbone_conn import Limits
 from pyztunnel.settings import Duration, group, setting
-from pyztunnel.xds.config import MAX_MESSAGE_SIZE
 
-# ztunnel's largest XDS response: the same state fits either source (100 000 workloads are ~40-50 MiB of YAML)
-LOCAL_XDS_MAX_BYTES = MAX_MESSAGE_SIZE
+# 100 000 workloads are ~40-50 MiB of YAML; parsing one costs ~50 times the file's size in transient memory (the
+# node graph with a mark per node, the line of every path), so the bound is also what a broken file can cost: ~3 GiB.
+LOCAL_XDS_MAX_BYTES = 64 << 20
 _HBONE = Limits()  # the sans-IO connection's own defaults: the settings below default to them (one place)
 
 
@@ -30,8 +30,8 @@ class ProxySettings:
     )
     local_xds_max_bytes: int = setting(
         LOCAL_XDS_MAX_BYTES,
-        "largest LOCAL_XDS_PATH file read, bytes (ztunnel reads any size; this is its largest XDS response, 200 MiB: "
-        "the same state fits either source); a larger file is refused as a bad one",
+        "largest LOCAL_XDS_PATH file read, bytes (ztunnel reads any size): 64 MiB holds 100 000 workloads and bounds"
+        " the parse's memory (~50x the file); a larger file is refused as a bad one",
         env="PYZTUNNEL_LOCAL_XDS_MAX_BYTES",
         ge=1 << 20,
     )

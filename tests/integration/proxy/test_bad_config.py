@@ -12,15 +12,27 @@ import pytest
 from tests.integration.proxy.harness import loopback_ips
 from tests.unit.test_bad_yaml import BAD, write
 
+TOO_BIG = (b"workloads: []\n" + b"#" * (1 << 20) + b"\n", 1, "larger than 1 MiB")  # over --local-xds-max-bytes
 
-@pytest.mark.parametrize("case", ["recursive alias", "deep flow nesting", "not UTF-8"])
+
+@pytest.mark.parametrize(
+    "case", ["recursive alias", "deep flow nesting", "nesting libyaml cannot compose", "not UTF-8"]
+)
 async def test_the_proxy_refuses_to_start_in_one_line(tmp_path: Path, case: str) -> None:
-    data, line, words = BAD[case]
+    await refused(tmp_path, *BAD[case])
+
+
+async def test_a_file_over_the_declared_bound_is_refused(tmp_path: Path) -> None:
+    await refused(tmp_path, *TOO_BIG, "--local-xds-max-bytes", str(1 << 20))
+
+
+async def refused(tmp_path: Path, data: bytes, line: int, words: str, *flags: str) -> None:
     path = write(tmp_path / "workloads.yaml", data)
     _, b_ip = loopback_ips()
     off = ["--readiness-addr", "", "--stats-addr", "", "--admin-addr", ""]
     proc = await asyncio.create_subprocess_exec(
         *(sys.executable, "-m", "pyztunnel", "proxy", "--local-xds-path", str(path), *off, "--direct-inbound", b_ip),
+        *flags,
         stderr=asyncio.subprocess.PIPE,
     )
     _, err = await asyncio.wait_for(proc.communicate(), 60)
