@@ -65,7 +65,7 @@ class RecordingLeg(Leg):
         self.did: list[str] = []
         self.written = bytearray()
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         self.written += data
 
     def write_eof(self) -> None:

@@ -1,7 +1,8 @@
 """The rules of one HBONE connection, sans-IO: bytes and time in, stream-level decisions out.
 
 `HboneConn` owns the connection's HTTP/2 state (`h2wire.LeanH2Connection`) and decides what the shell
-(proxy/h2conn.py) only carries out: it takes received bytes (`receive`), the clock (`timer`, at `deadline`) and the
+(proxy/h2conn.py) only carries out: it takes received bytes (`receive`, or `get_buffer`/`received`: the buffer the
+TLS layer decrypts into, read by `protocols.h2read.FrameReader`, DATA handed out as views of it), the clock (`timer`, at `deadline`) and the
 shell's facts about streams (`open_stream`, `settled`, `closed`), and returns events: a stream to set up, a response,
 data, an end, a stream gone (reset, or refused by a GOAWAY), an opened window, an extension frame for a stream, an
 idle connection, or `Close`. Time is always an explicit `now` (the loop's clock in the shell, numbers in tests); what
@@ -37,6 +38,7 @@ from h2.events import DataReceived, StreamEnded
 from h2.exceptions import ProtocolError
 
 from pyztunnel.protocols import h2wire, hbone
+from pyztunnel.protocols.h2read import Chunk, FrameReader
 from pyztunnel.protocols.hbone import Headers
 
 CLOSING_PING = b"pzt-bye!"  # the PING whose ACK lets a connection that is going away close
@@ -123,6 +125,10 @@ class Close:
 Event: TypeAlias = (
     StreamRequested | Answered | StreamGone | WindowOpened | StreamFrame | Idle | Close | DataReceived | StreamEnded
 )
+# What `received` returns: events, and DATA payloads of live streams as `Chunk`s (stream id, a view of the receive
+# buffer, valid until the next `get_buffer` unless the shell calls `lend()`), which the shell hands straight to the
+# stream (`type(item) is tuple`).
+Received: TypeAlias = Event | Chunk
 
 
 class _Bucket:
@@ -148,6 +154,7 @@ class HboneConn:
         self.client_side = client_side
         self.limits = limits or Limits()
         self.h2 = h2wire.new_connection(client_side)
+        self._reader = FrameReader(self.h2)
         self.closing = False  # GOAWAY sent or received: no new streams
         self.closed = False  # Close was decided (or the transport is gone): nothing more happens
         self.goaway_last_stream = 0  # the last peer stream our GOAWAY lets through
@@ -178,6 +185,25 @@ class HboneConn:
         times = [t for t in timers if t is not None]
         self.deadline = min(times) if times else None
 
+    def get_buffer(self, sizehint: int) -> memoryview:
+        """Where the next decrypted bytes go (asyncio.BufferedProtocol's call)."""
+        return self._reader.get_buffer(sizehint)
+
+    def lend(self) -> None:
+        """A Chunk of the last `received` is still referenced (an app transport keeps it to send later): the
+        receive buffer under it is never written over again."""
+        self._reader.lend()
+
+    def received(self, nbytes: int, now: float) -> list[Received]:
+        """`nbytes` more were written into `get_buffer`'s view."""
+        if self.closed:
+            return []
+        try:
+            events: list[Any] = self._reader.buffer_updated(nbytes)
+        except ProtocolError as exc:
+            return self._close(f"http/2 protocol error: {exc}")  # see `receive`
+        return self._route(events, now)
+
     def receive(self, data: bytes, now: float) -> list[Event]:
         if self.closed:
             return []
@@ -187,20 +213,31 @@ class HboneConn:
             # h2 queued a GOAWAY with the right error code (PROTOCOL_ERROR, ENHANCE_YOUR_CALM for an oversized
             # header block, FRAME_SIZE_ERROR): send it, then close.
             return self._close(f"http/2 protocol error: {exc}")
+        routed: list[Event] = self._route(events, now)  # no Chunks: h2 read all of it
+        return routed
+
+    def _route(self, events: list[Any], now: float) -> list[Any]:
         live = self._live
         for event in events:
             kind = type(event)
-            if (kind is not DataReceived and kind is not StreamEnded) or event.stream_id not in live:
+            if kind is tuple:  # a Chunk
+                if event[0] not in live:
+                    return self._decide(events, now)
+            elif (kind is not DataReceived and kind is not StreamEnded) or event.stream_id not in live:
                 return self._decide(events, now)
-        passed: list[Event] = events  # only data and ends for live streams (the hot path): h2's own events, as they are
-        return passed
+        return events  # only data and ends for live streams (the hot path): passed on as they are
 
-    def _decide(self, events: list[Any], now: float) -> list[Event]:
-        out: list[Event] = []
+    def _decide(self, events: list[Any], now: float) -> list[Any]:
+        out: list[Any] = []
         born: dict[int, StreamRequested] | None = None  # streams requested in this read
         for event in events:
             kind = type(event)
-            if kind is DataReceived:
+            if kind is tuple:  # a Chunk
+                if event[0] in self._live:
+                    out.append(event)
+                else:  # as for DataReceived below
+                    self._acknowledge(len(event[1]), event[0])
+            elif kind is DataReceived:
                 if event.stream_id in self._live:
                     out.append(event)
                 elif event.flow_controlled_length:

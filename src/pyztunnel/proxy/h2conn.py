@@ -1,5 +1,10 @@
-"""HBONE connections, the asyncio shell: an asyncio Protocol over TLS that moves bytes and runs timers for the
-connection's rules (`protocols.hbone_conn.HboneConn`, sans-IO), with one `StreamLeg` (proxy/stream.py) per stream.
+"""HBONE connections, the asyncio shell: an asyncio BufferedProtocol over TLS that moves bytes and runs timers for
+the connection's rules (`protocols.hbone_conn.HboneConn`, sans-IO), with one `StreamLeg` (proxy/stream.py) per stream.
+
+The receive path is one buffer: uvloop's TLS transport decrypts into the rules' `get_buffer` and DATA payloads reach
+the streams as views of it (a view an app transport keeps to send later is lent: never written over). The send path
+is h2's queued chunks, joined into TLS-record-sized pieces (`protocols.records`) and written once per event-loop
+iteration.
 
 `H2ClientConn` opens CONNECT streams (outbound, pooled); `H2ServerConn` sets each CONNECT up in a task of its own
 (owned by the connection: a reset of the stream, or the connection's end, cancels it). Every decision (keepalive
@@ -20,11 +25,11 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import hyperframe.frame
-from h2.events import DataReceived
 
 from pyztunnel.aio import TaskGroup
 from pyztunnel.protocols import hbone, hbone_conn
 from pyztunnel.protocols.hbone_conn import HboneConn, Limits
+from pyztunnel.protocols.records import coalesce
 from pyztunnel.proxy.stream import StreamLeg
 from pyztunnel.tcp import rst_abort
 
@@ -42,7 +47,7 @@ hyperframe.frame.DataFrame._body_repr = _cheap_data_repr
 _Handler = Callable[[Any, Any], None]
 
 
-class H2Conn(asyncio.Protocol):
+class H2Conn(asyncio.BufferedProtocol):
     _HANDLERS: ClassVar[dict[type, _Handler]] = {}  # event type → what the shell does with it (filled below)
 
     def __init__(self, client_side: bool, limits: Limits | None = None) -> None:
@@ -72,7 +77,7 @@ class H2Conn(asyncio.Protocol):
     def open(self) -> bool:
         return self.transport is not None and not self.transport.is_closing()
 
-    # ------------------------------------------------------------------ asyncio.Protocol
+    # ------------------------------------------------------------------ asyncio.BufferedProtocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses; they have the same interface.
         self.transport = typing.cast(asyncio.Transport, transport)
@@ -88,8 +93,12 @@ class H2Conn(asyncio.Protocol):
         self.flush()
         self._arm()
 
-    def data_received(self, data: bytes) -> None:
-        self._handle(self.rules.receive(data, self._loop.time()))
+    def get_buffer(self, sizehint: int) -> memoryview:
+        # uvloop's TLS transport decrypts straight into it (SSLObject.read(n, buffer)): no bytes object per read.
+        return self.rules.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._handle(self.rules.received(nbytes, self._loop.time()))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.rules.lost()
@@ -116,15 +125,15 @@ class H2Conn(asyncio.Protocol):
                 leg.peer.resume_reading()
 
     # ------------------------------------------------------------------ the rules' events
-    def _handle(self, events: list[hbone_conn.Event]) -> None:
+    def _handle(self, events: list[hbone_conn.Received]) -> None:
         handlers = self._HANDLERS
         streams = self.streams
         for event in events:
-            if type(event) is DataReceived:  # the hot path, without a handler call
-                data: Any = event
-                leg = streams.get(data.stream_id)
-                if leg is not None:
-                    leg.on_data(data.data, data.flow_controlled_length)
+            if type(event) is tuple:  # a Chunk, the hot path: no handler call
+                stream_id, view = event
+                leg = streams.get(stream_id)
+                if leg is not None and leg.on_view(view):
+                    self.rules.lend()  # the app's transport keeps the view to send later: never write over it
             else:
                 handlers[type(event)](self, event)
         self.flush()
@@ -255,7 +264,7 @@ class H2Conn(asyncio.Protocol):
         self._flush_pending = False
         chunks = self.h2.chunks_to_send()
         if chunks and self.transport is not None and not self.transport.is_closing():
-            self.transport.writelines(chunks)
+            self.transport.writelines(coalesce(chunks))  # uvloop makes a TLS record of every element
 
     def goaway(self) -> None:
         """Graceful shutdown: GOAWAY(NO_ERROR); existing streams go on, the connection closes when they are done."""

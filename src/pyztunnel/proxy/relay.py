@@ -47,8 +47,13 @@ class Leg(LegState):
         self._early: list[bytes] | None = None  # bytes received before the relay started (no peer yet)
 
     # --- what the other leg calls
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
+        """Send `data`; a memoryview may be a view of a receive buffer (see `keeps_writes`)."""
         raise NotImplementedError
+
+    def keeps_writes(self) -> bool:
+        """Is written data still referenced, to be sent later? A view of a receive buffer must then not be reused."""
+        return False
 
     def write_eof(self) -> None:
         raise NotImplementedError
@@ -96,14 +101,14 @@ class Leg(LegState):
         self.peer = None
 
     # --- shared bookkeeping
-    def _deliver(self, data: bytes) -> None:
+    def _deliver(self, data: bytes | memoryview) -> None:
         self.received += len(data)
         if self.peer is not None:
             self.peer.write(data)
         elif self._early is None:
-            self._early = [data]
+            self._early = [bytes(data)]  # a view of a receive buffer is not ours to keep (bytes of bytes: no copy)
         else:
-            self._early.append(data)
+            self._early.append(bytes(data))
 
     def _deliver_eof(self) -> None:
         closed = self.ended_in()
@@ -162,9 +167,13 @@ class TcpLeg(asyncio.Protocol, Leg):
         if self.peer is not None:
             self.peer.resume_reading()
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
+
+    def keeps_writes(self) -> bool:
+        # uvloop sends at once what the socket takes and keeps the rest (a view of it, no copy) until it can.
+        return self.transport is not None and self.transport.get_write_buffer_size() > 0
 
     def write_eof(self) -> None:
         if not self.end_out():

@@ -66,12 +66,19 @@ class StreamLeg(Leg):
         self._early_control: list[tuple[int, int, bytes]] | None = None  # made only if such a frame comes early
 
     # --- events from the HTTP/2 connection
-    def on_data(self, data: bytes, flow_controlled: int) -> None:
+    def on_data(self, data: bytes | memoryview, flow_controlled: int) -> None:
         self._deliver(data)
         if self.peer is None or self._holds:  # (LegState.held, without a property call on the hot path)
             self._unacked += flow_controlled
         else:
             self.conn.acknowledge(flow_controlled, self.stream_id)
+
+    def on_view(self, view: memoryview) -> bool:
+        """DATA payload as a view of the connection's receive buffer (no padding: all of it flow-controlled).
+        True if the view is still referenced after the call (the other leg's transport keeps it to send later)."""
+        self.on_data(view, len(view))
+        peer = self.peer
+        return peer is not None and peer.keeps_writes()
 
     def on_end(self) -> None:
         self._deliver_eof()
@@ -133,9 +140,11 @@ class StreamLeg(Leg):
         self.conn.forget(self.stream_id)
 
     # --- what the other leg calls
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         if self.done or self.eof_out:
             return
+        if type(data) is memoryview:  # a view of another connection's receive buffer: h2 would queue it as it is
+            data = bytes(data)
         if self._pending:
             self._pending.append(data)
             return
