@@ -230,6 +230,7 @@ class HboneConn:
     def _decide(self, events: list[Any], now: float) -> list[Any]:
         out: list[Any] = []
         born: dict[int, StreamRequested] | None = None  # streams requested in this read
+        unborn: set[int] | None = None  # streams requested and reset in this read
         for event in events:
             kind = type(event)
             if kind is tuple:  # a Chunk
@@ -266,6 +267,8 @@ class HboneConn:
                 if born is not None and event.stream_id in born:
                     # Set up and reset in one read: it is never set up (no app connect for a rapid reset).
                     out.remove(born.pop(event.stream_id))
+                    unborn = unborn or set()
+                    unborn.add(event.stream_id)
                     self._live.discard(event.stream_id)
                     self._pending.discard(event.stream_id)
                 elif event.stream_id in self._live:
@@ -304,7 +307,22 @@ class HboneConn:
                 if event.error_code:
                     return out + self._close(f"GOAWAY from peer with error code {event.error_code}")
                 out += self._peer_going_away(event.last_stream_id or 0, now)
-        return out
+        return self._unroute(out, unborn) if unborn else out
+
+    def _unroute(self, out: list[Any], unborn: set[int]) -> list[Any]:
+        """Drop what was routed to streams that were never set up; their data's window goes back to the peer (else
+        every rapid reset carrying DATA would shrink the connection's window for good)."""
+        kept: list[Any] = []
+        for event in out:
+            kind = type(event)
+            stream_id = event[0] if kind is tuple else getattr(event, "stream_id", None)
+            if stream_id not in unborn:
+                kept.append(event)
+            elif kind is tuple:
+                self._acknowledge(len(event[1]), stream_id)
+            elif kind is DataReceived and event.flow_controlled_length:
+                self._acknowledge(event.flow_controlled_length, stream_id)
+        return kept
 
     def timer(self, now: float) -> list[Event]:
         """The clock reached (or passed) `deadline`."""
