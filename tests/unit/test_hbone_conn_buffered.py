@@ -45,7 +45,7 @@ def of(kind: type, events: list[object]) -> list[object]:
 
 
 def chunks(events: list[object], stream_id: int) -> bytes:
-    return b"".join(e[1] for e in events if type(e) is tuple and e[0] == stream_id)  # type: ignore[index]
+    return b"".join(e[1] for e in events if type(e) is tuple and e[0] == stream_id)
 
 
 @settings(max_examples=50, deadline=None)

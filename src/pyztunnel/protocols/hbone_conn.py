@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import struct
-from typing import Any, TypeAlias
+from typing import Any
 
 import h2.events
 from h2.errors import ErrorCodes
@@ -38,8 +38,19 @@ from h2.events import DataReceived, StreamEnded
 from h2.exceptions import ProtocolError
 
 from pyztunnel.protocols import h2wire, hbone
-from pyztunnel.protocols.h2read import Chunk, FrameReader
+from pyztunnel.protocols.h2read import FrameReader
 from pyztunnel.protocols.hbone import Headers
+from pyztunnel.protocols.hbone_events import (
+    Answered,
+    Close,
+    Event,
+    Idle,
+    Received,
+    StreamFrame,
+    StreamGone,
+    StreamRequested,
+    WindowOpened,
+)
 
 CLOSING_PING = b"pzt-bye!"  # the PING whose ACK lets a connection that is going away close
 _KEEPALIVE = struct.Struct("!Q")
@@ -60,75 +71,6 @@ class Limits:
     # floods them and does not read our ACKs (CVE-2019-9512, -9515, -9513) would grow our write buffer and take CPU.
     control_burst: int = 1000
     control_rate: float = 100.0
-
-
-# --- events for the shell (h2's DataReceived and StreamEnded pass through as they are: the hot path)
-
-
-@dataclasses.dataclass(slots=True)
-class StreamRequested:
-    """Server: a CONNECT to set up. Answer it (`settled`) or let it go; until then it counts as pending."""
-
-    stream_id: int
-    headers: Headers
-
-
-@dataclasses.dataclass(slots=True)
-class Answered:
-    """Client: the response to our CONNECT."""
-
-    stream_id: int
-    headers: Headers
-
-
-@dataclasses.dataclass(slots=True)
-class StreamGone:
-    """The stream is over without an end: reset by the peer, or `refused` (never processed by it)."""
-
-    stream_id: int
-    why: str
-    refused: bool = False
-
-
-@dataclasses.dataclass(slots=True)
-class WindowOpened:
-    """The peer's window grew: for one stream, or (0) for every stream."""
-
-    stream_id: int
-
-
-@dataclasses.dataclass(slots=True)
-class StreamFrame:
-    """An extension frame on a live stream (resumable streams' QUIESCE)."""
-
-    stream_id: int
-    frame_type: int
-    flags: int
-    body: bytes
-
-
-@dataclasses.dataclass(slots=True)
-class Idle:
-    """The last stream ended on a connection that is not going away (the pool may keep or expire it)."""
-
-
-@dataclasses.dataclass(slots=True)
-class Close:
-    """Close the connection now, after sending what is queued; `abort`: do not wait for an unresponsive peer.
-    `error` is why (None: an orderly end); `warn`: worth a warning in the log (not just a peer going away)."""
-
-    error: str | None
-    abort: bool = False
-    warn: bool = False
-
-
-Event: TypeAlias = (
-    StreamRequested | Answered | StreamGone | WindowOpened | StreamFrame | Idle | Close | DataReceived | StreamEnded
-)
-# What `received` returns: events, and DATA payloads of live streams as `Chunk`s (stream id, a view of the receive
-# buffer, valid until the next `get_buffer` unless the shell calls `lend()`), which the shell hands straight to the
-# stream (`type(item) is tuple`).
-Received: TypeAlias = Event | Chunk
 
 
 class _Bucket:
@@ -462,3 +404,19 @@ class HboneConn:
         self._preface_deadline = self._next_ping = self._ping_deadline = self._close_deadline = None
         self.deadline = None
         return [Close(error, abort, warn)]
+
+
+__all__ = [  # the events are hbone_events'; named here too, as what this module's HboneConn returns
+    "CLOSING_PING",
+    "Answered",
+    "Close",
+    "Event",
+    "HboneConn",
+    "Idle",
+    "Limits",
+    "Received",
+    "StreamFrame",
+    "StreamGone",
+    "StreamRequested",
+    "WindowOpened",
+]

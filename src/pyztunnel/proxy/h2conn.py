@@ -27,7 +27,7 @@ import h2.exceptions
 import hyperframe.frame
 
 from pyztunnel.aio import TaskGroup
-from pyztunnel.protocols import hbone, hbone_conn
+from pyztunnel.protocols import hbone, hbone_events
 from pyztunnel.protocols.hbone_conn import HboneConn, Limits
 from pyztunnel.protocols.records import coalesce
 from pyztunnel.proxy.stream import StreamLeg
@@ -125,7 +125,7 @@ class H2Conn(asyncio.BufferedProtocol):
                 leg.peer.resume_reading()
 
     # ------------------------------------------------------------------ the rules' events
-    def _handle(self, events: list[hbone_conn.Received]) -> None:
+    def _handle(self, events: list[hbone_events.Received]) -> None:
         handlers = self._HANDLERS
         streams = self.streams
         for event in events:
@@ -150,28 +150,28 @@ class H2Conn(asyncio.BufferedProtocol):
         if leg is not None:
             leg.on_end()
 
-    def _on_gone(self, event: hbone_conn.StreamGone) -> None:
+    def _on_gone(self, event: hbone_events.StreamGone) -> None:
         leg = self.streams.get(event.stream_id)
         if leg is not None:
             leg.on_reset(event.why, event.refused)
 
-    def _on_window(self, event: hbone_conn.WindowOpened) -> None:
+    def _on_window(self, event: hbone_events.WindowOpened) -> None:
         if not event.stream_id:
             for each in list(self.streams.values()):
                 each.window_opened()
         elif (leg := self.streams.get(event.stream_id)) is not None:
             leg.window_opened()
 
-    def _on_frame(self, event: hbone_conn.StreamFrame) -> None:
+    def _on_frame(self, event: hbone_events.StreamFrame) -> None:
         leg = self.streams.get(event.stream_id)
         if leg is not None:
             leg.on_control(event.frame_type, event.flags, event.body)
 
-    def _on_idle(self, _: hbone_conn.Idle) -> None:
+    def _on_idle(self, _: hbone_events.Idle) -> None:
         if self.on_idle is not None:
             self.on_idle(self)
 
-    def _on_close(self, event: hbone_conn.Close) -> None:
+    def _on_close(self, event: hbone_events.Close) -> None:
         self.error = self.error or event.error
         if event.warn:
             _log.warning("closing the http/2 connection", extra={"fields": {"error": event.error}})
@@ -294,11 +294,11 @@ H2Conn._HANDLERS.update(
     {
         h2.events.DataReceived: H2Conn._on_data,
         h2.events.StreamEnded: H2Conn._on_end,
-        hbone_conn.StreamGone: H2Conn._on_gone,
-        hbone_conn.WindowOpened: H2Conn._on_window,
-        hbone_conn.StreamFrame: H2Conn._on_frame,
-        hbone_conn.Idle: H2Conn._on_idle,
-        hbone_conn.Close: H2Conn._on_close,
+        hbone_events.StreamGone: H2Conn._on_gone,
+        hbone_events.WindowOpened: H2Conn._on_window,
+        hbone_events.StreamFrame: H2Conn._on_frame,
+        hbone_events.Idle: H2Conn._on_idle,
+        hbone_events.Close: H2Conn._on_close,
     }
 )
 
@@ -330,13 +330,13 @@ class H2ClientConn(H2Conn):
         self.flush()
         return leg
 
-    def _on_answered(self, event: hbone_conn.Answered) -> None:
+    def _on_answered(self, event: hbone_events.Answered) -> None:
         leg = self.streams.get(event.stream_id)
         if leg is not None and leg.response is not None and not leg.response.done():
             leg.response.set_result(event.headers)
 
 
-H2ClientConn._HANDLERS[hbone_conn.Answered] = H2ClientConn._on_answered
+H2ClientConn._HANDLERS[hbone_events.Answered] = H2ClientConn._on_answered
 
 StreamSetup = Callable[["H2ServerConn", StreamLeg, hbone.Headers], Coroutine[Any, Any, None]]
 
@@ -352,7 +352,7 @@ class H2ServerConn(H2Conn):
         self.setup = setup
         self._setups: dict[int, asyncio.Task[None]] = {}
 
-    def _on_requested(self, event: hbone_conn.StreamRequested) -> None:
+    def _on_requested(self, event: hbone_events.StreamRequested) -> None:
         stream_id = event.stream_id
         leg = StreamLeg(self, stream_id)
         self.streams[stream_id] = leg
@@ -360,7 +360,7 @@ class H2ServerConn(H2Conn):
         self._setups[stream_id] = task
         task.add_done_callback(lambda _: self._settled(stream_id))
 
-    def _on_gone(self, event: hbone_conn.StreamGone) -> None:
+    def _on_gone(self, event: hbone_events.StreamGone) -> None:
         # A stream reset before it was answered: its setup (policy check, app connect) is cancelled, so a rapid
         # reset never opens an app socket.
         task = self._setups.pop(event.stream_id, None)
@@ -383,7 +383,7 @@ class H2ServerConn(H2Conn):
         leg.on_answered(end)
 
 
-H2ServerConn._HANDLERS[hbone_conn.StreamRequested] = H2ServerConn._on_requested
-H2ServerConn._HANDLERS[hbone_conn.StreamGone] = H2ServerConn._on_gone
+H2ServerConn._HANDLERS[hbone_events.StreamRequested] = H2ServerConn._on_requested
+H2ServerConn._HANDLERS[hbone_events.StreamGone] = H2ServerConn._on_gone
 
 __all__ = ["H2ClientConn", "H2Conn", "H2ServerConn"]
