@@ -12,7 +12,7 @@ import pytest
 from hyperframe.frame import DataFrame, HeadersFrame
 
 from pyztunnel.protocols import h2wire, hbone
-from pyztunnel.protocols.h2read import FrameReader
+from pyztunnel.protocols.h2read import RECEIVE_BUFFER, SMALL_BUFFER, FrameReader
 
 
 def feed(reader: FrameReader, data: bytes, piece: int) -> list[Any]:
@@ -178,3 +178,32 @@ def test_data_on_a_stream_h2_does_not_know_goes_to_h2() -> None:
         feed(reader, unknown, 1 << 20)
     assert type(mine.value) is type(theirs.value)
     assert ours.data_to_send() == plain.data_to_send()
+
+
+def test_the_buffer_is_as_large_as_the_reads_ask_and_trim_gives_a_large_one_back() -> None:
+    start, traffic = client_bytes()
+    plain, reader, _ = server_pair()
+    expected = payloads(plain.receive_data(start + traffic))
+    assert len(reader.get_buffer(300)) == SMALL_BUFFER  # small reads: the least (an idle connection's)
+    got = feed(reader, start, 300)
+    assert len(reader.get_buffer(200_000)) >= 200_000  # a big read (bulk): room for all of it
+    got += feed(reader, traffic[:250_000], 200_000)
+    assert len(reader.get_buffer(1 << 30)) <= RECEIVE_BUFFER  # never more than the most
+    reader.trim()
+    assert len(reader.get_buffer(300)) <= SMALL_BUFFER
+    got += feed(reader, traffic[250_000:], 5000)  # a partial frame held across the trim is kept
+    assert payloads(got) == expected
+
+
+def test_trim_leaves_a_lent_buffer_alone() -> None:
+    start, traffic = client_bytes()
+    _, reader, _ = server_pair()
+    feed(reader, start, 1 << 20)
+    buf = reader.get_buffer(200_000)
+    buf[:100_000] = traffic[:100_000]
+    views = [item[1] for item in reader.buffer_updated(100_000) if type(item) is tuple]
+    copies = [bytes(v) for v in views]
+    reader.lend()
+    reader.trim()
+    feed(reader, traffic[100_000:], 5000)
+    assert views and [bytes(v) for v in views] == copies

@@ -153,3 +153,17 @@ def test_a_lent_chunk_is_never_written_over() -> None:
     conn.lend()  # as the shell does when the app's transport keeps the view to send later
     assert chunks(feed(conn, f.data(1, b"B" * 300_000) * 4, 2.0, piece=70_000), 1) == b"B" * 1_200_000
     assert bytes(kept) == b"A" * 1000
+
+
+def test_a_receive_buffer_grown_for_bulk_goes_back_at_the_keepalive_ping() -> None:
+    conn, f = server()
+    feed(conn, f.headers(1, CONNECT), 1.0)
+    assert len(conn.get_buffer(300)) <= 16 * 1024  # an idle connection's
+    wire = f.data(1, b"x" * 200_000)
+    buf = conn.get_buffer(len(wire))
+    assert len(buf) >= len(wire)  # a bulk read: room for all of it
+    buf[: len(wire)] = wire
+    conn.received(len(wire), 2.0)
+    assert len(conn.get_buffer(300)) > 16 * 1024
+    conn.timer(hbone.PING_INTERVAL)  # the keepalive PING
+    assert len(conn.get_buffer(300)) <= 16 * 1024

@@ -15,6 +15,10 @@ its header (FRAME_SIZE_ERROR), before any of it is buffered.
 
 Views point into the buffer: a consumer that keeps one past the call (a transport that could not send it all at once)
 must say so with `lend()`; the reader then never writes over that part again (it takes a new buffer instead).
+
+Memory: the buffer is as large as the reads ask for (uvloop's size hint is what TLS has pending), from 16 KiB up to
+512 KiB, and `trim()` gives a large one back (the connection's rules call it at each keepalive PING and when the
+last stream ends): an idle HBONE connection holds 16 KiB here, not what its busiest moment needed.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from h2.exceptions import FrameTooLargeError
 from h2.stream import StreamState
 
 KIB = 1024
-RECEIVE_BUFFER = 512 * KIB  # room for a whole uvloop read (256 KiB) behind a partial frame
+RECEIVE_BUFFER = 512 * KIB  # the most: room for a whole uvloop read (256 KiB) behind a partial frame
+SMALL_BUFFER = 16 * KIB  # the least: one TLS record
 PREAMBLE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _HEADER = struct.Struct("!HBBBL")  # length (24 bits as 16 + 8), type, flags, stream id (with the reserved bit)
 _FRAME_HEADER = 9
@@ -44,10 +49,11 @@ class FrameReader:
     """One HTTP/2 connection's receive buffer. `get_buffer` / `buffer_updated` are asyncio.BufferedProtocol's calls;
     `buffer_updated` returns, in wire order, h2 events and `Chunk`s (`type(item) is tuple`)."""
 
-    def __init__(self, conn: H2Connection, size: int = RECEIVE_BUFFER) -> None:
+    def __init__(self, conn: H2Connection, size: int = RECEIVE_BUFFER, small: int = SMALL_BUFFER) -> None:
         self.conn = conn
         self._size = size
-        self._buf = bytearray(size)
+        self._small = min(small, size)
+        self._buf = bytearray()  # made at the first read, as large as it asks for
         self._view = memoryview(self._buf)
         self._start = 0  # unread bytes are _buf[_start:_end]
         self._end = 0
@@ -70,15 +76,25 @@ class FrameReader:
         """A view returned by the last `buffer_updated` is kept by its consumer after the call."""
         self._lent = True
 
+    def trim(self) -> None:
+        """Give a buffer larger than the least back, unless it holds a view someone kept (then the next read that
+        needs room takes a new one anyway)."""
+        if len(self._buf) > self._small and not self._lent:
+            self._renew(self._end - self._start, self._small)
+
     def _make_room(self, held: int, want: int) -> None:
         # Moving the unread tail to the front is a copy of a partial frame at most; it must not overlap the tail
         # (bytearray slice assignment is a memcpy) nor write over lent views.
         if not self._lent and self._start >= held and held + want <= len(self._buf):
             self._buf[:held] = self._view[self._start : self._end]
-        else:
-            buf = bytearray(max(self._size, held + want))
-            buf[:held] = self._view[self._start : self._end]
-            self._buf, self._view, self._lent = buf, memoryview(buf), False
+            self._start, self._end = 0, held
+        else:  # a power of two between the least and the most that fits the read
+            self._renew(held, max(self._small, min(self._size, 1 << (held + want - 1).bit_length()), held + want))
+
+    def _renew(self, held: int, size: int) -> None:
+        buf = bytearray(size)
+        buf[:held] = self._view[self._start : self._end]
+        self._buf, self._view, self._lent = buf, memoryview(buf), False
         self._start, self._end = 0, held
 
     def buffer_updated(self, nbytes: int) -> list[Any]:

@@ -280,6 +280,7 @@ class HboneConn:
         if self._next_ping is not None and now >= self._next_ping and self._ping_deadline is None:
             self._pings += 1
             self._ping_sent = _KEEPALIVE.pack(self._pings)
+            self._reader.trim()  # a receive buffer grown for a busy moment goes back (at most once per interval)
             self._next_ping = None
             try:
                 self.h2.ping(self._ping_sent)
@@ -372,6 +373,7 @@ class HboneConn:
         if self._live or self.closed:
             return []
         if not self.closing:
+            self._reader.trim()
             return [Idle()]
         # Going away with nothing left: close once a PING sent now comes back, not at once. A CONNECT the peer sent
         # before it read our GOAWAY then still arrives on an open connection, is refused (REFUSED_STREAM) and opened
