@@ -28,7 +28,6 @@ The rules (ztunnel reference §3.3, issue 11):
 
 from __future__ import annotations
 
-import dataclasses
 import struct
 from typing import Any
 
@@ -37,7 +36,7 @@ from h2.errors import ErrorCodes
 from h2.events import DataReceived, StreamEnded
 from h2.exceptions import ProtocolError
 
-from pyztunnel.protocols import h2wire, hbone
+from pyztunnel.protocols import h2wire
 from pyztunnel.protocols.h2read import FrameReader
 from pyztunnel.protocols.hbone import Headers
 from pyztunnel.protocols.hbone_events import (
@@ -51,42 +50,10 @@ from pyztunnel.protocols.hbone_events import (
     StreamRequested,
     WindowOpened,
 )
+from pyztunnel.protocols.hbone_limits import Bucket, Limits
 
 CLOSING_PING = b"pzt-bye!"  # the PING whose ACK lets a connection that is going away close
 _KEEPALIVE = struct.Struct("!Q")
-
-
-@dataclasses.dataclass(frozen=True)
-class Limits:
-    """The connection's numbers; the proxy's declared settings fill the ones ztunnel does not fix."""
-
-    ping_interval: float = hbone.PING_INTERVAL
-    ping_timeout: float = hbone.PING_TIMEOUT
-    close_round_trip: float = hbone.CLOSE_ROUND_TRIP_TIMEOUT
-    preface_timeout: float = 10.0
-    max_pending_streams: int = hbone.SERVER_MAX_CONCURRENT_STREAMS
-    reset_burst: int = 1000
-    reset_rate: float = 33.0
-    # Frames the peer sends that make us answer or work without a stream (PING, SETTINGS, PRIORITY): a peer that
-    # floods them and does not read our ACKs (CVE-2019-9512, -9515, -9513) would grow our write buffer and take CPU.
-    control_burst: int = 1000
-    control_rate: float = 100.0
-
-
-class _Bucket:
-    """A token bucket: `burst` tokens, `rate` more per second."""
-
-    def __init__(self, burst: int, rate: float, now: float) -> None:
-        self.burst, self.rate = float(burst), rate
-        self.tokens, self.last = float(burst), now
-
-    def take(self, now: float) -> bool:
-        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
-        self.last = now
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
 
 
 class HboneConn:
@@ -103,8 +70,8 @@ class HboneConn:
         self.resets = 0  # resets and refusals counted against the bucket
         self._live: set[int] = set()
         self._pending: set[int] = set()
-        self._bucket = _Bucket(self.limits.reset_burst, self.limits.reset_rate, 0.0)
-        self._control = _Bucket(self.limits.control_burst, self.limits.control_rate, 0.0)
+        self._bucket = Bucket(self.limits.reset_burst, self.limits.reset_rate, 0.0)
+        self._control = Bucket(self.limits.control_burst, self.limits.control_rate, 0.0)
         self.control_frames = 0  # PING, SETTINGS and PRIORITY frames counted against their bucket
         self._preface_deadline: float | None = None
         self._next_ping: float | None = None
