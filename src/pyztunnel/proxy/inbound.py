@@ -170,7 +170,7 @@ async def _serve_stream(
     pod.track(relay, info)
     relay.start()
     if token is not None:
-        resumable.watch(pod, relay, leg, up, then=shared.resumes.park)
+        resumable.watch(pod, relay, leg, up, then=resumable.park_at_server)
 
 
 async def serve_resume(pod: PodProxy, conn: H2ServerConn, leg: StreamLeg, record: ConnectionRecord, token: str) -> None:
@@ -185,7 +185,7 @@ async def serve_resume(pod: PodProxy, conn: H2ServerConn, leg: StreamLeg, record
         return
     leg.token = token
     conn.respond(leg, [*hbone.response_headers(200), (resume.STREAM_HEADER, token.encode())])
-    resumable.attach(pod, parked, leg, then=resumes.park)
+    resumable.attach(pod, parked, leg, then=resumable.park_at_server)
 
 
 def _reject(

@@ -77,7 +77,7 @@ class StreamExport:
         if parked is None:
             self._spoil("the app closed its connection while its hbone stream was stopped")
         else:
-            self.state.then(parked)
+            self.state.then(self.state.pod, parked)
 
     def _spoil(self, why: str) -> None:
         if not self.relay.finished:

@@ -150,7 +150,7 @@ async def handle(pod: PodProxy, sock: socket.socket) -> None:
     pod.track(relay)
     relay.start()
     if isinstance(up, StreamLeg) and up.token is not None:
-        resumable.watch(pod, relay, up, down, then=lambda parked: continue_as_client(pod, parked))
+        resumable.watch(pod, relay, up, down, then=continue_as_client)
 
 
 def _finish_failed(pod: PodProxy, down: TcpLeg, record: ConnectionRecord, error: str, flags: str) -> None:
@@ -323,7 +323,7 @@ async def resume_as_client(pod: PodProxy, parked: Parked) -> None:
         return
     if resume.token_in(response, resume.STREAM_HEADER) == parked.token:
         leg.token = parked.token
-    resumable.attach(pod, parked, leg, then=lambda again: continue_as_client(pod, again))
+    resumable.attach(pod, parked, leg, then=continue_as_client)
 
 
 async def _open_resume(

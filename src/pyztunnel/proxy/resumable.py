@@ -34,11 +34,17 @@ _log = logging.getLogger("pyztunnel.proxy.resume")
 
 ANSWER_TIMEOUT = 5.0  # the answering end flushes what it read before its mark within this
 
-Continue = Callable[[Parked], None]  # what becomes of a stopped stream's app socket at the end that stays
+# What becomes of a stopped stream's app socket at the end that stays: a module-level function, not a closure, so
+# that an idle resumable connection holds no object of its own for it.
+Continue = Callable[[PodProxy, Parked], None]
 
 
 class ResumeState:
-    """One relay's resumable stream: the quiesce handshake on it, in either role."""
+    """One relay's resumable stream: the quiesce handshake on it, in either role. Every idle resumable connection
+    holds one, so what only a stop needs (the quiesce bookkeeping, the future a stop waits on) is made when a stop
+    begins."""
+
+    __slots__ = ("_quiesce", "_stopped", "app", "broken", "over", "pod", "relay", "stream", "then", "token")
 
     def __init__(self, pod: PodProxy, relay: Relay, stream: StreamLeg, app: TcpLeg, then: Continue) -> None:
         assert stream.token is not None
@@ -48,9 +54,16 @@ class ResumeState:
         self.stream = stream
         self.app = app
         self.token = stream.token
-        self.quiesce = resume.Quiesce()
-        self.stopped: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._quiesce: resume.Quiesce | None = None
+        self._stopped: asyncio.Future[None] | None = None  # what `stop` waits on, while it waits
+        self.over = False  # the stream is left (both marks through) or broken: the stop is decided
         self.broken = False
+
+    @property
+    def quiesce(self) -> resume.Quiesce:
+        if self._quiesce is None:
+            self._quiesce = resume.Quiesce()
+        return self._quiesce
 
     @property
     def client_side(self) -> bool:
@@ -81,17 +94,20 @@ class ResumeState:
             self.app.resume_reading()
             return False
         self._announce(ack=False)
-        # Until the peer's mark, or the relay's end (the peer refused: a reset), or the bound.
-        await asyncio.wait(
-            [self.stopped, self.relay.closed],
-            timeout=max(0.0, deadline - loop.time()),
-            return_when=asyncio.FIRST_COMPLETED,
-        )
-        return self.stopped.done() and not self.broken and not self.relay.finished
+        if not self.over:
+            # Until the peer's mark, or the relay's end (the peer refused: a reset), or the bound.
+            self._stopped = loop.create_future()
+            await asyncio.wait(
+                [self._stopped, self.relay.closed],
+                timeout=max(0.0, deadline - loop.time()),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            self._stopped = None
+        return self.over and not self.broken and not self.relay.finished
 
     @property
     def announced(self) -> bool:
-        return self.quiesce.ours is not None
+        return self._quiesce is not None and self._quiesce.ours is not None
 
     # --- the end that stays (or both, when they stop at once)
     async def _answer(self) -> None:
@@ -108,7 +124,7 @@ class ResumeState:
             return
         parked = self.park_here()
         if parked is not None:
-            self.then(parked)
+            self.then(self.pod, parked)
 
     def park_here(self) -> Parked | None:
         """Take the app socket out of the stopped relay (which ends without a log line: the connection goes on)."""
@@ -139,16 +155,24 @@ class ResumeState:
         stream = self.stream
         stream.detach()
         stream.conn.reset_stream(stream.stream_id, h2.errors.ErrorCodes.NO_ERROR)
-        if not self.stopped.done():
-            self.stopped.set_result(None)
+        self._decided()
 
     def _break(self, why: str) -> None:
         self.broken = True
         _log.warning("hbone stream cannot be resumed", extra={"fields": {"error": why}})
         if not self.relay.finished:
             self.relay.reset(ConnectionResetError(why))
-        if not self.stopped.done():
-            self.stopped.set_result(None)
+        self._decided()
+
+    def _decided(self) -> None:
+        self.over = True
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(None)
+
+
+def park_at_server(pod: PodProxy, parked: Parked) -> None:
+    """The server end's `Continue`: the app socket waits for the client end's resume CONNECT."""
+    pod.shared.resumes.park(parked)
 
 
 def watch(pod: PodProxy, relay: Relay, stream: StreamLeg, app: TcpLeg, then: Continue) -> ResumeState:
