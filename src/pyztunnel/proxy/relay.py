@@ -27,6 +27,8 @@ from pyztunnel.observe.access import ConnectionRecord, opened_fields
 from pyztunnel.protocols.legstate import LegState
 from pyztunnel.tcp import nodelay, rst_abort
 
+_ALIVE = object()  # TcpLeg._lost_with before connection_lost
+
 
 class Reset(Exception):
     """A leg was reset (TCP RST, RST_STREAM, or its HBONE connection died)."""
@@ -133,7 +135,18 @@ class TcpLeg(asyncio.Protocol, Leg):
         Leg.__init__(self)
         self.transport: asyncio.Transport | None = None
         self._start_paused = start_paused  # a hold from connection_made until the relay begins
-        self.lost = asyncio.get_running_loop().create_future()
+        self._lost: asyncio.Future[Exception | None] | None = None
+        self._lost_with: Exception | object | None = _ALIVE
+
+    @property
+    def lost(self) -> asyncio.Future[Exception | None]:
+        """Resolved with `connection_lost`'s error once the socket is gone; made when first asked for (few ask):
+        an idle connection's legs hold no future."""
+        if self._lost is None:
+            self._lost = asyncio.get_running_loop().create_future()
+            if self._lost_with is not _ALIVE:
+                self._lost.set_result(typing.cast(Exception | None, self._lost_with))
+        return self._lost
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses; they have the same interface.
@@ -152,8 +165,10 @@ class TcpLeg(asyncio.Protocol, Leg):
         return True  # keep the transport open for our own direction (half-close)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self.lost.done():
-            self.lost.set_result(exc)
+        if self._lost_with is _ALIVE:
+            self._lost_with = exc
+            if self._lost is not None:
+                self._lost.set_result(exc)
         if exc is None and self.eof_in and self.eof_out:
             self._finished(None)
         else:
@@ -249,7 +264,17 @@ class Relay:
         self._on_done = on_done
         self.error: BaseException | None = None
         self.finished = False
-        self.closed = asyncio.get_running_loop().create_future()  # resolved at the end, whichever it is
+        self._closed: asyncio.Future[None] | None = None
+
+    @property
+    def closed(self) -> asyncio.Future[None]:
+        """Resolved at the end, whichever it is; made when first asked for (a stop waiting on it): an idle relay
+        holds no future."""
+        if self._closed is None:
+            self._closed = asyncio.get_running_loop().create_future()
+            if self.finished:
+                self._closed.set_result(None)
+        return self._closed
 
     def start(self) -> None:
         down, up = self.down, self.up
@@ -296,5 +321,5 @@ class Relay:
         self.finished = True
         if report:
             self._on_done(self, self.error)
-        if not self.closed.done():
-            self.closed.set_result(None)
+        if self._closed is not None and not self._closed.done():
+            self._closed.set_result(None)
