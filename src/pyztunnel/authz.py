@@ -14,7 +14,7 @@ from pyztunnel.identity.spiffe import SCHEME, try_parse
 from pyztunnel.workloads.model import Action, Authorization, RbacMatch, ServiceAccountMatch, StringMatch
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)  # one per inbound connection, kept for re-checks
 class ConnectionInfo:
     """What a policy can see of one inbound connection. `identity` is None for plaintext (15006)."""
 

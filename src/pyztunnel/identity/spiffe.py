@@ -8,6 +8,7 @@ here; the parts are taken verbatim. Pure: no I/O.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 SCHEME = "spiffe://"
 DEFAULT_TRUST_DOMAIN = "cluster.local"
@@ -47,7 +48,7 @@ class Identity:
 
     @property
     def uri(self) -> str:
-        return f"{SCHEME}{self.trust_domain}/ns/{self.namespace}/sa/{self.service_account}"
+        return _uri(self.trust_domain, self.namespace, self.service_account)
 
     @property
     def principal(self) -> str:
@@ -56,6 +57,13 @@ class Identity:
 
     def __str__(self) -> str:
         return self.uri
+
+
+@functools.lru_cache(maxsize=4096)
+def _uri(trust_domain: str, namespace: str, service_account: str) -> str:
+    # Every connection's access-log record keeps its identities' URIs: one string per identity, not per connection.
+    # Bounded: a peer's certificate names the identity.
+    return f"{SCHEME}{trust_domain}/ns/{namespace}/sa/{service_account}"
 
 
 def try_parse(text: str) -> Identity | None:

@@ -9,6 +9,7 @@ clock, no randomness here: callers pass random bytes in.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 
@@ -58,12 +59,19 @@ def parse_authority(text: str) -> tuple[str, int] | None:
     if not 0 < port < 65536:
         return None
     try:
-        addr = ipaddress.ip_address(host)
+        ip = _canonical_ip(host)
     except ValueError:
         return None
-    if text.startswith("[") != (addr.version == 6):
+    if text.startswith("[") != (":" in ip):
         return None
-    return str(addr), port
+    return ip, port
+
+
+@functools.lru_cache(maxsize=4096)
+def _canonical_ip(host: str) -> str:
+    # An inbound connection keeps the addresses of its CONNECT for policy re-checks: one string per address, not per
+    # connection (and a parse saved). Bounded: the peer chooses them. A ValueError is not cached.
+    return str(ipaddress.ip_address(host))
 
 
 def traceparent(random16: bytes, random8: bytes) -> str:

@@ -5,6 +5,7 @@ destination is in the mesh, plain TCP otherwise (reference §3, DESIGN §4); and
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import random
@@ -52,6 +53,12 @@ class OutboundError(Exception):
 
 def addr(ip: str, port: int) -> str:
     return hbone.format_authority(ip, port)
+
+
+@functools.lru_cache(maxsize=4096)
+def _dst_addr(ip: str, port: int) -> str:
+    # `addr` of a destination: the records of the connections to it share one string. Bounded: apps choose them.
+    return addr(ip, port)
 
 
 def resolve(index: WorkloadIndex, ip: str, port: int, src: Workload | None = None) -> Upstream:
@@ -112,7 +119,7 @@ async def handle(pod: PodProxy, sock: socket.socket) -> None:
         sock.close()
         return
     dst_ip, dst_port = dst
-    record.dst_addr = addr(dst_ip, dst_port)
+    record.dst_addr = _dst_addr(dst_ip, dst_port)
     if dst_port in hbone.ILLEGAL_PORTS and (dst_ip == sock.getsockname()[0] or dst_ip.startswith("127.")):
         fail(record, f"self call to illegal port {dst_port}")
         shared.telemetry.failed(record)
@@ -133,7 +140,7 @@ async def handle(pod: PodProxy, sock: socket.socket) -> None:
         if upstream.hbone:
             up = await _hbone(pod, record, src, upstream, peer_ip, peer_port)
         else:
-            record.dst_addr = addr(upstream.ip, upstream.port)
+            record.dst_addr = _dst_addr(upstream.ip, upstream.port)
             shared.telemetry.opened(record)
             up = await _tcp(pod, upstream)
     except OutboundError as exc:
@@ -180,8 +187,8 @@ async def _hbone(
     record.mtls = True
     record.src_identity = src_id.uri
     record.dst_identity = dst_id.uri
-    record.dst_addr = addr(upstream.ip, upstream.hbone_port)
-    record.dst_hbone_addr = upstream.authority or addr(upstream.ip, upstream.port)
+    record.dst_addr = _dst_addr(upstream.ip, upstream.hbone_port)
+    record.dst_hbone_addr = upstream.authority or _dst_addr(upstream.ip, upstream.port)
     shared.telemetry.opened(record)  # ztunnel counts it once the destination (and its identity) is known
 
     host = upstream.service.hostname if upstream.service is not None else None
