@@ -228,6 +228,7 @@ async def open_stream(
         assert leg.response is not None
         try:
             response = await asyncio.wait_for(asyncio.shield(leg.response), settings.connect_timeout)
+            leg.response = None  # taken: an idle stream holds neither the future nor the headers (~0.5 KB)
             break
         except TimeoutError:
             leg.abort()

@@ -42,6 +42,8 @@ class Refused(Reset):
 class Leg(LegState):
     """One side of a relay. Subclasses carry bytes; this base keeps the relay bookkeeping."""
 
+    __slots__ = ("_early", "peer", "relay")
+
     def __init__(self) -> None:
         LegState.__init__(self)
         self.peer: Leg | None = None
@@ -130,6 +132,8 @@ class Leg(LegState):
 class TcpLeg(asyncio.Protocol, Leg):
     """A plain TCP socket (the app's side, or a passthrough upstream). `start_paused`: read nothing until the relay
     starts (what arrives meanwhile waits in the kernel)."""
+
+    __slots__ = ("_lost", "_lost_with", "_start_paused", "transport")
 
     def __init__(self, start_paused: bool = False) -> None:
         Leg.__init__(self)
@@ -256,6 +260,8 @@ class Relay:
 
     `info` belongs to the owner (the access-log record); the relay does not look at it.
     """
+
+    __slots__ = ("__weakref__", "_closed", "_on_done", "down", "error", "finished", "info", "up")
 
     def __init__(self, down: Leg, up: Leg, on_done: Callable[[Relay, BaseException | None], None], info: Any) -> None:
         self.down = down
