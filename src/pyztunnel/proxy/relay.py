@@ -153,11 +153,14 @@ class TcpLeg(asyncio.Protocol, Leg):
         return self._lost
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses; they have the same interface.
+        # uvloop's transports are not asyncio.Transport subclasses; they have the same interface. uvloop sets
+        # TCP_NODELAY on every TCP transport (asking it for the socket to set it again would keep a socket object per
+        # leg); asyncio's own loop only on sockets it made itself (tests/integration/test_tcp_leg.py).
+        if isinstance(transport, asyncio.Transport):
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                nodelay(sock)
         self.transport = typing.cast(asyncio.Transport, transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            nodelay(sock)
         if self._start_paused:
             self.pause_reading()
 
