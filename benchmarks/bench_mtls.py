@@ -161,20 +161,29 @@ def idle_kib_per_connection(host: str, port: int, count: int, pids: tuple[int, .
     held: list[socket.socket] = []
     try:
         for _ in range(count):
-            sock = socket.create_connection((host, port), timeout=10)
-            held.append(sock)
-            sock.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
-            got = b""
-            while not got.endswith(b"\r\n\r\nok\n"):
-                chunk = sock.recv(4096)
-                if not chunk:
-                    raise RuntimeError(f"connection {len(held)} via {host}:{port} closed before the answer")
-                got += chunk
+            held.append(idle_connection(host, port))
         after = [tunnels.rss_kib(pid) for pid in pids]
     finally:
         for sock in held:
             sock.close()
     return tuple((a - b) / count for a, b in zip(after, before, strict=True))
+
+
+def idle_connection(host: str, port: int, timeout: float = 10) -> socket.socket:
+    """A connection through HOST:PORT after one request and its answer (every hop is established), left open."""
+    sock = socket.create_connection((host, port), timeout=timeout)
+    try:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
+        got = b""
+        while not got.endswith(b"\r\n\r\nok\n"):
+            chunk = sock.recv(4096)
+            if not chunk:
+                raise RuntimeError(f"a connection via {host}:{port} closed before the answer")
+            got += chunk
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 # ------------------------------------------------------------------------------------------------------------ table

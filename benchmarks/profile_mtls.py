@@ -3,6 +3,7 @@ profiler run against one proxy of the same two-hop HBONE/mTLS tunnel, on loopbac
 
     python -m benchmarks.profile_mtls callgrind [--side=server] [--modes=keepalive,bulk,newconn] [--requests=3000]
     python -m benchmarks.profile_mtls pyspy [--side=server] [--modes=…] [--seconds=6] [--pyspy=PATH]
+    python -m benchmarks.profile_mtls memory [--connections=500] [--frames=12] [--top=25]
 
 - `callgrind`: the proxy runs under `valgrind --tool=callgrind` with instrumentation off until a measure starts;
   each measure is a fixed amount of work (N keep-alive requests over 10 connections; 64 MiB of iperf3 bulk; N/10 new
@@ -12,6 +13,11 @@ profiler run against one proxy of the same two-hop HBONE/mTLS tunnel, on loopbac
   uvloop; libc) and of the top functions.
 - `pyspy`: py-spy (PyPI, not a project dependency: pass its path) samples the proxy with native frames while wrk or
   iperf3 drives it at full speed; samples are folded by what the Python code was doing (categories below).
+- `memory`: both proxies run under tracemalloc (benchmarks/memsnap.py); N idle connections (one request each, like
+  bench_mtls's memory row) are opened, then N more: the Python memory the second N hold, per connection and by
+  allocation site (file:line, bytes and blocks per connection). Deterministic, so fine on a loaded machine; RSS
+  (what bench_mtls reports) adds what Python does not trace (OpenSSL's buffers, allocator slack). An HBONE connection
+  serves 100 streams (the pool's default), so its own cost shows as 1/100 of it per idle connection.
 """
 
 from __future__ import annotations
@@ -21,14 +27,17 @@ import contextlib
 import json
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
+import typing
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from benchmarks import tunnels
+from benchmarks import bench_mtls, tunnels
 from benchmarks.nginx_util import nginx
 from benchmarks.tunnels import Tunnel
 
@@ -38,6 +47,7 @@ BULK_MIB = 64
 
 def _flags(args: list[str]) -> dict[str, str]:
     out = {"side": "server", "modes": "keepalive,bulk,newconn", "requests": "3000", "seconds": "6", "pyspy": "py-spy"}
+    out |= {"connections": "500", "frames": "12", "top": "25"}
     for arg in args:
         key, _, value = arg.lstrip("-").partition("=")
         if key not in out:
@@ -61,7 +71,9 @@ def _bulk(host: str, port: int, mib: int) -> None:
 
 
 @contextlib.contextmanager
-def _pair(tmp: Path, side: str, wrap: list[str], start_timeout: float) -> Iterator[Tunnel]:
+def _pair(
+    tmp: Path, wrap: dict[str, list[str]], start_timeout: float, extra_env: dict[str, str] | None = None
+) -> Iterator[Tunnel]:
     addrs = tunnels.Addresses.random()
     certs = tunnels.write_certs(tmp / "certs")
     with contextlib.ExitStack() as stack:
@@ -69,9 +81,7 @@ def _pair(tmp: Path, side: str, wrap: list[str], start_timeout: float) -> Iterat
             "http": stack.enter_context(nginx(workers=1, host=addrs.server)),
             "bulk": stack.enter_context(tunnels.iperf3_server(tmp, addrs.server)),
         }
-        yield stack.enter_context(
-            tunnels.pyztunnel_pair(tmp, addrs, apps, certs, wrap={side: wrap}, start_timeout=start_timeout)
-        )
+        yield stack.enter_context(tunnels.pyztunnel_pair(tmp, addrs, apps, certs, extra_env, wrap, start_timeout))
 
 
 def _url(t: Tunnel) -> str:
@@ -128,7 +138,7 @@ def callgrind(args: list[str]) -> dict[str, object]:
         tmp = Path(tmp_text)
         out = tmp / "callgrind.out"
         wrap = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}.%p"]
-        with _pair(tmp, side, wrap, start_timeout=300) as t:
+        with _pair(tmp, {side: wrap}, start_timeout=300) as t:
             pid = t.pids[0 if side == "client" else 1]
             _load(_url(t), RATE_CONNECTIONS, True)  # the HBONE connection exists before anything is counted
             work: dict[str, tuple[Callable[[], None], float, str]] = {
@@ -221,7 +231,7 @@ def pyspy(args: list[str]) -> dict[str, object]:
     result: dict[str, object] = {"side": side, "seconds": seconds}
     with tempfile.TemporaryDirectory(prefix="pzt-profile-") as tmp_text:
         tmp = Path(tmp_text)
-        with _pair(tmp, side, [], tunnels.START_TIMEOUT) as t:
+        with _pair(tmp, {}, tunnels.START_TIMEOUT) as t:
             pid = t.pids[0 if side == "client" else 1]
             drive: dict[str, list[str]] = {
                 "keepalive": ["wrk", "-t2", "-c100", f"-d{seconds + 2}s", _url(t)],
@@ -255,12 +265,81 @@ def pyspy(args: list[str]) -> dict[str, object]:
     return result
 
 
+# ---------------------------------------------------------------------------------------------------------- memory
+def _snapshot(folder: Path, pid: int, label: str) -> Path:
+    (folder / f"{pid}.{label}.req").touch()
+    tunnels.wait_until((folder / f"{pid}.{label}.done").exists, f"snapshot {label} of {pid}", within=300)
+    return folder / f"{pid}.{label}.snap"
+
+
+def _hold_idle(t: Tunnel, count: int, held: list[socket.socket]) -> None:
+    for _ in range(count):
+        held.append(bench_mtls.idle_connection(*t.entry["http"], timeout=30))
+
+
+def _short(filename: str) -> str:
+    return re.sub(r"^.*?(site-packages/|/src/|/lib/python3\.\d+/)", "", filename)
+
+
+def _per_connection(before: Path, after: Path, count: int, top: int) -> dict[str, object]:
+    ignore = [tracemalloc.Filter(False, tracemalloc.__file__), tracemalloc.Filter(False, "*/benchmarks/memsnap.py")]
+    old = tracemalloc.Snapshot.load(str(before)).filter_traces(ignore)
+    new = tracemalloc.Snapshot.load(str(after)).filter_traces(ignore)
+    sites = new.compare_to(old, "lineno")
+    total = sum(s.size_diff for s in sites)
+    rows = [
+        (f"{_short(s.traceback[0].filename)}:{s.traceback[0].lineno}", s.size_diff, s.count_diff) for s in sites[:top]
+    ]
+    return {
+        "bytes": round(total / count),
+        "blocks": round(sum(s.count_diff for s in sites) / count, 1),
+        "sites": [(where, round(size / count), round(blocks / count, 2)) for where, size, blocks in rows],
+    }
+
+
+def memory(args: list[str]) -> dict[str, object]:
+    flags = _flags(args)
+    count, top = int(flags["connections"]), int(flags["top"])
+    result: dict[str, object] = {"side": "both", "connections": count}
+    with tempfile.TemporaryDirectory(prefix="pzt-profile-") as tmp_text:
+        tmp = Path(tmp_text)
+        folder = tmp / "snapshots"
+        folder.mkdir()
+        wrap = [sys.executable, "-m", "benchmarks.memsnap"]
+        env = {"PZT_MEMSNAP_DIR": str(folder), "PZT_MEMSNAP_FRAMES": flags["frames"]}
+        held: list[socket.socket] = []
+        with _pair(tmp, {"client": wrap, "server": wrap}, tunnels.START_TIMEOUT, env) as t:
+            try:
+                _hold_idle(t, 20, held)  # the first HBONE connection and whatever else is made once
+                for pid in t.pids:
+                    _snapshot(folder, pid, "start")
+                _hold_idle(t, count, held)
+                first = [_snapshot(folder, pid, "first") for pid in t.pids]
+                _hold_idle(t, count, held)
+                second = [_snapshot(folder, pid, "second") for pid in t.pids]
+            finally:
+                for sock in held:
+                    sock.close()
+            for side, before, after in zip(("client", "server"), first, second, strict=True):
+                shares = _per_connection(before, after, count, top)
+                result[side] = shares
+                print(f"== {side} proxy: {shares['bytes']} B in {shares['blocks']} blocks per idle connection (traced)")
+                for where, size, blocks in typing.cast(list[tuple[str, int, float]], shares["sites"]):
+                    print(f"   {size:6d} B {blocks:5.2f}  {where}")
+    return result
+
+
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("callgrind", "pyspy"):
+    modes: dict[str, Callable[[list[str]], dict[str, object]]] = {
+        "callgrind": callgrind,
+        "pyspy": pyspy,
+        "memory": memory,
+    }
+    if not argv or argv[0] not in modes:
         print(__doc__)
         return 2
     Path("bench-results").mkdir(exist_ok=True)
-    result = (callgrind if argv[0] == "callgrind" else pyspy)(argv[1:])
+    result = modes[argv[0]](argv[1:])
     side = result["side"]
     Path(f"bench-results/profile-{argv[0]}-{side}.json").write_text(json.dumps(result, indent=2) + "\n")
     return 0
