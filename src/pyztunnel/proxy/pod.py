@@ -77,6 +77,9 @@ class PodProxy:
         self.authorized: dict[Relay, authz.ConnectionInfo] = {}
         self.stopped = False
         self.going_away = False  # the drain began: HBONE connections that finish their handshake now get GOAWAY too
+        # What every relay of the pod calls at its end: one bound method for all (each `self._relay_done` read makes
+        # a new one, which the relay would keep for its whole life).
+        self.relay_done: Callable[[Relay, BaseException | None], None] = self._relay_done
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -159,7 +162,7 @@ class PodProxy:
         if authorized is not None:
             self.authorized[relay] = authorized
 
-    def relay_done(self, relay: Relay, error: BaseException | None) -> None:
+    def _relay_done(self, relay: Relay, error: BaseException | None) -> None:
         """A relay's end, either direction: its record gets the bytes and the error, and is logged and counted.
         `down` is the accepted leg, so bytes_recv is what the connecting side sent (the request) for both: ztunnel's
         outbound log shows it as bytes_sent, which the access log's formatter takes care of."""
