@@ -55,7 +55,7 @@ class ResumeState:
         self.app = app
         self.token = stream.token
         self._quiesce: resume.Quiesce | None = None
-        self._stopped: asyncio.Future[None] | None = None  # what `stop` waits on, while it waits
+        self._stopped: asyncio.Future[None] | None = None  # what `stop` waits on, made by the first stop
         self.over = False  # the stream is left (both marks through) or broken: the stop is decided
         self.broken = False
 
@@ -96,13 +96,13 @@ class ResumeState:
         self._announce(ack=False)
         if not self.over:
             # Until the peer's mark, or the relay's end (the peer refused: a reset), or the bound.
-            self._stopped = loop.create_future()
+            if self._stopped is None:
+                self._stopped = loop.create_future()
             await asyncio.wait(
                 [self._stopped, self.relay.closed],
                 timeout=max(0.0, deadline - loop.time()),
                 return_when=asyncio.FIRST_COMPLETED,
             )
-            self._stopped = None
         return self.over and not self.broken and not self.relay.finished
 
     @property
