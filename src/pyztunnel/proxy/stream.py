@@ -50,12 +50,28 @@ class StreamControl(Protocol):
 class StreamLeg(Leg):
     """One HTTP/2 stream of an HBONE connection."""
 
+    # Slots, and no queue until the send window first runs out: every idle HBONE connection holds one on each proxy.
+    __slots__ = (
+        "_blocked",
+        "_early_control",
+        "_offset",
+        "_pending",
+        "_pending_eof",
+        "_unacked",
+        "conn",
+        "control",
+        "response",
+        "stream_id",
+        "token",
+    )
+
     def __init__(self, conn: StreamConn, stream_id: int) -> None:
         super().__init__()
         self.conn = conn
         self.stream_id = stream_id
-        # Chunks to send once the peer's window opens (no copying: the head chunk is sent from an offset).
-        self._pending: collections.deque[bytes] = collections.deque()
+        # Chunks to send once the peer's window opens (no copying: the head chunk is sent from an offset); made
+        # the first time the window runs out.
+        self._pending: collections.deque[bytes] | None = None
         self._offset = 0
         self._pending_eof = False
         self._blocked = False  # we hold our peer because the send window is exhausted
@@ -150,6 +166,8 @@ class StreamLeg(Leg):
             return
         sent = self.conn.send(self.stream_id, data)
         if sent < len(data):
+            if self._pending is None:
+                self._pending = collections.deque()
             self._pending.append(data)
             self._offset = sent
             if not self._blocked and self.peer is not None:
