@@ -22,6 +22,4 @@ def test_profile_memory_smoke() -> None:
         # record) and h2's stream.
         assert any(where.startswith("pyztunnel/proxy/h2conn.py:") for where in sites), (side, sites)
         assert any(where.startswith("pyztunnel/proxy/telemetry.py:") for where in sites), (side, sites)
-        assert any(
-            where.endswith(("h2/stream.py:778", "h2/stream.py:787")) or "h2/stream.py:" in where for where in sites
-        )
+        assert any("h2/stream.py:" in where for where in sites), (side, sites)
