@@ -137,11 +137,15 @@ def test_baggage_omits_empty() -> None:
 
 
 def test_lean_output_is_byte_identical_to_h2() -> None:
-    """LeanH2Connection writes DATA frames as header + payload chunks: the bytes on the wire are h2's own."""
+    """LeanH2Connection writes DATA frames as header + payload chunks: the bytes on the wire are h2's own (with the
+    same header encoder on both: hpack_plain's blocks are not hpack's)."""
     from h2.config import H2Configuration
+
+    from pyztunnel.protocols.hpack_plain import PlainEncoder
 
     lean = h2wire.new_connection(True)
     plain = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+    plain.encoder = PlainEncoder()
     plain.local_settings = lean.local_settings
     plain.initiate_connection()
     plain.increment_flow_control_window(hbone.CONNECTION_WINDOW - hbone.DEFAULT_H2_WINDOW)

@@ -2,7 +2,8 @@
 
 Lean: DATA frames go out as their 9-byte header plus the payload object itself (h2 would serialize, join into a
 bytearray and copy that), flagless DATA on an open stream is accounted without h2's per-frame objects, and a frame
-body is parsed from a view of the receive buffer. Everything else is h2's own behaviour, byte for byte.
+body is parsed from a view of the receive buffer. Header blocks are encoded by `hpack_plain` (no dynamic table, no
+Huffman: HBONE's header values do not repeat). Everything else is h2's own behaviour, byte for byte.
 
 Bounded, where h2 is not:
 - a header block (HEADERS or PUSH_PROMISE and its CONTINUATION frames until END_HEADERS) may not grow past our
@@ -36,6 +37,7 @@ from hyperframe.exceptions import InvalidDataError, InvalidFrameError
 from hyperframe.frame import ContinuationFrame, DataFrame, Frame, HeadersFrame, PushPromiseFrame
 
 from pyztunnel.protocols import hbone
+from pyztunnel.protocols.hpack_plain import PlainEncoder
 
 _DATA_HEADER = struct.Struct("!HBBBL")
 _END_STREAM = 0x1
@@ -266,6 +268,7 @@ def new_connection(client_side: bool) -> LeanH2Connection:
     # Initial values (not update()): they are in force from our first SETTINGS frame, before the peer's ACK.
     conn.local_settings = _AdvertisedSettings(client=client_side, initial_values=settings)
     conn.max_inbound_frame_size = hbone.FRAME_SIZE
+    conn.encoder = PlainEncoder()
     conn.initiate_connection()
     conn.increment_flow_control_window(hbone.CONNECTION_WINDOW - hbone.DEFAULT_H2_WINDOW)
     # h2 applies our header-list limit only once the peer ACKs; enforce it from the first HEADERS frame.
