@@ -7,7 +7,7 @@ import h2.exceptions
 import pytest
 from h2.connection import H2Connection
 
-from pyztunnel.protocols import h2wire, hbone
+from pyztunnel.protocols import h2wire, hbone, resume
 
 
 def pair() -> tuple[H2Connection, H2Connection]:
@@ -290,3 +290,24 @@ def test_a_goaway_received_keeps_frames_queued_before_it(receiver: str) -> None:
     conn.receive_data(peer.data_to_send())  # the GOAWAY arrives before that flush
     events = peer.receive_data(conn.data_to_send())
     assert [e.data for e in events if isinstance(e, h2.events.DataReceived)] == [b"fast path", b"h2 path"]
+
+
+def test_what_we_send_passes_h2s_outbound_checks_we_switched_off() -> None:
+    """new_connection turns off h2's outbound normalization and validation: the builders must already give what
+    those would have passed unchanged (lower-case bytes names, pseudo-headers first, a CONNECT's two)."""
+    from h2.utilities import HeaderValidationFlags, normalize_outbound_headers, validate_outbound_headers
+
+    connect = hbone.connect_headers(
+        hbone.format_authority("fd00::1", 8080),
+        forwarded_for=hbone.forwarded("10.0.0.1", 43210, "svc.ns.svc.cluster.local"),
+        baggage_value=hbone.baggage(hbone.BaggageInfo(namespace="a", workload_type="deployment", workload_name="w")),
+        traceparent_value=hbone.traceparent(b"\x01" * 16, b"\x02" * 8),
+    )
+    connect.append((resume.STREAM_HEADER, b"0123456789abcdef"))
+    for headers, flags in (
+        (connect, HeaderValidationFlags(True, False, False, False)),
+        (hbone.response_headers(200, "k8s.namespace.name=a"), HeaderValidationFlags(False, False, True, False)),
+        (hbone.response_headers(503), HeaderValidationFlags(False, False, True, False)),
+    ):
+        checked = list(validate_outbound_headers(normalize_outbound_headers(headers, flags), flags))
+        assert [(bytes(n), bytes(v)) for n, v in checked] == headers
