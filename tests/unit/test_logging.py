@@ -64,3 +64,60 @@ def test_cached_timestamp_is_datetimes_to_the_microsecond() -> None:
     samples += [rng.uniform(1.7e9, 1.9e9) for _ in range(20000)] + [1.8e9 + i * 1e-7 for i in range(20000)]
     for created in samples:
         assert timestamp(created) == datetime.fromtimestamp(created, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), created
+
+
+def _without_time(text: str, json_format: bool) -> object:
+    if json_format:
+        doc = json.loads(text)
+        doc.pop("time")
+        return doc
+    return text.split("\t", 1)[1]
+
+
+def test_log_fields_writes_the_line_logging_would() -> None:
+    fields = {"src.addr": zlog.Display("10.0.0.1:5"), "dst.workload": "a b", "bytes_sent": 3, "ok": True}
+    factory = logging.getLogRecordFactory()
+    made: list[logging.LogRecord] = []
+
+    def counting(*args: object, **kwargs: object) -> logging.LogRecord:
+        made.append(factory(*args, **kwargs))
+        return made[-1]
+
+    for json_format in (False, True):
+        buf = io.StringIO()
+        zlog.setup(level="info", json_format=json_format, stream=buf)
+        logger = logging.getLogger("pyztunnel.proxy.x")
+        logging.setLogRecordFactory(counting)
+        try:
+            zlog.log_fields(logger, logging.ERROR, "connection complete", fields)
+        finally:
+            logging.setLogRecordFactory(factory)
+        assert made == []  # the direct path: no record
+        direct = buf.getvalue()
+        buf.seek(0), buf.truncate()
+        logger.error("connection complete", extra={"fields": fields})
+        assert _without_time(direct, json_format) == _without_time(buf.getvalue(), json_format)
+
+
+def test_log_fields_goes_through_logging_when_anything_else_listens() -> None:
+    buf = io.StringIO()
+    zlog.setup(level="info", stream=buf)
+    seen: list[logging.LogRecord] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    capture = Capture()
+    root = logging.getLogger()
+    root.addHandler(capture)
+    try:
+        zlog.log_fields(logging.getLogger("access"), logging.INFO, "connection complete", {"k": 1})
+    finally:
+        root.removeHandler(capture)
+    assert [r.fields for r in seen] == [{"k": 1}]  # type: ignore[attr-defined]
+    assert "connection complete" in buf.getvalue()
+    dropped = logging.getLogger("access.filtered")
+    dropped.addFilter(lambda record: False)
+    zlog.log_fields(dropped, logging.INFO, "never", {})
+    assert "never" not in buf.getvalue()

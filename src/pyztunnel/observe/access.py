@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pyztunnel.observe.logging import Display
+from pyztunnel.observe.logging import Display, log_fields
 
 Direction = Literal["outbound", "inbound"]
 
@@ -153,7 +153,7 @@ def log_complete(r: ConnectionRecord, now: float | None = None) -> None:
     """`connection complete`: INFO, or ERROR with `error=` when the connection failed."""
     level = logging.INFO if r.error is None else logging.ERROR
     if log.isEnabledFor(level):
-        log.log(level, "connection complete", extra={"fields": complete_fields(r, now)})
+        log_fields(log, level, "connection complete", complete_fields(r, now))
 
 
 def log_failed(src_addr: str, dst_addr: str, direction: Direction, error: str) -> None:
