@@ -13,6 +13,7 @@ it looked up, which are immutable.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 from collections.abc import Iterable, Iterator
 from typing import Generic, TypeVar
@@ -71,6 +72,7 @@ class Changes:
         return bool(self.workloads or self.services or self.policies)
 
 
+@functools.lru_cache(maxsize=4096)  # a miss on the lookups below parses the text each time; addresses repeat
 def _ip(text: str) -> str:
     try:
         return str(ipaddress.ip_address(text))
