@@ -5,6 +5,8 @@ profiler run against one proxy of the same two-hop HBONE/mTLS tunnel, on loopbac
     python -m benchmarks.profile_mtls pyspy [--side=server] [--modes=…] [--seconds=6] [--pyspy=PATH]
     python -m benchmarks.profile_mtls memory [--connections=500] [--frames=12] [--top=25]
 
+Every mode takes `--tls-transport=memory|socket`: the proxies' PYZTUNNEL_TLS_TRANSPORT (default: theirs).
+
 - `callgrind`: the proxy runs under `valgrind --tool=callgrind` with instrumentation off until a measure starts;
   each measure is a fixed amount of work (N keep-alive requests over 10 connections; 64 MiB of iperf3 bulk; N/10 new
   connections with one request each), counted in instructions (Ir): the same on a loaded machine as on a quiet one,
@@ -47,7 +49,7 @@ BULK_MIB = 64
 
 def _flags(args: list[str]) -> dict[str, str]:
     out = {"side": "server", "modes": "keepalive,bulk,newconn", "requests": "3000", "seconds": "6", "pyspy": "py-spy"}
-    out |= {"connections": "500", "frames": "12", "top": "25"}
+    out |= {"connections": "500", "frames": "12", "top": "25", "tls-transport": ""}
     for arg in args:
         key, _, value = arg.lstrip("-").partition("=")
         if key not in out:
@@ -82,6 +84,11 @@ def _pair(
             "bulk": stack.enter_context(tunnels.iperf3_server(tmp, addrs.server)),
         }
         yield stack.enter_context(tunnels.pyztunnel_pair(tmp, addrs, apps, certs, extra_env, wrap, start_timeout))
+
+
+def _env(flags: dict[str, str]) -> dict[str, str]:
+    """The proxies' environment for these flags."""
+    return {"PYZTUNNEL_TLS_TRANSPORT": flags["tls-transport"]} if flags["tls-transport"] else {}
 
 
 def _url(t: Tunnel) -> str:
@@ -138,7 +145,7 @@ def callgrind(args: list[str]) -> dict[str, object]:
         tmp = Path(tmp_text)
         out = tmp / "callgrind.out"
         wrap = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}.%p"]
-        with _pair(tmp, {side: wrap}, start_timeout=300) as t:
+        with _pair(tmp, {side: wrap}, 300, _env(flags)) as t:
             pid = t.pids[0 if side == "client" else 1]
             _load(_url(t), RATE_CONNECTIONS, True)  # the HBONE connection exists before anything is counted
             work: dict[str, tuple[Callable[[], None], float, str]] = {
@@ -231,7 +238,7 @@ def pyspy(args: list[str]) -> dict[str, object]:
     result: dict[str, object] = {"side": side, "seconds": seconds}
     with tempfile.TemporaryDirectory(prefix="pzt-profile-") as tmp_text:
         tmp = Path(tmp_text)
-        with _pair(tmp, {}, tunnels.START_TIMEOUT) as t:
+        with _pair(tmp, {}, tunnels.START_TIMEOUT, _env(flags)) as t:
             pid = t.pids[0 if side == "client" else 1]
             drive: dict[str, list[str]] = {
                 "keepalive": ["wrk", "-t2", "-c100", f"-d{seconds + 2}s", _url(t)],
@@ -306,7 +313,7 @@ def memory(args: list[str]) -> dict[str, object]:
         folder = tmp / "snapshots"
         folder.mkdir()
         wrap = [sys.executable, "-m", "benchmarks.memsnap"]
-        env = {"PZT_MEMSNAP_DIR": str(folder), "PZT_MEMSNAP_FRAMES": flags["frames"]}
+        env = {"PZT_MEMSNAP_DIR": str(folder), "PZT_MEMSNAP_FRAMES": flags["frames"], **_env(flags)}
         held: list[socket.socket] = []
         with _pair(tmp, {"client": wrap, "server": wrap}, tunnels.START_TIMEOUT, env) as t:
             try:

@@ -11,6 +11,7 @@ import dataclasses
 from pathlib import Path
 
 from pyztunnel.protocols.hbone_conn import Limits
+from pyztunnel.proxy.tlssock import TRANSPORTS
 from pyztunnel.settings import Duration, group, setting
 
 # 100 000 workloads are ~40-50 MiB of YAML; parsing one costs ~50 times the file's size in transient memory (the
@@ -110,6 +111,13 @@ class ProxySettings:
     )
     tls_handshake_timeout: Duration = setting(
         Duration(10), "bound on a TLS handshake", env="PYZTUNNEL_TLS_HANDSHAKE_TIMEOUT", gt=0
+    )
+    tls_transport: str = setting(
+        "memory",
+        "how HBONE connections run TLS: memory = uvloop's SSL transport (OpenSSL over memory BIOs); socket = "
+        "proxy/tlssock.py, OpenSSL on the socket itself (no BIO copies: decrypts into the HTTP/2 receive buffer)",
+        env="PYZTUNNEL_TLS_TRANSPORT",
+        choices=TRANSPORTS,
     )
     connect_timeout: Duration = setting(Duration(10), "bound on a TCP connect", env="PYZTUNNEL_CONNECT_TIMEOUT", gt=0)
     hbone_preface_timeout: Duration = setting(

@@ -29,6 +29,7 @@ from pyztunnel.proxy.telemetry import (
     identity_of,
     new_record,
 )
+from pyztunnel.proxy.tlssock import open_tls
 
 _log = logging.getLogger("pyztunnel.proxy.inbound")
 
@@ -49,7 +50,6 @@ def _endpoints(sock: socket.socket) -> tuple[tuple[str, int], tuple[str, int]] |
 async def handle_hbone(pod: PodProxy, sock: socket.socket) -> None:
     """TLS handshake with the pod's certificate, client identity checked, then an HTTP/2 server on the connection."""
     shared = pod.shared
-    loop = asyncio.get_running_loop()
     ends = _endpoints(sock)
     if ends is None:
         sock.close()
@@ -81,11 +81,13 @@ async def handle_hbone(pod: PodProxy, sock: socket.socket) -> None:
 
     conn.verify = verify
     try:
-        await loop.connect_accepted_socket(
-            lambda: conn,
+        await open_tls(
+            conn,
             sock,
-            ssl=shared.tls.server(cert),
-            ssl_handshake_timeout=float(shared.settings.tls_handshake_timeout),
+            shared.tls.server(cert),
+            server_side=True,
+            handshake_timeout=float(shared.settings.tls_handshake_timeout),
+            transport=shared.settings.tls_transport,
         )
     except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
         fail(record, f"tls handshake: {exc or type(exc).__name__}", "TLS_FAILURE")

@@ -32,6 +32,7 @@ from pyztunnel.proxy.telemetry import (
     identity_of,
     new_record,
 )
+from pyztunnel.proxy.tlssock import open_tls
 from pyztunnel.workloads.index import Upstream, WorkloadIndex
 from pyztunnel.workloads.model import GatewayAddress, Service, Workload
 
@@ -272,12 +273,13 @@ async def _connect_hbone(
 
         conn.verify = verify
         try:
-            await loop.create_connection(
-                lambda: conn,
-                sock=sock,
-                ssl=ctx,
-                server_hostname="",
-                ssl_handshake_timeout=float(shared.settings.tls_handshake_timeout),
+            await open_tls(
+                conn,
+                sock,
+                ctx,
+                server_side=False,
+                handshake_timeout=float(shared.settings.tls_handshake_timeout),
+                transport=shared.settings.tls_transport,
             )
         except (OSError, TimeoutError) as exc:
             raise OutboundError(f"tls handshake: {exc or type(exc).__name__}", "TLS_FAILURE") from None

@@ -8,6 +8,9 @@ from collections.abc import Callable, Mapping
 import pytest
 import uvloop
 
+from pyztunnel.proxy.tlssock import TRANSPORTS
+from tests.integration.proxy import harness
+
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> Mapping[str, Callable[[], object]]:
     return {"uvloop": uvloop.new_event_loop}
@@ -16,3 +19,11 @@ def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> M
 @pytest.fixture(autouse=True)
 def _no_leaked_tasks(no_leaked_tasks: None) -> None:
     """Every test here runs under the leak check (tests/conftest.py)."""
+
+
+@pytest.fixture(params=TRANSPORTS)
+def tls_transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both HBONE TLS transports (PYZTUNNEL_TLS_TRANSPORT) for the meshes of a test that uses this."""
+    transport = str(request.param)
+    monkeypatch.setitem(harness.DEFAULTS, "PYZTUNNEL_TLS_TRANSPORT", transport)
+    return transport

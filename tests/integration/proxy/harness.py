@@ -72,8 +72,12 @@ class Mesh:
         return await asyncio.open_connection(self.a_ip, self.out_port)
 
 
+# Settings every mesh of a test gets unless it overrides them (the `tls_transport` fixture sets the TLS transport).
+DEFAULTS: dict[str, str] = {}
+
+
 def settings(**overrides: str) -> ProxySettings:
-    return load(ProxySettings, environ=overrides)
+    return load(ProxySettings, environ={**DEFAULTS, **overrides})
 
 
 def loopback_ips() -> tuple[str, str]:

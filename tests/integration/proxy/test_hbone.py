@@ -13,6 +13,9 @@ import pytest
 
 from tests.integration.proxy.harness import Mesh, echo_server, roundtrip, start_mesh, stop_mesh
 
+# Every test on both TLS transports (proxy/tlssock.py and uvloop's).
+pytestmark = pytest.mark.usefixtures("tls_transport")
+
 
 @pytest.fixture
 async def mesh(tmp_path: Path) -> AsyncIterator[Mesh]:

@@ -24,6 +24,9 @@ from pyztunnel.protocols import hbone
 from tests.h2frames import FrameFactory, FrameReader
 from tests.integration.proxy.harness import CLIENT_ID, Mesh, RecordingApp, roundtrip, start_mesh, stop_mesh
 
+# Every test on both TLS transports (proxy/tlssock.py and uvloop's).
+pytestmark = pytest.mark.usefixtures("tls_transport")
+
 
 @contextlib.asynccontextmanager
 async def mesh_with_app(tmp: Path, **settings: str) -> AsyncIterator[tuple[Mesh, RecordingApp]]:
