@@ -26,7 +26,8 @@ import logging
 import socket
 import ssl
 import typing
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 _log = logging.getLogger("pyztunnel.proxy.tls")
 
@@ -72,19 +73,21 @@ async def handshake(sock: ssl.SSLSocket, handshake_timeout: float) -> None:
 class SocketTlsTransport(asyncio.Transport):
     """An established TLS connection on a non-blocking SSLSocket, for an `asyncio.BufferedProtocol`."""
 
+    # What get_extra_info answers, computed when asked (the proxy asks for ssl_object only; parsing the peer's
+    # certificate into a dict for every connection, as asyncio's SSL transports do, is work nobody reads).
+    _EXTRA: ClassVar[dict[str, Callable[[ssl.SSLSocket], Any]]] = {
+        "ssl_object": lambda s: s,
+        "socket": lambda s: s,
+        "peercert": lambda s: s.getpeercert(),
+        "cipher": lambda s: s.cipher(),
+        "compression": lambda s: s.compression(),
+        "sslcontext": lambda s: s.context,
+        "sockname": lambda s: s.getsockname(),
+        "peername": lambda s: s.getpeername(),
+    }
+
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: ssl.SSLSocket, protocol: asyncio.BufferedProtocol):
-        super().__init__(
-            {
-                "ssl_object": sock,
-                "peercert": sock.getpeercert(),
-                "cipher": sock.cipher(),
-                "compression": sock.compression(),
-                "sslcontext": sock.context,
-                "socket": sock,
-                "sockname": _name(sock.getsockname),
-                "peername": _name(sock.getpeername),
-            }
-        )
+        super().__init__()
         self._loop = loop
         self._sock = sock
         self._fd = sock.fileno()
@@ -319,6 +322,15 @@ class SocketTlsTransport(asyncio.Transport):
         self._sock.close()
         self._loop.call_soon(self._protocol.connection_lost, exc)
 
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        get = self._EXTRA.get(name)
+        if get is None:
+            return default
+        try:
+            return get(self._sock)
+        except (OSError, ValueError):  # closed, or no longer connected
+            return default
+
     def get_protocol(self) -> asyncio.BaseProtocol:
         return self._protocol
 
@@ -336,13 +348,6 @@ def _discard_unread(sock: socket.socket) -> None:
                 return
         except OSError:
             return
-
-
-def _name(get: Any) -> Any:
-    try:
-        return get()
-    except OSError:
-        return None
 
 
 async def open_tls(
