@@ -113,9 +113,10 @@ class ProxySettings:
         Duration(10), "bound on a TLS handshake", env="PYZTUNNEL_TLS_HANDSHAKE_TIMEOUT", gt=0
     )
     tls_transport: str = setting(
-        "memory",
-        "how HBONE connections run TLS: memory = uvloop's SSL transport (OpenSSL over memory BIOs); socket = "
-        "proxy/tlssock.py, OpenSSL on the socket itself (no BIO copies: decrypts into the HTTP/2 receive buffer)",
+        "socket",
+        "how HBONE connections run TLS: socket = proxy/tlssock.py, OpenSSL on the socket itself (no memory-BIO "
+        "copies: it decrypts into the HTTP/2 receive buffer; bulk -29/-34 % instructions, docs/bench.md); memory = "
+        "uvloop's SSL transport (OpenSSL over memory BIOs), the earlier default",
         env="PYZTUNNEL_TLS_TRANSPORT",
         choices=TRANSPORTS,
     )
