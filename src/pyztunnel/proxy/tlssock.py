@@ -7,7 +7,7 @@ three of the receiving hop's memcpys, and the BIO's growth its memset; docs/benc
 the protocol's buffer (`asyncio.BufferedProtocol.get_buffer`), `send` encrypts straight onto the socket.
 
 What it keeps of asyncio's transports: write-buffer flow control (`pause_writing`/`resume_writing` at high/low water
-marks), `pause_reading`/`resume_reading`, `close` (the buffer is flushed, then close_notify), `abort`, and
+marks), `pause_reading`/`resume_reading`, `close` (the buffer is flushed, then close_notify; aborted after `close_timeout`), `abort`, and
 `get_extra_info` (ssl_object, peercert, cipher, socket, sockname, peername). OpenSSL's rules it follows: a write
 that returned SSL_ERROR_WANT_WRITE is retried with the same bytes (CPython sets no partial-write mode, so `send`
 either takes a whole piece or none of it), either direction may need the other's readiness (WANT_READ on a write,
@@ -36,6 +36,7 @@ TRANSPORTS = (MEMORY, SOCKET)
 HIGH_WATER = 64 * 1024  # asyncio's defaults
 LOW_WATER = HIGH_WATER // 4
 RECORD = 16 * 1024  # one TLS record's plaintext: what one SSL_read returns at most
+CLOSE_TIMEOUT = 30.0  # the longest close() waits for the peer to take what is buffered (uvloop's shutdown timeout)
 MAX_READ = 256 * 1024  # the most one wakeup reads before other connections get their turn (uvloop's read size)
 
 
@@ -104,6 +105,8 @@ class SocketTlsTransport(asyncio.Transport):
         self._read_wants_write = False  # the last SSL_read asked for writability
         self._write_wants_read = False  # the last SSL_write asked for readability
         self._want = RECORD  # the next read's size hint: grows while reads fill the buffer (bulk), back when not
+        self.close_timeout = CLOSE_TIMEOUT
+        self._close_timer: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
         """connection_made, then reading."""
@@ -212,9 +215,8 @@ class SocketTlsTransport(asyncio.Transport):
             self.write(data)
 
     def _write_ready(self) -> None:
-        if self._write_wants_read:  # waiting for the socket to be readable, not writable
-            return
-        self._flush()
+        if not self._write_wants_read:  # else the write waits for readability, not this
+            self._flush()
         if self._read_wants_write:
             self._read_wants_write = False
             self._watch()
@@ -294,6 +296,8 @@ class SocketTlsTransport(asyncio.Transport):
         self._watch()
         if not self._backlog:
             self._shutdown()
+        else:  # a peer that reads nothing more must not hold the fd: as uvloop's ssl_shutdown_timeout
+            self._close_timer = self._loop.call_later(self.close_timeout, self.abort)
 
     def _shutdown(self) -> None:
         # One SSL_shutdown sends our close_notify; waiting for the peer's would only hold the fd longer.
@@ -318,6 +322,8 @@ class SocketTlsTransport(asyncio.Transport):
         self._buffered = 0
         self._read_wants_write = self._write_wants_read = False
         self._watch()  # both callbacks off before the fd number can be reused
+        if self._close_timer is not None:
+            self._close_timer.cancel()
         self._closed = True
         self._sock.close()
         self._loop.call_soon(self._protocol.connection_lost, exc)
