@@ -131,19 +131,25 @@ class SocketTlsTransport(asyncio.Transport):
         try:
             while budget > 0:
                 buf = typing.cast(memoryview, protocol.get_buffer(self._want))
-                size, got = len(buf), 0
+                size, got, n = len(buf), 0, -1
                 try:
                     while got < size:
                         n = sock.recv_into(buf[got:] if got else buf)
-                        if n == 0:
-                            break
                         got += n
+                        if n < RECORD and not sock.pending():
+                            # EOF (0), or a record that was not full and nothing left of it: most likely the last
+                            # that came, and level-triggered epoll says if not (asking OpenSSL again would raise
+                            # SSLWantReadError: an exception per read, the keep-alive path's cost)
+                            break
                 finally:
                     if got:
                         budget -= got
                         protocol.buffer_updated(got)
-                if got < size:  # a clean end of the stream (close_notify): the reads above returned 0
+                if n == 0:  # a clean end of the stream (close_notify)
                     self._eof()
+                    return
+                if got < size:
+                    self._want = RECORD
                     return
                 self._want = min(2 * self._want, MAX_READ)  # there was more than the buffer held
                 if not self.is_reading():  # the protocol paused or closed us
@@ -166,6 +172,8 @@ class SocketTlsTransport(asyncio.Transport):
             self._loop.call_soon(self._read_ready)
 
     def _eof(self) -> None:
+        if self._closing:  # the protocol closed us meanwhile
+            return
         self._reading_paused = True
         self._watch()
         if not self._protocol.eof_received():
