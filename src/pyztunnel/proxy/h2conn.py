@@ -1,10 +1,10 @@
 """HBONE connections, the asyncio shell: an asyncio BufferedProtocol over TLS that moves bytes and runs timers for
 the connection's rules (`protocols.hbone_conn.HboneConn`, sans-IO), with one `StreamLeg` (proxy/stream.py) per stream.
 
-The receive path is one buffer: uvloop's TLS transport decrypts into the rules' `get_buffer` and DATA payloads reach
-the streams as views of it (a view an app transport keeps to send later is lent: never written over). The send path
-is h2's queued chunks, joined into TLS-record-sized pieces (`protocols.records`) and written once per event-loop
-iteration.
+The receive path is one buffer: the TLS transport (proxy/tlssock.py's, or uvloop's) decrypts into the rules'
+`get_buffer` and DATA payloads reach the streams as views of it (a view an app transport keeps to send later is lent:
+never written over). The send path is h2's queued chunks, joined into TLS-record-sized pieces (`protocols.records`)
+and written once per event-loop iteration.
 
 `H2ClientConn` opens CONNECT streams (outbound, pooled); `H2ServerConn` sets each CONNECT up in a task of its own
 (owned by the connection: a reset of the stream, or the connection's end, cancels it). Every decision (keepalive
@@ -94,7 +94,8 @@ class H2Conn(asyncio.BufferedProtocol):
         self._arm()
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        # uvloop's TLS transport decrypts straight into it (SSLObject.read(n, buffer)): no bytes object per read.
+        # The TLS transport decrypts straight into it (SSLSocket.recv_into / SSLObject.read(n, buffer)): no bytes
+        # object per read.
         return self.rules.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes: int) -> None:

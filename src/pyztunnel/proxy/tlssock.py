@@ -19,12 +19,15 @@ not know which it has.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import collections
 import contextlib
+import fcntl
 import logging
 import socket
 import ssl
+import termios
 import typing
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -106,6 +109,7 @@ class SocketTlsTransport(asyncio.Transport):
         self._write_wants_read = False  # the last SSL_write asked for readability
         self._want = RECORD  # the next read's size hint: grows while reads fill the buffer (bulk), back when not
         self.close_timeout = CLOSE_TIMEOUT
+        self._count = array.array("i", [0])  # FIONREAD's answer
         self._close_timer: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
@@ -136,10 +140,10 @@ class SocketTlsTransport(asyncio.Transport):
                     while got < size:
                         n = sock.recv_into(buf[got:] if got else buf)
                         got += n
-                        if n < RECORD and not sock.pending():
-                            # EOF (0), or a record that was not full and nothing left of it: most likely the last
-                            # that came, and level-triggered epoll says if not (asking OpenSSL again would raise
-                            # SSLWantReadError: an exception per read, the keep-alive path's cost)
+                        if n < RECORD and not sock.pending() and (not n or not self._queued()):
+                            # EOF (0), or a record that was not full, nothing left of it and no byte behind it:
+                            # asking OpenSSL again would cost the same recv syscall as FIONREAD, plus an
+                            # SSLWantReadError (an exception per read: the keep-alive path's cost)
                             break
                 finally:
                     if got:
@@ -170,6 +174,11 @@ class SocketTlsTransport(asyncio.Transport):
             return
         if sock.pending():  # out of budget with plaintext left inside OpenSSL: epoll would not say so
             self._loop.call_soon(self._read_ready)
+
+    def _queued(self) -> int:
+        """Bytes the kernel holds for us (not yet read by OpenSSL)."""
+        fcntl.ioctl(self._fd, termios.FIONREAD, self._count, True)
+        return self._count[0]
 
     def _eof(self) -> None:
         if self._closing:  # the protocol closed us meanwhile
