@@ -110,6 +110,7 @@ class SocketTlsTransport(asyncio.Transport):
         self._want = RECORD  # the next read's size hint: grows while reads fill the buffer (bulk), back when not
         self.close_timeout = CLOSE_TIMEOUT
         self._count = array.array("i", [0])  # FIONREAD's answer
+        self._read, self._write, self._pending = _calls(sock)
         self._close_timer: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
@@ -117,7 +118,7 @@ class SocketTlsTransport(asyncio.Transport):
         self._protocol.connection_made(self)
         if not self._closing:
             self._watch()
-            if self._sock.pending():
+            if self._pending():
                 self._loop.call_soon(self._read_ready)
 
     # ------------------------------------------------------------------ reading
@@ -130,7 +131,7 @@ class SocketTlsTransport(asyncio.Transport):
             self._flush()
         if not self.is_reading():
             return
-        sock, protocol = self._sock, self._protocol
+        read, protocol = self._read, self._protocol
         budget = MAX_READ
         try:
             while budget > 0:
@@ -138,12 +139,12 @@ class SocketTlsTransport(asyncio.Transport):
                 size, got, n = len(buf), 0, -1
                 try:
                     while got < size:
-                        n = sock.recv_into(buf[got:] if got else buf)
+                        n = read(size - got, buf[got:] if got else buf)
                         got += n
-                        if n < RECORD and not sock.pending() and (not n or not self._queued()):
-                            # EOF (0), or a record that was not full, nothing left of it and no byte behind it:
-                            # asking OpenSSL again would cost the same recv syscall as FIONREAD, plus an
-                            # SSLWantReadError (an exception per read: the keep-alive path's cost)
+                        if n < RECORD and got < size and (not n or not self._queued()):
+                            # EOF (0), or a record that was not full (so nothing of it is left: one read returns
+                            # one record's bytes) and no byte behind it: asking OpenSSL again would cost the same
+                            # recv syscall as FIONREAD, plus an SSLWantReadError (an exception per read)
                             break
                 finally:
                     if got:
@@ -172,7 +173,7 @@ class SocketTlsTransport(asyncio.Transport):
             _log.exception("protocol error on a tls connection")
             self._fatal(exc)
             return
-        if sock.pending():  # out of budget with plaintext left inside OpenSSL: epoll would not say so
+        if self._pending():  # out of budget with plaintext left inside OpenSSL: epoll would not say so
             self._loop.call_soon(self._read_ready)
 
     def _queued(self) -> int:
@@ -196,7 +197,7 @@ class SocketTlsTransport(asyncio.Transport):
         if self._reading_paused and not self._closing:
             self._reading_paused = False
             self._watch()
-            if self._sock.pending():
+            if self._pending():
                 self._loop.call_soon(self._read_ready)
 
     def is_reading(self) -> bool:
@@ -208,7 +209,7 @@ class SocketTlsTransport(asyncio.Transport):
             return
         if not self._backlog and not self._write_wants_read:
             try:
-                sent = self._sock.send(data)
+                sent = self._write(data)
             except ssl.SSLWantWriteError:
                 sent = 0  # OpenSSL keeps the records it made: the retry must pass the same bytes (kept below)
             except ssl.SSLWantReadError:
@@ -240,11 +241,11 @@ class SocketTlsTransport(asyncio.Transport):
             self._read_ready()
 
     def _flush(self) -> None:
-        backlog, sock = self._backlog, self._sock
+        backlog, write = self._backlog, self._write
         while backlog:
             piece = backlog[0]
             try:
-                sent = sock.send(piece)
+                sent = write(piece)
             except ssl.SSLWantWriteError:
                 break
             except ssl.SSLWantReadError:
@@ -360,6 +361,23 @@ class SocketTlsTransport(asyncio.Transport):
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         assert isinstance(protocol, asyncio.BufferedProtocol)
         self._protocol = protocol
+
+
+def _calls(sock: ssl.SSLSocket) -> tuple[Callable[[int, memoryview], int], Callable[[Any], int], Callable[[], int]]:
+    """read(n, buffer), write(data), pending() of the connection. The C-level `_ssl._SSLSocket` under an SSLSocket
+    where this Python has it (read, never written): SSLSocket's own methods wrap each call in 2–3 Python frames
+    (closed checks, argument defaults), which on the keep-alive path cost more than the memory-BIO copies saved."""
+    raw = getattr(sock, "_sslobj", None)
+    if raw is not None and all(callable(getattr(raw, name, None)) for name in ("read", "write", "pending")):
+        return raw.read, raw.write, raw.pending
+    return wrapped_calls(sock)
+
+
+def wrapped_calls(
+    sock: ssl.SSLSocket,
+) -> tuple[Callable[[int, memoryview], int], Callable[[Any], int], Callable[[], int]]:
+    """The same through SSLSocket's public methods."""
+    return (lambda n, buffer: sock.recv_into(buffer, n)), sock.send, sock.pending
 
 
 def _discard_unread(sock: socket.socket) -> None:

@@ -22,6 +22,7 @@ from pyztunnel.identity import tls
 from pyztunnel.identity.ca import CertificateAuthority
 from pyztunnel.identity.certs import WorkloadCert
 from pyztunnel.lifecycle.testing import poll
+from pyztunnel.proxy import tlssock
 from pyztunnel.proxy.tlssock import SOCKET, SocketTlsTransport, open_tls
 from pyztunnel.tcp import rst_close
 from tests.integration.proxy.harness import CLIENT_ID, SERVER_ID, roundtrip, start_mesh, stop_mesh
@@ -215,6 +216,22 @@ async def test_large_transfers_both_ways_at_once(tls_transport: str, certs: Cert
         await asyncio.wait_for(asyncio.gather(server.got_all.wait(), client.got_all.wait()), WITHIN)
         assert server.digest.digest() == hashlib.sha256(up).digest()
         assert client.digest.digest() == hashlib.sha256(down).digest()
+
+
+async def test_on_sslsockets_public_methods_where_python_has_no_c_level_object(
+    certs: Certs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tlssock, "_calls", tlssock.wrapped_calls)
+    up, down = payload(4 << 20, b"up"), payload(4 << 20, b"down")
+    async with tls_pair(certs, tmp_path, SOCKET) as (client, server, ct, _st):
+        server.wanted, client.wanted = len(up), len(down)
+        await asyncio.gather(client.send(up), server.send(down))
+        await asyncio.wait_for(asyncio.gather(server.got_all.wait(), client.got_all.wait()), WITHIN)
+        assert server.digest.digest() == hashlib.sha256(up).digest()
+        assert client.digest.digest() == hashlib.sha256(down).digest()
+        ct.close()
+        assert await asyncio.wait_for(server.lost, WITHIN) is None
+        assert server.eof
 
 
 async def test_a_slow_reader_pauses_the_writer_and_nothing_is_lost(
