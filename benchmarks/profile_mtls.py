@@ -86,7 +86,7 @@ def _pair(
         yield stack.enter_context(tunnels.pyztunnel_pair(tmp, addrs, apps, certs, extra_env, wrap, start_timeout))
 
 
-def _env(flags: dict[str, str]) -> dict[str, str]:
+def proxy_env(flags: dict[str, str]) -> dict[str, str]:
     """The proxies' environment for these flags."""
     return {"PYZTUNNEL_TLS_TRANSPORT": flags["tls-transport"]} if flags["tls-transport"] else {}
 
@@ -145,7 +145,7 @@ def callgrind(args: list[str]) -> dict[str, object]:
         tmp = Path(tmp_text)
         out = tmp / "callgrind.out"
         wrap = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}.%p"]
-        with _pair(tmp, {side: wrap}, 300, _env(flags)) as t:
+        with _pair(tmp, {side: wrap}, 300, proxy_env(flags)) as t:
             pid = t.pids[0 if side == "client" else 1]
             _load(_url(t), RATE_CONNECTIONS, True)  # the HBONE connection exists before anything is counted
             work: dict[str, tuple[Callable[[], None], float, str]] = {
@@ -238,7 +238,7 @@ def pyspy(args: list[str]) -> dict[str, object]:
     result: dict[str, object] = {"side": side, "seconds": seconds}
     with tempfile.TemporaryDirectory(prefix="pzt-profile-") as tmp_text:
         tmp = Path(tmp_text)
-        with _pair(tmp, {}, tunnels.START_TIMEOUT, _env(flags)) as t:
+        with _pair(tmp, {}, tunnels.START_TIMEOUT, proxy_env(flags)) as t:
             pid = t.pids[0 if side == "client" else 1]
             drive: dict[str, list[str]] = {
                 "keepalive": ["wrk", "-t2", "-c100", f"-d{seconds + 2}s", _url(t)],
@@ -313,7 +313,7 @@ def memory(args: list[str]) -> dict[str, object]:
         folder = tmp / "snapshots"
         folder.mkdir()
         wrap = [sys.executable, "-m", "benchmarks.memsnap"]
-        env = {"PZT_MEMSNAP_DIR": str(folder), "PZT_MEMSNAP_FRAMES": flags["frames"], **_env(flags)}
+        env = {"PZT_MEMSNAP_DIR": str(folder), "PZT_MEMSNAP_FRAMES": flags["frames"], **proxy_env(flags)}
         held: list[socket.socket] = []
         with _pair(tmp, {"client": wrap, "server": wrap}, tunnels.START_TIMEOUT, env) as t:
             try:
