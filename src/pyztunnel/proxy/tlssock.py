@@ -7,11 +7,15 @@ three of the receiving hop's memcpys, and the BIO's growth its memset; docs/benc
 the protocol's buffer (`asyncio.BufferedProtocol.get_buffer`), `send` encrypts straight onto the socket.
 
 What it keeps of asyncio's transports: write-buffer flow control (`pause_writing`/`resume_writing` at high/low water
-marks), `pause_reading`/`resume_reading`, `close` (the buffer is flushed, then close_notify; aborted after `close_timeout`), `abort`, and
-`get_extra_info` (ssl_object, peercert, cipher, socket, sockname, peername). OpenSSL's rules it follows: a write
-that returned SSL_ERROR_WANT_WRITE is retried with the same bytes (CPython sets no partial-write mode, so `send`
-either takes a whole piece or none of it), either direction may need the other's readiness (WANT_READ on a write,
-WANT_WRITE on a read), and data already decrypted inside OpenSSL (`pending()`) does not wake epoll.
+marks), `pause_reading`/`resume_reading`, `close` (the buffer is flushed, then close_notify; aborted after
+`close_timeout`), `abort`, and `get_extra_info` (ssl_object, peercert, cipher, socket, sockname, peername). OpenSSL's
+rules it follows: a write that returned SSL_ERROR_WANT_WRITE is retried with the same bytes (CPython sets no
+partial-write mode, so a write takes a whole piece or none of it), either direction may need the other's readiness
+(WANT_READ on a write, WANT_WRITE on a read), and data already decrypted inside OpenSSL (`pending()`) does not wake
+epoll (OpenSSL reads no further ahead than the record it decrypts: the kernel holds the rest, and epoll sees it).
+
+Its cost in the kernel: OpenSSL writes every record with its own `send` and reads every record with two `recv`s
+(header, body), where uvloop moved a whole write or read through its BIOs in one (docs/bench.md).
 
 `open_tls` is the one entry for both HBONE ends and both transports (`PYZTUNNEL_TLS_TRANSPORT`): the protocol does
 not know which it has.
@@ -96,7 +100,7 @@ class SocketTlsTransport(asyncio.Transport):
         self._sock = sock
         self._fd = sock.fileno()
         self._protocol = protocol
-        self._backlog: collections.deque[bytes | memoryview] = collections.deque()  # unsent, in order
+        self._backlog: collections.deque[bytes | bytearray | memoryview] = collections.deque()  # unsent, in order
         self._buffered = 0
         self._high, self._low = HIGH_WATER, LOW_WATER
         self._writing_paused = False  # the protocol was told pause_writing
@@ -219,8 +223,9 @@ class SocketTlsTransport(asyncio.Transport):
                 return
             if sent == len(data):
                 return
-            data = memoryview(data)[sent:]
-        piece = bytes(data)  # the caller may reuse its buffer once write returns
+            if sent:
+                data = memoryview(data)[sent:]
+        piece = data if _immutable(data) else bytes(data)  # the caller may reuse its buffer once write returns
         self._backlog.append(piece)
         self._buffered += len(piece)
         self._watch()
@@ -361,6 +366,11 @@ class SocketTlsTransport(asyncio.Transport):
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         assert isinstance(protocol, asyncio.BufferedProtocol)
         self._protocol = protocol
+
+
+def _immutable(data: bytes | bytearray | memoryview) -> bool:
+    """Bytes that cannot change under us: kept as they are, not copied."""
+    return type(data) is bytes or (type(data) is memoryview and type(data.obj) is bytes)
 
 
 def _calls(sock: ssl.SSLSocket) -> tuple[Callable[[int, memoryview], int], Callable[[Any], int], Callable[[], int]]:

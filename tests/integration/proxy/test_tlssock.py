@@ -255,6 +255,28 @@ async def test_a_slow_reader_pauses_the_writer_and_nothing_is_lost(
         assert server.digest.digest() == hashlib.sha256(data).digest()
 
 
+async def test_a_buffer_reused_after_write_changes_nothing_sent(
+    tls_transport: str, certs: Certs, tmp_path: Path
+) -> None:
+    """What waits in the write buffer is the bytes written, not the caller's buffer (which a relay reuses)."""
+    data = payload(8 << 20, b"reuse")
+    async with tls_pair(certs, tmp_path, tls_transport) as (client, server, ct, st):
+        server.wanted = len(data)
+        st.pause_reading()  # type: ignore[attr-defined]
+        scratch = bytearray(64 * 1024)
+        view = memoryview(scratch)
+        assert client.transport is not None
+        for at in range(0, len(data), len(scratch)):
+            scratch[:] = data[at : at + len(scratch)]
+            client.transport.write(view[: len(scratch) // 2])
+            client.transport.write(scratch[len(scratch) // 2 :])
+        assert ct.get_write_buffer_size() > 0  # type: ignore[attr-defined]
+        scratch[:] = bytes(len(scratch))
+        st.resume_reading()  # type: ignore[attr-defined]
+        await asyncio.wait_for(server.got_all.wait(), WITHIN)
+        assert server.digest.digest() == hashlib.sha256(data).digest()
+
+
 async def test_close_sends_everything_then_close_notify(tls_transport: str, certs: Certs, tmp_path: Path) -> None:
     data = payload(4 << 20, b"close")
     async with tls_pair(certs, tmp_path, tls_transport) as (client, server, ct, _st):
