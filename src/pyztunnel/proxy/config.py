@@ -115,7 +115,7 @@ class ProxySettings:
     tls_transport: str = setting(
         "socket",
         "how HBONE connections run TLS: socket = proxy/tlssock.py, OpenSSL on the socket itself (no memory-BIO "
-        "copies: it decrypts into the HTTP/2 receive buffer; bulk -29/-34 % instructions, docs/bench.md); memory = "
+        "copies: it decrypts into the HTTP/2 receive buffer; bulk -29/-37 % user-space instructions, docs/bench.md); memory = "
         "uvloop's SSL transport (OpenSSL over memory BIOs), the earlier default",
         env="PYZTUNNEL_TLS_TRANSPORT",
         choices=TRANSPORTS,
