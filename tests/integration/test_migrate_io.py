@@ -4,9 +4,12 @@ what resumes, and that a taker which vanishes or stalls gets no further batch.""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 from collections.abc import Mapping, Sequence
+
+import pytest
 
 from pyztunnel.aio import spawn
 from pyztunnel.lifecycle import handoff, migrate
@@ -298,8 +301,9 @@ class CountingRelay(FakeRelay):
         super().resume()
 
 
-async def test_only_a_window_of_relays_is_paused_at_a_time() -> None:
+async def test_only_a_window_of_relays_is_paused_at_a_time(caplog: pytest.LogCaptureFixture) -> None:
     # The rest of the node's traffic keeps flowing through the old instance while a batch is handed over.
+    caplog.set_level(logging.INFO, "pyztunnel.lifecycle.migrate")
     CountingRelay.paused = CountingRelay.most = 0
     relays = [CountingRelay() for _ in range(450)]
     service = GiveService(Source(list(relays)), KEY, prepare_window=200)
@@ -322,6 +326,12 @@ async def test_only_a_window_of_relays_is_paused_at_a_time() -> None:
         assert await asyncio.wait_for(migrating, 5) == 450
         assert {r.state for r in relays} == {"released"} and batches >= 5
         assert CountingRelay.most <= 200, CountingRelay.most
+        # The pass's log line says how long its relays were paused (each from its prepare to its release).
+        (record,) = [r for r in caplog.records if r.getMessage() == "migration pass"]
+        fields = record.fields  # type: ignore[attr-defined]
+        assert fields["moved"] == 450
+        assert 0 <= fields["pause_p50_ms"] <= fields["pause_p99_ms"] <= fields["pause_max_ms"]
+        assert fields["pause_max_ms"] <= fields["seconds"] * 1000 + 1
         await asyncio.wait_for(task, 5)
     finally:
         new.close()

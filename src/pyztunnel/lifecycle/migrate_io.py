@@ -32,6 +32,7 @@ from pyztunnel.lifecycle.handoff_io import (
     send_msg,
 )
 from pyztunnel.lifecycle.migrate_header import ConnHeader, Ends
+from pyztunnel.lifecycle.migrate_pauses import PauseClock
 
 _log = logging.getLogger("pyztunnel.lifecycle.migrate")
 
@@ -260,10 +261,12 @@ class GiveService:
         waiting = iter(candidates)
         tasks: dict[asyncio.Task[Exported | None], Exportable] = {}
         pending: set[asyncio.Task[Exported | None]] = set()
+        pauses = PauseClock()
 
         def refill(in_hand: int) -> None:
             """Start prepares until the window (being prepared + prepared, not yet offered) is full."""
             while len(pending) + in_hand < self.prepare_window and (candidate := next(waiting, None)) is not None:
+                pauses.start(candidate, loop.time())
                 task = spawn(candidate.prepare(self.quiesce_timeout), "migrate-prepare")
                 tasks[task] = candidate
                 pending.add(task)
@@ -277,16 +280,19 @@ class GiveService:
                 # In the order they were listed (a set has none): batches and ids stay predictable.
                 ready = [(c, e) for t, c in tasks.items() if t in done and (e := _prepared(t)) is not None]
                 for task in done:
+                    if task.cancelled() or task.exception() is not None or task.result() is None:
+                        pauses.stop(tasks[task], loop.time())  # not movable: it read again at once
                     del tasks[task]
                 for start in range(0, len(ready), migrate.MAX_CONNECTIONS_PER_MESSAGE):
                     chunk = ready[start : start + migrate.MAX_CONNECTIONS_PER_MESSAGE]
                     offered += len(chunk)
                     try:
-                        moved += await self._batch(registration, chunk)
+                        moved += await self._batch(registration, chunk, pauses)
                     except BaseException:
                         for candidate, exported in ready[start + migrate.MAX_CONNECTIONS_PER_MESSAGE :]:
                             _close_exported(exported)
                             candidate.resume()  # prepared, never offered: ours again
+                            pauses.stop(candidate, loop.time())
                         raise
                     refill(len(ready) - start - len(chunk))
                 refill(0)
@@ -297,6 +303,7 @@ class GiveService:
                     if (leftover := _prepared(task)) is not None:
                         _close_exported(leftover)
                         tasks[task].resume()
+                    pauses.stop(tasks[task], loop.time())
         _log.info(
             "migration pass",
             extra={
@@ -305,12 +312,15 @@ class GiveService:
                     "offered": offered,
                     "moved": moved,
                     "seconds": round(loop.time() - began, 3),
+                    **pauses.summary(),
                 }
             },
         )
         return moved
 
-    async def _batch(self, registration: _Registration, chunk: Sequence[tuple[Exportable, Exported]]) -> int:
+    async def _batch(
+        self, registration: _Registration, chunk: Sequence[tuple[Exportable, Exported]], pauses: PauseClock
+    ) -> int:
         ready: dict[int, tuple[Exportable, Exported]] = {}
         for candidate, exported in chunk:
             self._next_id += 1
@@ -324,8 +334,10 @@ class GiveService:
         try:
             await send_msg(registration.conn, registration.giver.batch(headers), fds)
         except BaseException:
+            now = asyncio.get_running_loop().time()
             for candidate, _ in ready.values():
                 candidate.resume()
+                pauses.stop(candidate, now)
             raise
         finally:
             # In flight, the kernel holds its own references; our duplicates go now (the relays keep theirs).
@@ -347,10 +359,13 @@ class GiveService:
             failure = ProtocolError(decision.refused[-1])
         # What the taker took is its own from here: release it (without a FIN; the taker holds its copies) before the
         # commit goes out, so nothing here (a drain deadline while we wait to send) can touch it afterwards.
+        now = asyncio.get_running_loop().time()
         for ident in decision.release:
             ready[ident][0].release()
+            pauses.stop(ready[ident][0], now)
         for ident in decision.keep:
             ready[ident][0].resume()
+            pauses.stop(ready[ident][0], now)
         with contextlib.suppress(OSError, PeerGone):
             await send_msg(registration.conn, decision.send)
         if decision.release:
