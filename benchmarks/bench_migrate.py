@@ -9,15 +9,22 @@ timestamps), and until it has exited. Then one round trip on every connection pr
 through a resumed stream). Peer, measured in the same run: what the clients would do without migration (ztunnel:
 reset, reconnect): open N new connections through the new instance, one round trip each.
 
+Also from the same run: how long each relay was paused (the old proxy's `migration pass` lines: from its prepare to
+its release, p50/p99/max over the passes' relays; the worst pass is shown), and the CPU time per moved connection of
+the old proxy (SIGTERM → exit, its drain included) and of the new one (SIGTERM → every connection answered a round
+trip through it, less the cost of a second round trip on each: what is left is taking and, for HBONE, resuming).
+
     python -m benchmarks migrate [--connections N]
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import os
 import random
+import re
 import resource
 import signal
 import socket
@@ -28,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import tunnels
+from benchmarks.cpu_sampler import cpu_seconds
+from pyztunnel.aio import spawn
 
 
 def _arg(args: list[str], name: str, default: int) -> int:
@@ -96,6 +105,26 @@ async def _open(ip: str, port: int, n: int) -> list[tuple[asyncio.StreamReader, 
     return conns
 
 
+async def _cpu_until_exit(proc: asyncio.subprocess.Process) -> float:
+    """The CPU seconds of a process when it exits (polled: the last reading before /proc lets go of it)."""
+    last = 0.0
+    while proc.returncode is None:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            last = cpu_seconds(proc.pid)
+        await asyncio.sleep(0.005)
+    return last
+
+
+def _pauses(lines: list[str]) -> dict[str, float]:
+    """The pause summary of the pass with the longest pause (the old proxy's `migration pass` lines)."""
+    passes = [
+        {k: float(v) for k, v in re.findall(r"(pause_\w+_ms)=([\d.]+)", line)}
+        for line in lines
+        if "migration pass" in line
+    ]
+    return max(passes, key=lambda p: p.get("pause_max_ms", 0.0), default={})
+
+
 async def _measure(n: int, hbone: bool) -> dict[str, Any]:
     net = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}"
     a_ip, b_ip = f"{net}.10", f"{net}.20"
@@ -126,6 +155,8 @@ async def _measure(n: int, hbone: bool) -> dict[str, Any]:
             new = await _proxy(tmp, "new", moving, mesh)
             procs.append(new)
             await new.line("registered to take established connections")
+            old_cpu0, new_cpu0 = cpu_seconds(old.proc.pid), cpu_seconds(new.proc.pid)
+            old_cpu = spawn(_cpu_until_exit(old.proc), "old-cpu")
             signalled = time.time()
             old.proc.send_signal(signal.SIGTERM)
             started = _stamp(await old.line("drain started"))
@@ -133,7 +164,12 @@ async def _measure(n: int, hbone: bool) -> dict[str, Any]:
             await asyncio.wait_for(old.proc.wait(), 60)
             exited = time.time()
             moved = int(moved_line.split("connections=")[1].split()[0])
+            old_cpu_s = await old_cpu - old_cpu0
             await _round_trips(conns)  # all alive, now through the new instance
+            new_cpu1 = cpu_seconds(new.proc.pid)
+            await _round_trips(conns)  # again: the round trips' own cost, taken off the new instance's
+            new_cpu_s = 2 * new_cpu1 - new_cpu0 - cpu_seconds(new.proc.pid)
+            pauses = _pauses(old.lines)
             t0 = time.monotonic()
             fresh = await _open(a_ip, out_port, n)
             reconnect_s = time.monotonic() - t0
@@ -155,6 +191,9 @@ async def _measure(n: int, hbone: bool) -> dict[str, Any]:
         "migrate_s": round(migrate_s, 4),
         "per_connection_us": round(migrate_s / max(moved, 1) * 1e6, 1),
         "sigterm_to_exit_s": round(exited - signalled, 3),
+        **pauses,
+        "old_cpu_us_per_connection": round(old_cpu_s / max(moved, 1) * 1e6),
+        "new_cpu_us_per_connection": round(new_cpu_s / max(moved, 1) * 1e6),
         "peer_reconnect_s": round(reconnect_s, 4),
         "migrate_vs_reconnect": round(migrate_s / reconnect_s, 2) if reconnect_s else None,
     }
@@ -171,10 +210,15 @@ def run(args: list[str]) -> dict[str, object]:
         ("drain started → all migrated (old proxy log), s", "migrate_s", "{:.3f}"),
         ("per connection, µs", "per_connection_us", "{}"),
         ("SIGTERM → old proxy exited, s", "sigterm_to_exit_s", "{:.3f}"),
+        ("relay paused (prepare → release), p50 ms", "pause_p50_ms", "{}"),
+        ("relay paused, p99 ms", "pause_p99_ms", "{}"),
+        ("relay paused, max ms", "pause_max_ms", "{}"),
+        ("old proxy CPU per moved connection (SIGTERM → exit), µs", "old_cpu_us_per_connection", "{}"),
+        ("new proxy CPU per moved connection (take + resume), µs", "new_cpu_us_per_connection", "{}"),
         ("peer: clients reconnect through the new proxy (no migration), s", "peer_reconnect_s", "{:.3f}"),
         ("migrate / reconnect", "migrate_vs_reconnect", "{}"),
     ]
     for label, key, fmt in rows:
-        cells = [fmt.format(results[kind][key]) for kind in ("passthrough", "hbone")]
+        cells = [fmt.format(results[kind].get(key, "-")) for kind in ("passthrough", "hbone")]
         print(f"{label:<62} {cells[0]:>12} {cells[1]:>12}")
     return {"connections": n, **results}

@@ -23,6 +23,12 @@ ROLES = (
 TICK = os.sysconf("SC_CLK_TCK")
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a live process, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
 def _role(cmdline: str) -> str:
     return next((name for name, keys in ROLES if any(k in cmdline for k in keys)), "other")
 
