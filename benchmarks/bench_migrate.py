@@ -59,23 +59,42 @@ def _stamp(line: str) -> float:
 
 
 class Proxy:
+    """A proxy process whose stderr is read all the time: a pipe nobody drains fills up (64 KiB), and a proxy
+    blocked writing a log line stops serving (the harness hung at 1000 connections that way)."""
+
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
         self.lines: list[str] = []
+        self._more = asyncio.Event()
+        self._pump = spawn(self._read(), "proxy-stderr")
+
+    async def _read(self) -> None:
+        assert self.proc.stderr is not None
+        while raw := await self.proc.stderr.readline():
+            self.lines.append(raw.decode())
+            self._more.set()
+        self._more.set()
 
     async def line(self, needle: str, within: float = 60) -> str:
         async def scan() -> str:
-            for line in self.lines:
-                if needle in line:
-                    return line
-            assert self.proc.stderr is not None
-            while raw := await self.proc.stderr.readline():
-                self.lines.append(raw.decode())
-                if needle in self.lines[-1]:
-                    return self.lines[-1]
-            raise RuntimeError(f"proxy exited before {needle!r}:\n" + "".join(self.lines[-20:]))
+            seen = 0
+            while True:
+                for line in self.lines[seen:]:
+                    if needle in line:
+                        return line
+                seen = len(self.lines)
+                if self._pump.done():
+                    raise RuntimeError(f"proxy exited before {needle!r}:\n" + "".join(self.lines[-20:]))
+                self._more.clear()
+                await self._more.wait()
 
         return await asyncio.wait_for(scan(), within)
+
+    async def close(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
+        await self.proc.wait()
+        await self._pump
 
 
 async def _proxy(tmp: Path, name: str, role: list[str], mesh: list[str]) -> Proxy:
@@ -179,9 +198,7 @@ async def _measure(n: int, hbone: bool) -> dict[str, Any]:
             for _, writer in conns:
                 writer.close()
             for proxy in procs:
-                if proxy.proc.returncode is None:
-                    proxy.proc.kill()
-                await proxy.proc.wait()
+                await proxy.close()
             app.close()
     migrate_s = _stamp(moved_line) - started
     return {
