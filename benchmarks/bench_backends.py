@@ -17,6 +17,8 @@ import threading
 import time
 from pathlib import Path
 
+from benchmarks.cpu_sampler import cpu_seconds
+
 WAIT = 10.0
 
 
@@ -81,16 +83,11 @@ def _nginx(port: int, tmp: Path) -> subprocess.Popen[bytes]:
     return proc
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
 def _echo(proc: subprocess.Popen[bytes], port: int, total: int) -> tuple[float, float]:
     """(MB/s, server CPU seconds per GiB echoed): the second does not depend on how fast the client is."""
-    cpu = _cpu_seconds(proc.pid)
+    cpu = cpu_seconds(proc.pid)
     mbps = _echo_throughput(port, total)
-    return mbps, (_cpu_seconds(proc.pid) - cpu) / (total / 2**30)
+    return mbps, (cpu_seconds(proc.pid) - cpu) / (total / 2**30)
 
 
 def _echo_throughput(port: int, total: int) -> float:

@@ -29,6 +29,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from benchmarks.cpu_sampler import cpu_seconds
 from pyztunnel.identity.ca import CertificateAuthority
 from pyztunnel.protocols import xds, xds_server
 from pyztunnel.protocols._pb import workload_pb2 as wpb
@@ -132,12 +133,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def cpu_s(pid: int) -> float:
-    """The process's user + system CPU time so far (a loaded machine stretches wall time, not CPU time)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_kib(pid: int) -> int:
@@ -257,10 +252,10 @@ async def bench_xds(tmp: Path, count: int, services: int, churn_s: float, pps: i
                 catalog.put(xds.ADDRESS_TYPE, svc_key(s), xds_server.Entry.of(service_payload(s)))
             acks.clear()
             acked.clear()
-            cpu0 = cpu_s(proc.pid)
+            cpu0 = cpu_seconds(proc.pid)
             server.publish()
             await asyncio.wait_for(acked.wait(), 300)
-            load_cpu = cpu_s(proc.pid) - cpu0
+            load_cpu = cpu_seconds(proc.pid) - cpu0
             kind, load_s = acks[0]
             if kind != "ack":
                 raise RuntimeError("the proxy NACKed the full state")

@@ -67,8 +67,7 @@ class CpuSampler:
                 continue
             pid = int(entry.name)
             try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                cpu = (int(fields[11]) + int(fields[12])) / TICK
+                cpu = cpu_seconds(pid)
                 # Read every time: `ip netns exec … python -m pyztunnel load` changes its command line at exec.
                 raw = Path(f"/proc/{pid}/cmdline").read_bytes()
                 self._cmd[pid] = raw.replace(b"\0", b" ").decode(errors="replace")
